@@ -1,0 +1,49 @@
+"""Conformance suite for streaming task coordinators.
+
+An implementation imports :mod:`conformance.contract` and registers a factory
+in the ``conformance.implementations`` entry-point group; ``pytest --impl
+NAME`` runs the suites in ``conformance/suites`` against it.
+"""
+
+from .contract import (
+    FAREWELL_EVENT,
+    TERMINAL_EVENTS,
+    Behaviour,
+    Capability,
+    Event,
+    Implementation,
+    Runtime,
+    RuntimeStats,
+    ServerSpec,
+    Subscription,
+    TaskContext,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+    UnknownTask,
+    behaviour_path,
+    resolve_behaviour,
+)
+from .waiting import WaitTimeout, eventually
+
+__all__ = [
+    "FAREWELL_EVENT",
+    "TERMINAL_EVENTS",
+    "Behaviour",
+    "Capability",
+    "Event",
+    "Implementation",
+    "Runtime",
+    "RuntimeStats",
+    "ServerSpec",
+    "Subscription",
+    "TaskContext",
+    "TaskRef",
+    "TaskState",
+    "TaskStatus",
+    "UnknownTask",
+    "WaitTimeout",
+    "behaviour_path",
+    "eventually",
+    "resolve_behaviour",
+]

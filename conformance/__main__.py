@@ -1,0 +1,23 @@
+"""Command-line entry point: ``python -m conformance <command>``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from conformance import report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and dispatch to the chosen subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m conformance")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    report_parser = commands.add_parser("report", help=report.DESCRIPTION)
+    report.add_arguments(report_parser)
+    report_parser.set_defaults(handler=report.run)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Task behaviours the suites supply: module-level, so any process can import them.
+
+Each takes a :class:`~conformance.contract.TaskContext` and reads its
+parameters from the task's fields. Behaviours that must wait for the case
+(a step, a release) wait on their fields, which the case changes with
+``Runtime.update_fields``: the case drives the task, never a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from .contract import TaskContext
+
+
+async def steps(ctx: TaskContext) -> Mapping[str, Any]:
+    """``start``, ``fields['steps']`` (default 3) ``progress`` events, then return."""
+    total = int(ctx.fields.get("steps", 3))
+    delay = float(ctx.fields.get("delay", 0))
+    await ctx.send_event("start", {"message": ctx.fields.get("message", ""), "total_steps": total})
+    for step in range(1, total + 1):
+        if delay:
+            await asyncio.sleep(delay)  # simulated work
+        await ctx.send_event("progress", {"step": step, "total_steps": total})
+    return {"total_steps": total}
+
+
+async def stepper(ctx: TaskContext) -> Mapping[str, Any]:
+    """Send ``progress`` N once the case sets field ``allow`` to at least N; end at ``total``.
+
+    The case paces the task exactly, so "a client joins between step 2 and 3"
+    is a state, not a guess about timing. After each event the task stores
+    ``reached`` (0 after ``start``), so a case can see its progress with no
+    client subscribed.
+    """
+    total = int(ctx.fields.get("total", 3))
+    await ctx.send_event("start", {"total_steps": total})
+    await ctx.update_fields(reached=0)
+    for step in range(1, total + 1):
+        await wait_for_field(ctx, lambda f, step=step: int(f.get("allow", 0)) >= step)
+        await ctx.send_event("progress", {"step": step})
+        await ctx.update_fields(reached=step)
+    return {"total_steps": total}
+
+
+async def wait_for_flag(ctx: TaskContext) -> Mapping[str, Any]:
+    """The guide's ContinueTask: ``started``, wait until field ``go`` is true, ``final``."""
+    await ctx.send_event("started", {"go": bool(ctx.fields.get("go"))})
+    await wait_for_field(ctx, lambda f: bool(f.get("go")))
+    await ctx.send_event("final", {"go": True})
+    return {"waited": True}
+
+
+async def burst(ctx: TaskContext) -> Mapping[str, Any]:
+    """Send ``fields['count']`` events back to back, no pause."""
+    count = int(ctx.fields.get("count", 100))
+    for index in range(count):
+        await ctx.send_event("tick", {"index": index})
+    return {"count": count}
+
+
+async def fail(ctx: TaskContext) -> None:
+    """Send ``start``, then raise ValueError(fields['message'])."""
+    await ctx.send_event("start", {})
+    raise ValueError(ctx.fields.get("message", "task failed on purpose"))
+
+
+async def send_terminal(ctx: TaskContext) -> None:
+    """Try to send a ``complete`` event itself; report whether it was refused."""
+    try:
+        await ctx.send_event("complete", {"forged": True})
+    except Exception as exc:  # the refusal is the point
+        await ctx.send_event("refused", {"error_type": type(exc).__name__, "message": str(exc)})
+    else:
+        await ctx.send_event("accepted", {})
+
+
+async def wait_for_field(ctx: TaskContext, ready: Any, *, interval: float = 0.005) -> None:
+    """Poll the task's stored fields until ``ready(fields)`` holds."""
+    fields = ctx.fields
+    while not ready(fields):
+        await asyncio.sleep(interval)  # poll interval: the task waits on its stored state
+        fields = await ctx.refresh()

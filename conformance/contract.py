@@ -1,0 +1,302 @@
+"""The implementation contract: the only module an implementation imports.
+
+An implementation is two objects. An :class:`Implementation` is created once
+per test session; it says what the implementation can do (capabilities), which
+cases it is known to fail (expected failures), and how to start a real server
+process. A :class:`Runtime` is what :meth:`Implementation.start` returns on the
+running event loop: it creates, starts, cancels and reads tasks, subscribes
+in-process clients, serves ASGI and shuts down.
+
+Task kinds come from *behaviours*: module-level async functions that the suite
+supplies, each called with a :class:`TaskContext`. Because a behaviour is
+importable by its dotted path (:func:`behaviour_path`), an implementation can
+run it in another process too, for the cases that start a real server.
+
+Everything here is plain data or an abstract method; see ``SPEC.md`` for what
+each operation must do.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+__all__ = [
+    "FAREWELL_EVENT",
+    "TERMINAL_EVENTS",
+    "ASGIApp",
+    "Behaviour",
+    "Capability",
+    "Event",
+    "Implementation",
+    "Runtime",
+    "RuntimeStats",
+    "ServerSpec",
+    "Subscription",
+    "TaskContext",
+    "TaskRef",
+    "TaskState",
+    "TaskStatus",
+    "UnknownTask",
+    "behaviour_path",
+    "resolve_behaviour",
+]
+
+
+class TaskStatus(enum.StrEnum):
+    """Persisted task states, named after Django 6's ``TaskResultStatus``."""
+
+    # Created, not started yet.
+    READY = "READY"
+    # Started; its process() is running somewhere.
+    RUNNING = "RUNNING"
+    # process() returned.
+    SUCCESSFUL = "SUCCESSFUL"
+    # process() raised.
+    FAILED = "FAILED"
+    # Stopped on request (cancel_task); Django has no such state.
+    CANCELLED = "CANCELLED"
+    # Stopped because it ran past its timeout; Django has no such state.
+    TIMED_OUT = "TIMED_OUT"
+    # Stopped by shutdown or a lost worker, not by request; may run again.
+    INTERRUPTED = "INTERRUPTED"
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether no further transition is expected without a new start."""
+        return self not in (TaskStatus.READY, TaskStatus.RUNNING)
+
+
+#: Event types with which an implementation ends a task's stream. Exactly one
+#: of them is delivered per run; behaviours may not send them themselves.
+TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled", "timeout"})
+
+#: The event a server sends every open stream when it shuts down.
+FAREWELL_EVENT = "shutdown"
+
+
+class Capability(enum.StrEnum):
+    """What an implementation may declare it supports; cases require these."""
+
+    #: Runtime.asgi_app() serves the HTTP/SSE interface.
+    HTTP = "http"
+    #: Implementation.server_command() starts a real server process.
+    PROCESS = "process"
+    #: Task state survives in a database another connection can read.
+    PERSISTENCE = "persistence"
+    #: Runtime.cancel_task() stops a running task and tells its clients.
+    CANCEL = "cancel"
+    #: Tasks honour a timeout.
+    TIMEOUTS = "timeouts"
+    #: A server process shuts down gracefully on SIGTERM/SIGINT.
+    SIGNALS = "signals"
+    #: Clients resume with Last-Event-ID / last_event_id.
+    RESUME = "resume"
+    #: Several worker processes share tasks safely.
+    MULTI_WORKER = "multi_worker"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as a client sees it."""
+
+    #: Increases by one per event within a task, starting at 1.
+    id: int
+    type: str
+    data: Mapping[str, Any]
+    task_id: str
+    model: str
+    #: ISO 8601 with a UTC offset.
+    timestamp: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """Names one task: its model (task kind) and id, as in ``/stream/<model>/<id>``."""
+
+    model: str
+    id: str
+
+    @property
+    def stream_path(self) -> str:
+        return f"/stream/{self.model}/{self.id}"
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """A task's persisted state, as a fresh read from storage returns it."""
+
+    status: TaskStatus
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    error: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Counts the hygiene checks read after every case."""
+
+    running_tasks: int
+    subscribers: int
+    topics: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """How to start an implementation's server as a real process."""
+
+    argv: list[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    #: Path that answers 200 once the server accepts work.
+    ready_path: str = "/health"
+
+
+class UnknownTask(LookupError):
+    """Raised by a Runtime for a task (or task kind) that does not exist."""
+
+
+class TaskContext(Protocol):
+    """What a behaviour receives: its task's identity, fields and event channel."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def fields(self) -> Mapping[str, Any]: ...
+
+    async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+        """Deliver an event to every subscriber of this task."""
+
+    async def refresh(self) -> Mapping[str, Any]:
+        """Re-read this task's fields from storage and return them."""
+
+    async def update_fields(self, **changes: Any) -> None:
+        """Merge ``changes`` into the stored fields (for example, progress reached)."""
+
+
+#: A task kind's body. Its return value (a mapping or None) is merged into the
+#: ``complete`` event's data.
+Behaviour: TypeAlias = Callable[[TaskContext], Awaitable[Mapping[str, Any] | None]]
+
+ASGIApp: TypeAlias = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def behaviour_path(behaviour: Behaviour) -> str:
+    """Return ``module:qualname`` for a module-level behaviour."""
+    qualname = behaviour.__qualname__
+    if "<locals>" in qualname:
+        raise ValueError(
+            f"Cannot name behaviour {qualname!r}: it is local to a function; "
+            "define it at module level so another process can import it."
+        )
+    return f"{behaviour.__module__}:{qualname}"
+
+
+def resolve_behaviour(path: str) -> Behaviour:
+    """Import the behaviour that :func:`behaviour_path` named."""
+    module_name, sep, qualname = path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"Cannot resolve behaviour {path!r}: expected 'module:function'.")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"Cannot use behaviour {path!r}: it is not callable.")
+    return target  # type: ignore[no-any-return]
+
+
+class Subscription(ABC):
+    """An in-process client: iterate it for events; it ends after a terminal one."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Unsubscribe. Idempotent; the iterator ends."""
+
+
+class Runtime(ABC):
+    """An implementation running on the current event loop."""
+
+    @abstractmethod
+    async def create_task(
+        self,
+        kind: Behaviour | str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> TaskRef:
+        """Store a new READY task of a behaviour (or built-in kind by name)."""
+
+    @abstractmethod
+    async def start_task(self, ref: TaskRef) -> bool:
+        """Start a READY task; False if it was not READY (already started or finished)."""
+
+    @abstractmethod
+    async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
+        """Cancel a READY or RUNNING task; False if there was nothing to cancel."""
+
+    @abstractmethod
+    async def get_state(self, ref: TaskRef) -> TaskState:
+        """Read the task's persisted state afresh."""
+
+    @abstractmethod
+    async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
+        """Change stored fields from outside the task (no lost updates)."""
+
+    @abstractmethod
+    async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
+        """Register a client; on return it is registered and will see every later event."""
+
+    @abstractmethod
+    def asgi_app(self) -> ASGIApp:
+        """The HTTP interface: ``GET /stream/<model>/<id>``, ``GET /health``, ..."""
+
+    @abstractmethod
+    def stats(self) -> RuntimeStats:
+        """Current counts of running tasks, subscribers and topics."""
+
+    @abstractmethod
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop gracefully: let tasks finish within ``grace``, then interrupt them."""
+
+
+class Implementation(ABC):
+    """An implementation under test, created once per session by its factory."""
+
+    #: Registered name, as given to ``--impl``.
+    name: str = "unnamed"
+    version: str = "0"
+    capabilities: frozenset[Capability] = frozenset()
+    #: Case ID -> reason. Such cases must fail; an unexpected pass is an error.
+    expected_failures: Mapping[str, str] = {}
+
+    @abstractmethod
+    async def start(self) -> Runtime:
+        """Start a fresh runtime bound to the running event loop."""
+
+    def server_command(self, host: str, port: int) -> ServerSpec:
+        """Describe the command that serves this implementation on ``host:port``."""
+        raise NotImplementedError(f"{self.name} does not declare the 'process' capability.")
+
+    def environment(self) -> Mapping[str, str]:
+        """Facts for the report: database, framework versions."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Release session resources (a test database, temporary files)."""

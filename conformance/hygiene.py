@@ -1,0 +1,84 @@
+"""Leak checks after every case: tasks, loop errors, the subscriber registry.
+
+What a case leaves behind is part of its grade. After the case and its
+clients have finished, the implementation must hold no subscriber; after
+``Runtime.shutdown`` it must hold no running task or topic, no asyncio task
+it created may still be pending, and the loop must not have reported a
+"Task exception was never retrieved" or "Task was destroyed but it is
+pending!". "Coroutine ... was never awaited" surfaces as a RuntimeWarning,
+which the suite's warning filter turns into an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .contract import Runtime
+from .waiting import WaitTimeout, eventually
+
+#: Seconds a finished case's tasks get to settle before they count as leaked.
+SETTLE_TIMEOUT = 3.0
+
+
+class HygieneError(AssertionError):
+    """A case left something behind."""
+
+
+@contextmanager
+def loop_errors() -> Iterator[list[str]]:
+    """Collect what the running loop reports to its exception handler."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+
+    def collect(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        reported.append(f"{context.get('message')}: {exc!r}" if exc else str(context.get("message")))
+
+    loop.set_exception_handler(collect)
+    try:
+        yield reported
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def no_subscribers(runtime: Runtime) -> None:
+    """Wait until every client of the case is unregistered."""
+    try:
+        await eventually(
+            lambda: runtime.stats().subscribers == 0,
+            timeout=SETTLE_TIMEOUT,
+            what="every subscriber to be unregistered after its client left",
+        )
+    except WaitTimeout as exc:
+        raise HygieneError(f"{exc} Stats: {runtime.stats()}") from None
+
+
+async def nothing_held(runtime: Runtime) -> None:
+    """After shutdown: no running task, subscriber or topic."""
+    stats = runtime.stats()
+    if stats.running_tasks or stats.subscribers or stats.topics:
+        raise HygieneError(f"The runtime still holds state after shutdown: {stats}")
+
+
+async def no_leaked_tasks(before: set[asyncio.Task[Any]]) -> None:
+    """Wait until every task created since ``before`` is done."""
+    current = asyncio.current_task()
+
+    def pending() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t is not current and t not in before and not t.done()]
+
+    try:
+        await eventually(lambda: not pending(), timeout=SETTLE_TIMEOUT, what="the case's tasks to end")
+    except WaitTimeout:
+        names = ", ".join(sorted(t.get_name() for t in pending()))
+        raise HygieneError(f"Tasks still pending after the case: {names}") from None
+
+
+def collect_garbage() -> None:
+    """Run the collector so that unawaited coroutines and lost tasks report now, in this case."""
+    gc.collect()

@@ -1,0 +1,368 @@
+"""The pytest plugin: ``--impl``, the implementation fixtures, selection and grading.
+
+Loaded through the ``pytest11`` entry point. ``--impl NAME`` (repeatable)
+names implementations registered in the ``conformance.implementations``
+entry-point group, or ``module:factory`` paths; every case runs once per
+implementation, and the name is in its node ID (``test_x[reference-http]``).
+The ``conformance_impls`` ini key gives the default.
+
+Each case's outcome is graded (pass, fail, non-strict, unsupported, xfail,
+error) and written as a JSON line to ``reports/``; ``python -m conformance
+report`` turns those lines into ``TEST_RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import pkgutil
+import platform
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import pytest_asyncio
+
+from . import hygiene, requirements, spec
+from .clients import Client, open_client, serve_asgi
+from .contract import Capability, Implementation, Runtime
+
+ENTRY_POINT_GROUP = "conformance.implementations"
+MODES = ("inprocess", "http")
+#: Seconds a case may take unless it says otherwise.
+DEFAULT_TIMEOUT = 60.0
+#: Grace period of the shutdown that ends every case.
+TEARDOWN_GRACE = 2.0
+
+
+@dataclass
+class _State:
+    impl_names: list[str]
+    modes: list[str]
+    cases: list[str]
+    results_path: str | None
+    run_id: str
+    impls: dict[str, Implementation] = field(default_factory=dict)
+    grades: dict[str, dict[str, int]] = field(default_factory=dict)
+    results: IO[str] | None = None
+
+
+_STATE = pytest.StashKey[_State]()
+_PHASES = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+# -- options ------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "streaming task coordinator conformance")
+    group.addoption(
+        "--impl",
+        action="append",
+        dest="conformance_impls",
+        metavar="NAME",
+        help="Implementation to test: a registered name or module:factory (repeatable).",
+    )
+    group.addoption(
+        "--mode",
+        action="append",
+        dest="conformance_modes",
+        choices=MODES,
+        help="Client mode(s) for cases that take a client (default: all).",
+    )
+    group.addoption(
+        "--case",
+        action="append",
+        dest="conformance_cases",
+        metavar="PREFIX",
+        help="Run only cases whose requirement ID starts with PREFIX, e.g. FUNC or FUNC-3.",
+    )
+    group.addoption(
+        "--conformance-results",
+        dest="conformance_results",
+        metavar="PATH",
+        help="JSON-lines file for graded results (default: reports/results-<impls>-<db>-py<X.Y>.jsonl).",
+    )
+    parser.addini("conformance_impls", type="args", default=[], help="Default for --impl.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "case(id): the SPEC.md requirement this case checks")
+    config.addinivalue_line("markers", "requires(*capabilities): capabilities the case needs")
+    names = config.getoption("conformance_impls") or config.getini("conformance_impls")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config.stash[_STATE] = _State(
+        impl_names=list(dict.fromkeys(names or registered())),
+        modes=config.getoption("conformance_modes") or list(MODES),
+        cases=config.getoption("conformance_cases") or [],
+        results_path=config.getoption("conformance_results"),
+        run_id=f"{now}-{os.getpid()}",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    state = config.stash[_STATE]
+    source = "--impl" if config.getoption("conformance_impls") else "ini/entry points"
+    return f"conformance: implementations {', '.join(state.impl_names) or '(none)'} (from {source})"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    if state.results is not None:
+        state.results.close()
+    for impl in state.impls.values():
+        impl.close()
+
+
+# -- implementations ----------------------------------------------------------
+
+
+def registered() -> list[str]:
+    """Names in the ``conformance.implementations`` entry-point group."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_implementation(name: str) -> Implementation:
+    """Create the implementation ``name`` names: an entry point or ``module:factory``."""
+    if ":" in name:
+        factory = pkgutil.resolve_name(name)
+    else:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            known = ", ".join(registered()) or "none"
+            raise pytest.UsageError(
+                f"Unknown implementation {name!r}. Registered: {known}. "
+                "Pass a registered name or a 'module:factory' path."
+            )
+        factory = found[0].load()
+    impl = factory()
+    if not isinstance(impl, Implementation):
+        raise pytest.UsageError(f"{name!r} made {impl!r}, not a conformance.contract.Implementation.")
+    return impl
+
+
+def _impl(config: pytest.Config, name: str) -> Implementation:
+    state = config.stash[_STATE]
+    if name not in state.impls:
+        state.impls[name] = load_implementation(name)
+    return state.impls[name]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash[_STATE]
+    if "impl" in metafunc.fixturenames:
+        if not state.impl_names:
+            raise pytest.UsageError("No implementation to test: pass --impl NAME.")
+        for name in state.impl_names:
+            _impl(metafunc.config, name)  # fail fast on an unknown name
+        metafunc.parametrize("impl", state.impl_names, indirect=True, scope="session")
+    if "client" in metafunc.fixturenames:
+        metafunc.parametrize("client", state.modes, indirect=True)
+
+
+# -- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def impl(request: pytest.FixtureRequest) -> Implementation:
+    """The implementation under test (parametrized by ``--impl``)."""
+    return _impl(request.config, request.param)
+
+
+@pytest_asyncio.fixture
+async def runtime(impl: Implementation) -> AsyncIterator[Runtime]:
+    """A fresh runtime on this case's loop, checked for leaks when the case ends."""
+    before = set(asyncio.all_tasks())
+    with hygiene.loop_errors() as reported:
+        started = await impl.start()
+        try:
+            yield started
+            await hygiene.no_subscribers(started)
+        finally:
+            await started.shutdown(TEARDOWN_GRACE)
+        await hygiene.nothing_held(started)
+        await hygiene.no_leaked_tasks(before)
+        hygiene.collect_garbage()
+        await asyncio.sleep(0)  # let callbacks scheduled by collected objects report
+    if reported:
+        raise hygiene.HygieneError("The event loop reported: " + "; ".join(reported))
+
+
+@pytest_asyncio.fixture
+async def client(
+    request: pytest.FixtureRequest, impl: Implementation, runtime: Runtime
+) -> AsyncIterator[Client]:
+    """A client in one mode (parametrized: ``inprocess``, ``http``)."""
+    if request.param == "http":
+        requirements.skip_unsupported(impl, [Capability.HTTP])
+    async with contextlib.AsyncExitStack() as stack:
+        yield await open_client(request.param, runtime, stack)
+
+
+@pytest_asyncio.fixture
+async def server_url(impl: Implementation, runtime: Runtime) -> AsyncIterator[str]:
+    """Base URL of a real uvicorn server on 127.0.0.1 serving the runtime's ASGI app."""
+    requirements.skip_unsupported(impl, [Capability.HTTP])
+    async with serve_asgi(runtime.asgi_app()) as url:
+        yield url
+
+
+# -- collection: IDs, selection, capabilities, expected failures ---------------
+
+
+def _case_id(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("case")
+    return str(marker.args[0]) if marker else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[_STATE]
+    selected, deselected = [], []
+    for item in items:
+        case_id = _case_id(item)
+        if case_id is None:
+            if "impl" in getattr(item, "fixturenames", ()):
+                raise pytest.UsageError(f"{item.nodeid}: a conformance case must name its ID with @pytest.mark.case.")
+            selected.append(item)
+            continue
+        try:
+            spec.requirement(case_id)
+        except spec.SpecError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        if state.cases and not any(spec.matches_prefix(case_id, p) for p in state.cases):
+            deselected.append(item)
+            continue
+        item.keywords[case_id] = True
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+        name = _impl_name(item)
+        if name is not None:
+            xfail = requirements.expected_failure(_impl(config, name), case_id)
+            if xfail is not None:
+                item.add_marker(xfail)
+        selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def _impl_name(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("impl") if callspec else None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    name = _impl_name(item)
+    marker = item.get_closest_marker("requires")
+    if name is not None and marker is not None:
+        requirements.skip_unsupported(_impl(item.config, name), [str(a) for a in marker.args])
+
+
+# -- grading ------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    case_id = _case_id(item)
+    if case_id is not None:
+        item.stash.setdefault(_PHASES, {})[report.when] = report
+        if report.when == "teardown":
+            _record(item, case_id, item.stash[_PHASES])
+    return report
+
+
+def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str, str]:
+    """The grade of one case from its setup/call/teardown reports, and why."""
+    for report in phases.values():
+        if report.skipped and not hasattr(report, "wasxfail"):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            return "unsupported", reason.removeprefix("Skipped: ")
+    call = phases.get("call")
+    if call is not None and hasattr(call, "wasxfail"):
+        if call.skipped:
+            return "xfail", str(call.wasxfail)
+        return "error", f"unexpected pass of an expected failure: {call.wasxfail}"
+    for when in ("setup", "call", "teardown"):
+        report = phases.get(when)
+        if report is None or not report.failed:
+            continue
+        text = str(report.longrepr)
+        summary = _summary(text)
+        if "[XPASS(strict)]" in text:
+            return "error", f"unexpected pass of an expected failure: {summary}"
+        if "Timeout (>" in text and "pytest-timeout" in text:
+            return "error", f"timed out: {summary}"
+        if when == "setup":
+            return "error", f"setup failed: {summary}"
+        broken = "fail" if level is spec.Level.MUST else "non-strict"
+        return broken, (f"hygiene: {summary}" if when == "teardown" else summary)
+    return "pass", ""
+
+
+def _summary(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("E ")]
+    return " ".join(line[1:].strip() for line in lines[:3])[:500] or text.splitlines()[-1][:500]
+
+
+def _record(item: pytest.Item, case_id: str, phases: dict[str, pytest.TestReport]) -> None:
+    state = item.config.stash[_STATE]
+    requirement = spec.requirement(case_id)
+    outcome, reason = grade(phases, requirement.level)
+    name = _impl_name(item) or "?"
+    impl = state.impls.get(name)
+    env = dict(impl.environment()) if impl is not None else {}
+    state.grades.setdefault(name, {}).setdefault(outcome, 0)
+    state.grades[name][outcome] += 1
+    callspec = getattr(item, "callspec", None)
+    record = {
+        "case": case_id,
+        "level": str(requirement.level),
+        "suite": Path(str(item.path)).stem.removeprefix("test_"),
+        "nodeid": item.nodeid,
+        "test": getattr(item, "originalname", item.name),
+        "implementation": name,
+        "impl_version": impl.version if impl else "",
+        "mode": callspec.params.get("client") if callspec else None,
+        "grade": outcome,
+        "reason": reason,
+        "duration": round(sum(r.duration for r in phases.values()), 4),
+        "python": platform.python_version(),
+        "django": env.get("django"),
+        "database": env.get("database"),
+        "platform": env.get("platform", f"{platform.system()}-{platform.machine()}"),
+        "run_id": state.run_id,
+    }
+    if state.results is None:
+        path = Path(state.results_path or _default_results_path(state, env))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state.results = path.open("w", encoding="utf-8")
+    state.results.write(json.dumps(record, sort_keys=True) + "\n")
+    state.results.flush()
+
+
+def _default_results_path(state: _State, env: dict[str, Any]) -> str:
+    impls = "+".join(n.replace(":", "_").replace(".", "_") for n in state.impl_names)
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    return f"reports/results-{impls}-{env.get('database', 'nodb')}-{py}.jsonl"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if not state or not state.grades:
+        return
+    terminalreporter.section("conformance grades")
+    for name, counts in sorted(state.grades.items()):
+        line = ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
+        terminalreporter.write_line(f"{name}: {line}")
+    if state.results is not None:
+        terminalreporter.write_line(f"results: {state.results.name}")

@@ -1,0 +1,451 @@
+"""Render conformance results (JSON lines) as TEST_RESULTS.md and an HTML matrix.
+
+The pytest plugin writes one JSON object per test outcome into
+``reports/results-*.jsonl``.  This module merges those files (for a repeated
+test the newest ``run_id`` wins) and renders deterministic reports from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import html
+import json
+import os
+import re
+import string
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+GRADES = ("pass", "fail", "non-strict", "xfail", "unsupported", "error")
+FAILING_GRADES = ("error", "fail", "non-strict")
+_BY_SEVERITY = ("pass", "xfail", "unsupported", "non-strict", "fail", "error")
+_REQUIRED_KEYS = ("case", "nodeid", "implementation", "grade", "run_id")
+_NULLABLE_KEYS = ("mode", "django")
+_ENV_HEADERS = ("Implementation", "Database", "Python", "Django")
+_ENV_DETAILS = {  # Environment-section column -> CaseResult attribute
+    "Version": "impl_version",
+    "Platform": "platform",
+    "Modes": "mode",
+    "Run ids": "run_id",
+    "Input files": "source",
+}
+REASON_LIMIT = 200
+NOT_APPLICABLE = "n/a"
+DEFAULT_GLOB = "reports/results-*.jsonl"
+DEFAULT_OUTPUT = "TEST_RESULTS.md"
+COMMAND = "python -m conformance report"
+DESCRIPTION = "Render conformance results as TEST_RESULTS.md and an HTML matrix."
+
+K = TypeVar("K", bound=tuple[str, ...])
+Column = tuple[str, str, str, str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+    """One test outcome for one implementation in one environment."""
+
+    case: str
+    level: str
+    suite: str
+    nodeid: str
+    test: str
+    implementation: str
+    impl_version: str
+    mode: str | None
+    grade: str
+    reason: str
+    duration: float
+    python: str
+    django: str | None
+    database: str
+    platform: str
+    run_id: str
+    source: str
+
+    @property
+    def environment(self) -> tuple[str, str, str, str]:
+        """Return the (implementation, database, python, django) environment."""
+        django = self.django or NOT_APPLICABLE
+        return (self.implementation, self.database, self.python, django)
+
+    @property
+    def column(self) -> Column:
+        """Return the environment plus execution mode (one HTML matrix column)."""
+        return (*self.environment, self.mode or NOT_APPLICABLE)
+
+    @property
+    def identity(self) -> tuple[str | None, ...]:
+        """Return the key under which repeated runs replace each other."""
+        return (self.nodeid, *self.environment[:3], self.django, self.mode)
+
+
+# --- loading ---------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+    """Report a skipped input problem on stderr."""
+    print(message, file=sys.stderr)
+
+
+def _problem(raw: object) -> str | None:
+    """Describe why a decoded line is not a usable record, or return None."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    missing = [key for key in _REQUIRED_KEYS if raw.get(key) in (None, "")]
+    if missing:
+        return "missing " + ", ".join(missing)
+    if raw["grade"] not in GRADES:
+        return f"unknown grade {raw['grade']!r}"
+    return None
+
+
+def _record(raw: dict[str, Any], source: str) -> CaseResult:
+    """Build a CaseResult from a validated JSON object, ignoring unknown keys."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(CaseResult):
+        value = raw.get(field.name)
+        if field.name == "source":
+            values[field.name] = source
+        elif field.name == "duration":
+            values[field.name] = float(value) if isinstance(value, int | float) else 0.0
+        elif field.name in _NULLABLE_KEYS:
+            values[field.name] = None if value in (None, "") else str(value)
+        else:
+            values[field.name] = "" if value is None else str(value)
+    return CaseResult(**values)
+
+
+def _parse_line(line: str, where: str, source: str) -> CaseResult | None:
+    """Parse one input line, warning about (and skipping) a bad one."""
+    if not line.strip():
+        _warn(f"{where}: blank line, skipped")
+        return None
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        _warn(f"{where}: invalid JSON ({exc.msg}), skipped")
+        return None
+    problem = _problem(raw)
+    if problem is not None:
+        _warn(f"{where}: {problem}, skipped")
+        return None
+    return _record(raw, source)
+
+
+def _read_file(path: str | os.PathLike[str]) -> list[CaseResult]:
+    """Read every valid record of one JSON-lines file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        _warn(f"{source}: cannot read ({exc.strerror or exc}), skipped")
+        return []
+    lines = text.removesuffix("\n").split("\n") if text else []
+    parsed = (_parse_line(ln, f"{source}:{n}", source) for n, ln in enumerate(lines, 1))
+    return [result for result in parsed if result is not None]
+
+
+def latest_runs(results: Iterable[CaseResult]) -> list[CaseResult]:
+    """Keep one result per test and environment: the one with the newest run_id."""
+    latest: dict[tuple[str | None, ...], CaseResult] = {}
+    for result in results:
+        kept = latest.get(result.identity)
+        if kept is None or result.run_id >= kept.run_id:
+            latest[result.identity] = result
+    return list(latest.values())
+
+
+def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[CaseResult]:
+    """Load result files, keeping the latest run of each test, sorted."""
+    return sort_results(latest_runs(r for path in paths for r in _read_file(path)))
+
+
+# --- ordering and grouping -------------------------------------------------
+
+
+def natural_key(text: str) -> tuple[tuple[str | int, ...], str]:
+    """Return a sort key ordering embedded numbers numerically (FUNC-2 < FUNC-10)."""
+    parts = re.split(r"(\d+)", text)
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), text
+
+
+def _tuple_key(values: Sequence[str]) -> tuple[tuple[tuple[str | int, ...], str], ...]:
+    """Return a natural sort key for a tuple of strings."""
+    return tuple(natural_key(value) for value in values)
+
+
+def _result_key(result: CaseResult) -> tuple[object, ...]:
+    """Return the sort key of a result: environment, mode, case ID, test node."""
+    r = result
+    return (_tuple_key(r.column), natural_key(r.case), r.nodeid, r.run_id, r.source)
+
+
+def sort_results(results: Iterable[CaseResult]) -> list[CaseResult]:
+    """Sort results by environment, mode, case ID and test node."""
+    return sorted(results, key=_result_key)
+
+
+def _grouped(
+    results: Iterable[CaseResult], key: Callable[[CaseResult], K]
+) -> list[tuple[K, list[CaseResult]]]:
+    """Group results by a tuple key, groups in natural order of the key."""
+    groups: dict[K, list[CaseResult]] = {}
+    for result in results:
+        groups.setdefault(key(result), []).append(result)
+    return sorted(groups.items(), key=lambda item: _tuple_key(item[0]))
+
+
+def _joined(values: Iterable[str]) -> str:
+    """Join distinct non-empty values in natural order."""
+    distinct = sorted({value for value in values if value}, key=natural_key)
+    return ", ".join(distinct) or NOT_APPLICABLE
+
+
+def _label(result: CaseResult) -> str:
+    """Describe a result's environment and mode in one line."""
+    implementation, database, python, django, mode = result.column
+    return f"{implementation} ({database}, Python {python}, Django {django}, {mode})"
+
+
+# --- Markdown --------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    """Make text safe for one Markdown table cell: one line, `|` and `<` escaped."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def _short_reason(reason: str) -> str:
+    """Return the reason on one line, cut to REASON_LIMIT characters (unescaped)."""
+    line = " ".join(reason.split())
+    if len(line) > REASON_LIMIT:
+        line = line[: REASON_LIMIT - 1].rstrip() + "…"
+    return line
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Render a Markdown table, escaping every data cell."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _counts(results: Sequence[CaseResult]) -> list[str]:
+    """Return the count of each grade (in GRADES order) and the total."""
+    counter = Counter(result.grade for result in results)
+    return [str(counter[grade]) for grade in GRADES] + [str(len(results))]
+
+
+def verdict(results: Sequence[CaseResult]) -> str:
+    """Return "conforms" when nothing failed or errored, else "does not conform"."""
+    broken = any(result.grade in ("fail", "error") for result in results)
+    return "does not conform" if broken else "conforms"
+
+
+def _summary_section(results: Sequence[CaseResult]) -> list[str]:
+    """Render one row of grade counts and a verdict per environment."""
+    headers = [*_ENV_HEADERS, *GRADES, "total", "verdict"]
+    groups = _grouped(results, lambda r: r.environment)
+    rows = [[*env, *_counts(group), verdict(group)] for env, group in groups]
+    return ["## Summary", "", *_md_table(headers, rows)]
+
+
+def _suite_section(results: Sequence[CaseResult]) -> list[str]:
+    """Render, per implementation, a table of grade counts per suite."""
+    lines = ["## Results per implementation and suite"]
+    for (implementation,), group in _grouped(results, lambda r: (r.implementation,)):
+        suites = _grouped(group, lambda r: (r.suite or NOT_APPLICABLE,))
+        rows = [[suite, *_counts(items)] for (suite,), items in suites]
+        lines += ["", f"### {_md_cell(implementation)}", ""]
+        lines += _md_table(["Suite", *GRADES, "total"], rows)
+    return lines
+
+
+def _failures_section(results: Sequence[CaseResult]) -> list[str]:
+    """Render every error, fail and non-strict result with its reason.
+
+    Results must already be sorted: the stable sort keeps their order within a case.
+    """
+    failing = sorted(
+        (r for r in results if r.grade in FAILING_GRADES),
+        key=lambda r: (FAILING_GRADES.index(r.grade), natural_key(r.case)),
+    )
+    if not failing:
+        return ["## Failing cases", "", "_None._"]
+    headers = ["Grade", "Case", "Level", "Test", "Environment", "Reason"]
+    rows = [
+        [r.grade, r.case, r.level, r.test, _label(r), _short_reason(r.reason)]
+        for r in failing
+    ]
+    return ["## Failing cases", "", *_md_table(headers, rows)]
+
+
+def _unsupported_section(results: Sequence[CaseResult]) -> list[str]:
+    """Render unsupported cases grouped by the missing capability."""
+    unsupported = [r for r in results if r.grade == "unsupported"]
+    if not unsupported:
+        return ["## Unsupported cases", "", "_None._"]
+    groups = _grouped(
+        unsupported, lambda r: (_short_reason(r.reason) or "(no reason given)",)
+    )
+    rows = [
+        [reason, _joined(r.case for r in rs), _joined(r.implementation for r in rs)]
+        for (reason,), rs in groups
+    ]
+    headers = ["Capability", "Cases", "Implementations"]
+    return ["## Unsupported cases", "", *_md_table(headers, rows)]
+
+
+def _environment_section(results: Sequence[CaseResult]) -> list[str]:
+    """Render each environment with versions, platform, modes, runs and sources."""
+    rows = []
+    for env, group in _grouped(results, lambda r: r.environment):
+        details = (
+            [getattr(r, name) or "" for r in group] for name in _ENV_DETAILS.values()
+        )
+        rows.append([*env, *map(_joined, details)])
+    return ["## Environment", "", *_md_table([*_ENV_HEADERS, *_ENV_DETAILS], rows)]
+
+
+_SECTIONS = (
+    _summary_section,
+    _suite_section,
+    _failures_section,
+    _unsupported_section,
+    _environment_section,
+)
+
+
+def render_markdown(results: Sequence[CaseResult], sources: Sequence[str]) -> str:
+    """Render the TEST_RESULTS.md report for results read from sources."""
+    ordered = sort_results(results)
+    inputs = ", ".join(f"`{source}`" for source in sorted(map(str, sources)))
+    newest = max((r.run_id for r in ordered), default=NOT_APPLICABLE)
+    lines = [
+        f"_Generated by `{COMMAND}` from {inputs or 'no files'}; do not edit by hand._",
+        "",
+        "# Conformance test results",
+        "",
+        f"{len(ordered)} results; newest run: `{newest}`.",
+    ]
+    for section in _SECTIONS:
+        lines += ["", *section(ordered)]
+    return "\n".join(lines) + "\n"
+
+
+# --- HTML ------------------------------------------------------------------
+
+_PAGE = string.Template("""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Conformance matrix</title>
+<style>
+body { font-family: sans-serif; margin: 1em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.5em; text-align: left; }
+thead th { position: sticky; top: 0; background: #f4f4f4; }
+.grade-pass { background: #c8f7c5; } .grade-fail { background: #f5b7b1; }
+.grade-non-strict { background: #fde3a7; } .grade-xfail { background: #d6eaf8; }
+.grade-unsupported { background: #e5e7e9; } .grade-missing { color: #999; }
+.grade-error { background: #c0392b; color: #fff; }
+</style></head>
+<body>
+<h1>Conformance matrix</h1>
+<p>Generated by <code>python -m conformance report</code>; hover a cell for details.</p>
+<table>
+<thead><tr><th>Case</th><th>Level</th>$headers</tr></thead>
+<tbody>
+$rows
+</tbody>
+</table>
+</body>
+</html>
+""")
+
+
+def _html_header(column: Column) -> str:
+    """Render the header cell of one environment column."""
+    labels = ("", "", "Python ", "Django ", "")
+    parts = (lb + html.escape(part) for lb, part in zip(labels, column, strict=True))
+    return "<th>" + "<br>".join(parts) + "</th>"
+
+
+def _html_cell(results: Sequence[CaseResult]) -> str:
+    """Render one matrix cell: the worst grade, every outcome in the title."""
+    if not results:
+        return '<td class="grade-missing">&mdash;</td>'
+    worst = html.escape(max((r.grade for r in results), key=_BY_SEVERITY.index))
+    title = "\n".join(
+        f"{r.grade}: {r.test}" + (f" - {r.reason}" if r.reason else "") for r in results
+    )
+    return f'<td class="grade grade-{worst}" title="{html.escape(title)}">{worst}</td>'
+
+
+def _html_row(case: str, group: list[CaseResult], columns: list[Column]) -> str:
+    """Render one matrix row: the case ID, its level and one cell per column."""
+    by_column: dict[Column, list[CaseResult]] = {}
+    for result in group:
+        by_column.setdefault(result.column, []).append(result)
+    cells = "".join(_html_cell(by_column.get(column, [])) for column in columns)
+    level = html.escape(_joined(r.level for r in group))
+    return f'<tr><th scope="row">{html.escape(case)}</th><td>{level}</td>{cells}</tr>'
+
+
+def render_html(results: Sequence[CaseResult]) -> str:
+    """Render a self-contained HTML matrix of case IDs against environments."""
+    ordered = sort_results(results)
+    columns = sorted({r.column for r in ordered}, key=_tuple_key)
+    headers = "".join(_html_header(column) for column in columns)
+    cases = _grouped(ordered, lambda r: (r.case,))
+    rows = "\n".join(_html_row(case, group, columns) for (case,), group in cases)
+    return _PAGE.substitute(headers=headers, rows=rows)
+
+
+# --- command line ----------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the report command to a parser."""
+    parser.add_argument(
+        "--input-glob", default=DEFAULT_GLOB, help="result files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help="Markdown report (default: %(default)s)",
+    )
+    parser.add_argument("--html", help="also write an HTML matrix to this path")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write text as UTF-8 with Unix newlines, creating parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the report command for parsed arguments; return the exit code."""
+    matches = glob.glob(args.input_glob, recursive=True)
+    paths = sorted(path for path in matches if Path(path).is_file())
+    if not paths:
+        _warn(f"conformance report: no input files match {args.input_glob!r}")
+        return 2
+    results = load_results(paths)
+    _write(Path(args.output), render_markdown(results, paths))
+    written = [args.output]
+    if args.html:
+        _write(Path(args.html), render_html(results))
+        written.append(args.html)
+    print(f"{len(results)} results from {len(paths)} files -> {', '.join(written)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse report options from argv and run the report command."""
+    parser = argparse.ArgumentParser(prog=COMMAND, description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

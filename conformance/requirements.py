@@ -1,0 +1,41 @@
+"""Capabilities a case needs, and what an implementation declares it lacks.
+
+A case states what it needs with ``@pytest.mark.requires(Capability.X, ...)``.
+Run against an implementation without one of them, the case is reported
+*unsupported*, with the capability as the reason: never a silent pass.
+Expected failures are strict: a declared case that passes is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from .contract import Capability, Implementation
+
+UNSUPPORTED = "unsupported"
+
+
+def missing(impl: Implementation, needs: Iterable[str]) -> list[str]:
+    """The capabilities in ``needs`` that ``impl`` does not declare, sorted."""
+    declared = {str(c) for c in impl.capabilities}
+    unknown = [n for n in needs if n not in {str(c) for c in Capability}]
+    if unknown:
+        raise ValueError(f"Unknown capability {unknown[0]!r}; known: {sorted(map(str, Capability))}.")
+    return sorted(n for n in needs if n not in declared)
+
+
+def skip_unsupported(impl: Implementation, needs: Iterable[str]) -> None:
+    """Skip the running case as *unsupported* if ``impl`` lacks any of ``needs``."""
+    lacking = missing(impl, needs)
+    if lacking:
+        pytest.skip(f"{UNSUPPORTED}: {impl.name} lacks capability {', '.join(map(repr, lacking))}")
+
+
+def expected_failure(impl: Implementation, case_id: str) -> pytest.MarkDecorator | None:
+    """A strict xfail marker if ``impl`` declares ``case_id`` an expected failure."""
+    reason = impl.expected_failures.get(case_id)
+    if reason is None:
+        return None
+    return pytest.mark.xfail(strict=True, reason=f"{impl.name} declares {case_id}: {reason}")

@@ -1,0 +1,319 @@
+"""Functional suite (FUNC): running tasks and fanning their events out.
+
+The seed's original twelve topics: task execution and completion, multiple
+clients, event streaming, connect and disconnect, coordinator management.
+Every case that takes ``client`` runs twice: in-process and over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+
+from conformance import behaviours
+from conformance.clients import Client
+from conformance.contract import Runtime, TaskStatus, UnknownTask
+from conformance.waiting import eventually
+
+pytestmark = pytest.mark.asyncio
+
+
+async def state_is(runtime: Runtime, ref, status: TaskStatus, timeout: float = 5.0):
+    return await eventually(
+        lambda: _status_if(runtime, ref, status), timeout=timeout, what=f"{ref} to be {status}"
+    )
+
+
+async def _status_if(runtime: Runtime, ref, status: TaskStatus):
+    state = await runtime.get_state(ref)
+    return state if state.status is status else None
+
+
+async def reached(runtime: Runtime, ref, step: int) -> None:
+    await eventually(
+        lambda: _reached(runtime, ref, step), what=f"{ref} to store reached >= {step}"
+    )
+
+
+async def _reached(runtime: Runtime, ref, step: int) -> bool:
+    return int((await runtime.get_state(ref)).fields.get("reached", -1)) >= step
+
+
+@pytest.mark.case("FUNC-1")
+async def test_started_task_when_run_then_client_gets_events_in_order_then_complete(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 3, "message": "hello"})
+    stream = await client.subscribe(ref)
+    assert await runtime.start_task(ref)
+    events = await stream.until()
+    assert [e.type for e in events] == ["start", "progress", "progress", "progress", "complete"], (
+        stream.trace()
+    )
+    assert events[0].data["message"] == "hello"
+    assert [e.data["step"] for e in events[1:4]] == [1, 2, 3]
+
+
+@pytest.mark.case("FUNC-2")
+async def test_run_when_task_returns_then_one_complete_event_with_result_and_stream_ends(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 1})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    await stream.expect_end()
+    terminal = [e for e in stream.seen if e.is_terminal]
+    assert [e.type for e in terminal] == ["complete"], stream.trace()
+    assert terminal[0].data["total_steps"] == 1, stream.trace()
+    assert events[-1] is terminal[0]
+
+
+@pytest.mark.case("FUNC-3")
+async def test_events_when_streamed_then_ids_count_from_one_with_task_metadata(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 3})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), stream.trace()
+    for event in events:
+        assert (event.task_id, event.model) == (ref.id, ref.model), event
+        stamp = datetime.fromisoformat(event.timestamp)
+        assert stamp.utcoffset() is not None, f"timestamp without UTC offset: {event.timestamp}"
+
+
+@pytest.mark.case("FUNC-4")
+async def test_many_clients_when_task_runs_then_all_receive_identical_events(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 5})
+    streams = [await client.subscribe(ref) for _ in range(5)]
+    await runtime.start_task(ref)
+    seen = await asyncio.gather(*(s.until() for s in streams))
+    reference = [(e.id, e.type, dict(e.data)) for e in seen[0]]
+    assert len(reference) == 7, streams[0].trace()
+    for stream, events in zip(streams, seen, strict=True):
+        assert [(e.id, e.type, dict(e.data)) for e in events] == reference, stream.trace()
+
+
+@pytest.mark.case("FUNC-5")
+async def test_late_client_when_task_running_then_latest_event_first_then_the_rest(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 3})
+    early = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await early.until("start")
+    await runtime.update_fields(ref, allow=2)
+    await early.next()
+    latest = await early.next()
+    assert (latest.type, latest.data.get("step")) == ("progress", 2), early.trace()
+
+    late = await client.subscribe(ref)
+    first = await late.next(timeout=2)
+    assert (first.id, first.type) == (latest.id, latest.type), late.trace()
+    await runtime.update_fields(ref, allow=3)
+    rest = await late.until()
+    everything = await early.until()
+    assert [e.id for e in late.seen] == list(range(latest.id, latest.id + 1 + len(rest))), (
+        late.trace()
+    )
+    assert [(e.id, e.type) for e in late.seen] == [(e.id, e.type) for e in early.seen[2:]], (
+        f"late client:\n{late.trace()}\nearly client:\n{early.trace()}"
+    )
+    assert everything[-1].type == "complete"
+
+
+@pytest.mark.case("FUNC-6")
+async def test_all_clients_gone_when_task_runs_then_it_continues_and_returning_client_gets_latest(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 3})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    await stream.aclose()
+    await eventually(lambda: runtime.stats().subscribers == 0, what="the client to be unregistered")
+
+    await runtime.update_fields(ref, allow=2)
+    await reached(runtime, ref, 2)
+    back = await client.subscribe(ref)
+    first = await back.next(timeout=2)
+    assert (first.type, first.data.get("step")) == ("progress", 2), back.trace()
+    await runtime.update_fields(ref, allow=3)
+    events = await back.until()
+    assert [e.type for e in events][-2:] == ["progress", "complete"], back.trace()
+    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+
+
+@pytest.mark.case("FUNC-7")
+async def test_one_client_leaves_when_task_runs_then_it_is_unregistered_and_others_continue(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 3})
+    leaving, staying = await client.subscribe(ref), await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await leaving.until("start")
+    await eventually(lambda: runtime.stats().subscribers == 2, what="both clients registered")
+    await leaving.aclose()
+    await eventually(
+        lambda: runtime.stats().subscribers == 1, what="the leaving client to be unregistered"
+    )
+    await runtime.update_fields(ref, allow=3)
+    events = await staying.until()
+    assert [e.type for e in events] == ["start", "progress", "progress", "progress", "complete"], (
+        staying.trace()
+    )
+
+
+@pytest.mark.case("FUNC-8")
+async def test_client_when_task_already_finished_then_gets_terminal_event_and_stream_ends(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 2})
+    await runtime.start_task(ref)
+    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    stream = await client.subscribe(ref)
+    event = await stream.next(timeout=2)
+    assert event.type == "complete", stream.trace()
+    assert event.id == 4, stream.trace()
+    await stream.expect_end()
+
+
+@pytest.mark.case("FUNC-9")
+async def test_task_when_it_raises_then_one_error_event_and_failed_state(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.fail, {"message": "boom at step 1"})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    await stream.expect_end()
+    errors = [e for e in events if e.type == "error"]
+    assert len(errors) == 1 and events[-1] is errors[0], stream.trace()
+    assert errors[0].data["error_type"] == "ValueError", stream.trace()
+    assert "boom at step 1" in errors[0].data["message"], stream.trace()
+    state = await state_is(runtime, ref, TaskStatus.FAILED)
+    assert "boom at step 1" in state.error
+
+
+@pytest.mark.case("FUNC-10")
+async def test_start_when_task_running_or_finished_then_false_and_not_run_again(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    stream = await client.subscribe(ref)
+    assert await runtime.start_task(ref) is True
+    await stream.until("start")
+    assert await runtime.start_task(ref) is False
+    await runtime.update_fields(ref, allow=1)
+    await stream.until()
+    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    assert await runtime.start_task(ref) is False
+    assert [e.type for e in stream.seen] == ["start", "progress", "complete"], stream.trace()
+
+    missing = type(ref)(ref.model, "987654321")
+    with pytest.raises(UnknownTask):
+        await runtime.start_task(missing)
+    with pytest.raises(UnknownTask):
+        await runtime.subscribe(missing)
+
+
+@pytest.mark.case("FUNC-11")
+async def test_run_when_ended_and_clients_left_then_nothing_is_held(
+    runtime: Runtime, client: Client
+) -> None:
+    refs = [await runtime.create_task(behaviours.steps, {"steps": 2}) for _ in range(3)]
+    streams = [await client.subscribe(ref) for ref in refs]
+    for ref in refs:
+        await runtime.start_task(ref)
+    for stream in streams:
+        await stream.until()
+        await stream.aclose()
+    await eventually(
+        lambda: runtime.stats() == type(runtime.stats())(0, 0, 0),
+        what="no running task, subscriber or topic",
+    )
+
+
+@pytest.mark.case("FUNC-12")
+async def test_running_task_when_fields_change_outside_then_it_sees_the_change(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.wait_for_flag, {"go": False})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    started = await stream.next()
+    assert (started.type, started.data["go"]) == ("started", False), stream.trace()
+    await runtime.update_fields(ref, go=True)
+    events = await stream.until()
+    assert [e.type for e in events] == ["final", "complete"], stream.trace()
+
+
+@pytest.mark.case("FUNC-13")
+async def test_events_when_no_client_subscribed_then_later_client_gets_latest_first(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 3})
+    await runtime.start_task(ref)
+    await runtime.update_fields(ref, allow=1)
+    await reached(runtime, ref, 1)
+    stream = await client.subscribe(ref)
+    first = await stream.next(timeout=2)
+    assert (first.id, first.type, first.data.get("step")) == (2, "progress", 1), stream.trace()
+    await runtime.update_fields(ref, allow=3)
+    events = await stream.until()
+    assert [e.id for e in events] == [3, 4, 5], stream.trace()
+
+
+@pytest.mark.case("FUNC-14")
+async def test_task_when_it_sends_a_terminal_type_then_refused_and_one_terminal_event(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.send_terminal)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    assert [e.type for e in events] == ["refused", "complete"], stream.trace()
+    assert "forged" not in events[-1].data, stream.trace()
+
+
+@pytest.mark.case("FUNC-15")
+async def test_persisted_state_when_task_runs_then_running_then_final_with_times(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    assert (await runtime.get_state(ref)).status is TaskStatus.READY
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    running = await runtime.get_state(ref)
+    assert running.status is TaskStatus.RUNNING and running.started_at, running
+    assert running.completed_at is None, running
+    await runtime.update_fields(ref, allow=1)
+    await stream.until()
+    done = await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    assert done.completed_at is not None and done.started_at is not None, done
+    assert datetime.fromisoformat(done.completed_at) >= datetime.fromisoformat(done.started_at)
+
+
+@pytest.mark.case("FUNC-16")
+async def test_two_tasks_when_one_waits_then_the_other_still_streams_and_completes(
+    runtime: Runtime, client: Client
+) -> None:
+    waiting = await runtime.create_task(behaviours.wait_for_flag, {"go": False})
+    quick = await runtime.create_task(behaviours.steps, {"steps": 3})
+    waiting_stream = await client.subscribe(waiting)
+    quick_stream = await client.subscribe(quick)
+    await runtime.start_task(waiting)
+    await waiting_stream.until("started")
+    await runtime.start_task(quick)
+    events = await quick_stream.until()
+    assert events[-1].type == "complete", quick_stream.trace()
+    assert (await runtime.get_state(waiting)).status is TaskStatus.RUNNING
+    await runtime.update_fields(waiting, go=True)
+    assert (await waiting_stream.until())[-1].type == "complete", waiting_stream.trace()

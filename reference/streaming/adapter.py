@@ -1,0 +1,253 @@
+"""The reference implementation seen through ``conformance.contract``.
+
+Kept apart so the coordinator never learns the contract's types. The
+implementation sets Django up on first use, against a database of its own
+made for the session: a temporary SQLite file by default, or a new PostgreSQL
+database on the server that ``DATABASE_URL`` names, dropped at the end. Server
+processes it starts get the same database through their environment.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from conformance.contract import (
+    ASGIApp,
+    Behaviour,
+    Capability,
+    Event,
+    Implementation,
+    Runtime,
+    RuntimeStats,
+    ServerSpec,
+    Subscription,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+    UnknownTask,
+    behaviour_path,
+)
+
+SETTINGS_MODULE = "streaming_project.settings"
+
+
+class ReferenceImplementation(Implementation):
+    """Django models + asgineer on uvicorn: the implementation every case is built against."""
+
+    name = "reference"
+    version = "0.1.0"
+    capabilities = frozenset(
+        {Capability.HTTP, Capability.PROCESS, Capability.PERSISTENCE, Capability.RESUME}
+    )
+    expected_failures: Mapping[str, str] = {}
+
+    def __init__(self) -> None:
+        self._database_url: str | None = None
+        self._cleanup: list[Any] = []
+
+    def _setup_django(self) -> None:
+        if self._database_url is not None:
+            return
+        import django
+
+        base = os.environ.get("DATABASE_URL", "")
+        if base.startswith(("postgres://", "postgresql://")):
+            self._database_url = _create_postgres_database(base, self._cleanup)
+        else:
+            directory = tempfile.mkdtemp(prefix="conformance-")
+            self._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+            self._database_url = f"sqlite:///{directory}/reference.sqlite3"
+        os.environ["DATABASE_URL"] = self._database_url
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+
+    async def start(self) -> Runtime:
+        await sync_to_async(self._setup_django, thread_sensitive=True)()
+        from .coordinator import Coordinator
+
+        return ReferenceRuntime(Coordinator(cancel_grace=2.0))
+
+    def server_command(self, host: str, port: int) -> ServerSpec:
+        self._setup_django()
+        assert self._database_url is not None
+        return ServerSpec(
+            argv=[sys.executable, "-m", "django", "runserver_stream", "--host", host,
+                  "--port", str(port), "--log-level", "warning"],
+            env={"DATABASE_URL": self._database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
+        )
+
+    def environment(self) -> Mapping[str, str]:
+        import django
+
+        url = os.environ.get("DATABASE_URL", "")
+        return {
+            "django": django.get_version(),
+            "database": "postgresql" if url.startswith("postgres") else "sqlite",
+            "platform": f"{platform.system()}-{platform.machine()}",
+        }
+
+    def close(self) -> None:
+        if self._database_url is not None:
+            from django.db import connections
+
+            connections.close_all()
+        while self._cleanup:
+            self._cleanup.pop()()
+
+
+def _create_postgres_database(base_url: str, cleanup: list[Any]) -> str:
+    import psycopg
+
+    name = f"conformance_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    prefix, _, _ = base_url.rpartition("/")
+    with psycopg.connect(base_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(base_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    cleanup.append(drop)
+    return f"{prefix}/{name}"
+
+
+class ReferenceSubscription(Subscription):
+    def __init__(self, subscriber: Any) -> None:
+        self._subscriber = subscriber
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        async for message in self._subscriber:
+            event = message.event
+            yield Event(
+                id=event.id,
+                type=event.type,
+                data=dict(event.data),
+                task_id=str(event.task_id),
+                model=event.model,
+                timestamp=event.timestamp,
+            )
+
+    async def aclose(self) -> None:
+        self._subscriber.close()
+
+
+class ReferenceRuntime(Runtime):
+    def __init__(self, coordinator: Any) -> None:
+        self.coordinator = coordinator
+        self._app: ASGIApp | None = None
+
+    async def create_task(
+        self,
+        kind: Behaviour | str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> TaskRef:
+        from .coordinator import resolve_model
+        from .models import BehaviourTask
+
+        if callable(kind):
+            task = await BehaviourTask.objects.acreate(
+                behaviour=behaviour_path(kind), fields=dict(fields or {}), timeout_seconds=timeout
+            )
+        else:
+            model = self._model(kind, resolve_model)
+            task = await model._default_manager.acreate(**(fields or {}), timeout_seconds=timeout)
+        return TaskRef(type(task).__name__, str(task.pk))
+
+    @staticmethod
+    def _model(name: str, resolve: Any) -> Any:
+        from .coordinator import UnknownTask as ReferenceUnknownTask
+
+        try:
+            return resolve(name)
+        except ReferenceUnknownTask as exc:
+            raise UnknownTask(str(exc)) from None
+
+    async def start_task(self, ref: TaskRef) -> bool:
+        from .coordinator import UnknownTask as ReferenceUnknownTask
+
+        try:
+            return await self.coordinator.start_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
+        except ReferenceUnknownTask as exc:
+            raise UnknownTask(str(exc)) from None
+
+    async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
+        return await self.coordinator.cancel_task(ref.model, _pk(ref), reason)  # type: ignore[no-any-return]
+
+    async def get_state(self, ref: TaskRef) -> TaskState:
+        from .coordinator import resolve_model
+
+        model = self._model(ref.model, resolve_model)
+        task = await model._default_manager.filter(pk=_pk(ref)).afirst()
+        if task is None:
+            raise UnknownTask(f"{ref} does not exist.")
+        fields = getattr(task, "fields", None)
+        if not isinstance(fields, dict):
+            fields = {f.name: getattr(task, f.name) for f in model._meta.concrete_fields}
+        return TaskState(
+            status=TaskStatus(task.status),
+            created_at=_iso(task.created_at),
+            started_at=_iso(task.started_at),
+            completed_at=_iso(task.completed_at),
+            error=task.error,
+            fields=fields,
+        )
+
+    async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
+        from .coordinator import resolve_model
+        from .models import BehaviourTask
+
+        model = self._model(ref.model, resolve_model)
+        if model is BehaviourTask:
+            await sync_to_async(BehaviourTask.merge_fields)(_pk(ref), fields)
+        elif not await model._default_manager.filter(pk=_pk(ref)).aupdate(**fields):
+            raise UnknownTask(f"{ref} does not exist.")
+
+    async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
+        from .coordinator import UnknownTask as ReferenceUnknownTask
+
+        try:
+            subscriber = await self.coordinator.subscribe(
+                ref.model, _pk(ref), last_event_id=last_event_id
+            )
+        except ReferenceUnknownTask as exc:
+            raise UnknownTask(str(exc)) from None
+        return ReferenceSubscription(subscriber)
+
+    def asgi_app(self) -> ASGIApp:
+        if self._app is None:
+            from .server import make_app
+
+            self._app = make_app(self.coordinator)
+        return self._app
+
+    def stats(self) -> RuntimeStats:
+        counts = self.coordinator.stats()
+        return RuntimeStats(counts["running_tasks"], counts["subscribers"], counts["topics"])
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        await self.coordinator.shutdown(grace)
+
+
+def _pk(ref: TaskRef) -> int:
+    try:
+        return int(ref.id)
+    except ValueError:
+        raise UnknownTask(f"{ref}: task ids are integers.") from None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

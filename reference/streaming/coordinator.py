@@ -1,0 +1,455 @@
+"""Runs tasks on asyncio: start, cancel, timeout, shutdown.
+
+One :class:`Run` per running task, one supervising asyncio task per run.
+Every run ends through :meth:`Coordinator._finish`, which records the outcome
+in the database first and then publishes the terminal event, so a client that
+has seen ``cancelled`` can read CANCELLED back. That write is shielded: a
+second cancellation while it is under way cannot lose it.
+
+The coordinator's own states::
+
+    OPEN -> DRAINING -> CLOSED      (shutdown(); idempotent)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+
+from .bus import InMemoryBus, Subscriber
+from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
+from .models import StreamTask
+from .states import TaskStatus
+
+logger = logging.getLogger(__name__)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class UnknownTask(LookupError):
+    """No such task model, or no task with that id."""
+
+
+class CoordinatorClosed(RuntimeError):
+    """The coordinator refuses new work: it is shutting down or has shut down."""
+
+
+def task_models() -> dict[str, type[StreamTask]]:
+    """Concrete StreamTask models by class name: the only ones reachable by name."""
+    return {
+        model.__name__: model
+        for model in apps.get_models()
+        if issubclass(model, StreamTask)
+    }
+
+
+def resolve_model(name: str) -> type[StreamTask]:
+    models = task_models()
+    try:
+        return models[name]
+    except KeyError:
+        known = ", ".join(sorted(models))
+        raise UnknownTask(f"Unknown task model {name!r}; known models: {known}.") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: the status to record and the terminal event to send."""
+
+    status: TaskStatus
+    event_type: str | None
+    data: Mapping[str, Any]
+    error: str = ""
+
+
+class Run:
+    """One run of one task: its event counter and how it is being stopped."""
+
+    __slots__ = (
+        "attempt",
+        "cancel_reason",
+        "coordinator",
+        "finished",
+        "interrupted",
+        "key",
+        "model",
+        "next_id",
+        "supervisor",
+        "task",
+        "timeout",
+    )
+
+    def __init__(self, coordinator: Coordinator, task: StreamTask, attempt: int) -> None:
+        self.coordinator = coordinator
+        self.task = task
+        self.model = type(task).__name__
+        self.key = f"{self.model}:{task.pk}"
+        self.attempt = attempt
+        self.next_id = 1
+        self.timeout = task.effective_timeout(coordinator.default_timeout)
+        #: Set by cancel_task(); the reason clients are told.
+        self.cancel_reason: str | None = None
+        #: Set by shutdown(): the run is stopped, not cancelled by request.
+        self.interrupted = False
+        #: The outcome is recorded; nothing more is sent for this run.
+        self.finished = False
+        self.supervisor: asyncio.Task[Any] | None = None
+
+    def event(self, type: str, data: Mapping[str, Any]) -> Event:
+        event = Event(self.next_id, type, data, self.task.pk, self.model, now_iso())
+        self.next_id += 1
+        return event
+
+    async def send(self, type: str, data: Mapping[str, Any]) -> None:
+        if type in TERMINAL_TYPES or type == FAREWELL:
+            raise ValueError(
+                f"Cannot send {type!r} from {self.key}: the coordinator sends terminal "
+                "events itself when process() returns, raises or is stopped."
+            )
+        if self.finished:
+            # The run was given up on (it ignored cancellation past the grace
+            # period): every further await of send_event is a cancellation point.
+            raise asyncio.CancelledError(f"{self.key} was stopped")
+        await self.coordinator.bus.publish(self.key, self.event(type, data))
+
+    def __repr__(self) -> str:
+        return f"<Run {self.key} attempt={self.attempt} next_id={self.next_id}>"
+
+
+class Coordinator:
+    """Starts tasks by model and id, fans their events out, stops them on request."""
+
+    def __init__(
+        self,
+        *,
+        bus: InMemoryBus | None = None,
+        default_timeout: float | None = None,
+        cancel_grace: float | None = None,
+        retry_ms: int | None = None,
+    ) -> None:
+        config = settings.STREAMING
+        if bus is None:
+            from .bus import Hub
+
+            bus = InMemoryBus(
+                Hub(queue_size=config["CLIENT_QUEUE_SIZE"], history_size=config["HISTORY_SIZE"])
+            )
+        self.bus = bus
+        self.default_timeout = (
+            default_timeout if default_timeout is not None else config["TASK_TIMEOUT"]
+        )
+        self.cancel_grace = cancel_grace if cancel_grace is not None else config["CANCEL_GRACE"]
+        self.retry_ms = retry_ms if retry_ms is not None else config["RETRY_MS"]
+        self._state = _State.OPEN
+        self._runs: dict[str, Run] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Coordinator {self._state.value} runs={len(self._runs)}>"
+
+    @property
+    def accepting(self) -> bool:
+        return self._state is _State.OPEN
+
+    # -- starting -------------------------------------------------------------
+
+    async def start_task(self, model: type[StreamTask] | str, pk: Any) -> bool:
+        """Start task ``pk``; False when it is not startable (running, finished)."""
+        if isinstance(model, str):
+            model = resolve_model(model)
+        key = f"{model.__name__}:{pk}"
+        if self._state is not _State.OPEN:
+            raise CoordinatorClosed(
+                f"Cannot start {key}: the coordinator is {self._state.value}."
+            )
+        if key in self._runs:
+            return False
+        task = await model._default_manager.filter(pk=pk).afirst()
+        if task is None:
+            raise UnknownTask(f"{model.__name__} {pk} does not exist.")
+        if key in self._runs or self._state is not _State.OPEN:
+            return False
+        # The guarded UPDATE is the start: across processes exactly one caller
+        # moves the row to RUNNING, and its new attempt number fences the run.
+        run = Run(self, task, attempt=task.attempt + 1)
+        self._runs[key] = run
+        if not await self._claim(model, task):
+            del self._runs[key]
+            return False
+        task._run = run
+        self.bus.hub.open(key)
+        supervisor = asyncio.create_task(self._supervise(run), name=f"streaming:{key}")
+        run.supervisor = supervisor
+        self._tasks.add(supervisor)
+        supervisor.add_done_callback(self._tasks.discard)
+        logger.info("started %s (attempt %d)", key, run.attempt)
+        return True
+
+    async def _claim(self, model: type[StreamTask], task: StreamTask) -> bool:
+        now = datetime.now(UTC)
+        return await model.atransition(
+            task.pk,
+            TaskStatus.RUNNING,
+            fence=task.attempt,
+            attempt=task.attempt + 1,
+            started_at=now,
+            completed_at=None,
+            error="",
+            final_event=None,
+        )
+
+    # -- running --------------------------------------------------------------
+
+    async def _supervise(self, run: Run) -> None:
+        # Set here too: under an eager task factory this body runs inside
+        # create_task(), before start_task() could assign it.
+        run.supervisor = asyncio.current_task()
+        try:
+            scope = asyncio.timeout(run.timeout)
+            try:
+                async with scope:
+                    result = await run.task.process()
+            except asyncio.CancelledError:
+                await self._finish(run, self._stopped_outcome(run))
+                raise  # never swallowed: whoever cancelled us sees it
+            except TimeoutError as exc:
+                if scope.expired():
+                    outcome = Outcome(
+                        TaskStatus.TIMED_OUT,
+                        "timeout",
+                        {
+                            "message": f"Task exceeded its timeout of {run.timeout:g}s",
+                            "timeout": run.timeout,
+                        },
+                        error=f"timed out after {run.timeout:g}s",
+                    )
+                else:
+                    outcome = _failure(exc)
+            except Exception as exc:
+                outcome = _failure(exc)
+            else:
+                data = {"message": "Task completed successfully"}
+                if isinstance(result, Mapping):
+                    data.update(result)
+                outcome = Outcome(TaskStatus.SUCCESSFUL, "complete", data)
+            await self._finish(run, outcome)
+        finally:
+            run.task._run = None
+            if self._runs.get(run.key) is run:
+                del self._runs[run.key]
+
+    def _stopped_outcome(self, run: Run) -> Outcome:
+        if run.cancel_reason is not None:
+            return Outcome(
+                TaskStatus.CANCELLED,
+                "cancelled",
+                {"message": "Task was cancelled", "reason": run.cancel_reason},
+                error=f"cancelled: {run.cancel_reason}",
+            )
+        # Cancelled by shutdown, or by someone other than this coordinator:
+        # the work was interrupted, not refused, and may be started again.
+        return Outcome(TaskStatus.INTERRUPTED, None, {}, error="interrupted")
+
+    async def _finish(self, run: Run, outcome: Outcome) -> None:
+        """Record the outcome, then publish the terminal event: once per run."""
+        if run.finished:
+            return
+        run.finished = True
+        # Shielded: the record must be written even if we are cancelled again.
+        await asyncio.shield(self._record(run, outcome))
+
+    async def _record(self, run: Run, outcome: Outcome) -> None:
+        model = type(run.task)
+        event = run.event(outcome.event_type, outcome.data) if outcome.event_type else None
+        recorded = await model.atransition(
+            run.task.pk,
+            outcome.status,
+            fence=run.attempt,
+            completed_at=datetime.now(UTC),
+            error=outcome.error,
+            final_event=event.to_dict() if event else None,
+        )
+        if not recorded:
+            # Someone else settled this run (a cancel from another process):
+            # tell clients what the database says, not what we would have said.
+            stored = await model._default_manager.filter(pk=run.task.pk).values(
+                "status", "final_event"
+            ).afirst()
+            logger.warning("%s: outcome %s not recorded; stored: %s", run.key, outcome.status, stored)
+            if stored and stored["final_event"]:
+                event = Event.from_dict(stored["final_event"])
+        if event is None:
+            self.bus.hub.release(run.key)
+        else:
+            await self.bus.publish(run.key, event, final=True)
+        logger.info("finished %s: %s", run.key, outcome.status)
+
+    # -- cancelling -----------------------------------------------------------
+
+    async def cancel_task(
+        self, model: type[StreamTask] | str, pk: Any, reason: str | None = None
+    ) -> bool:
+        """Cancel a READY or RUNNING task; False when there is nothing to cancel.
+
+        Idempotent: a second cancel of the same run returns False. A task that
+        swallows CancelledError is given ``cancel_grace`` seconds, then recorded
+        as cancelled anyway; its further ``send_event`` calls raise CancelledError.
+        """
+        if isinstance(model, str):
+            try:
+                model = resolve_model(model)
+            except UnknownTask:
+                return False
+        key = f"{model.__name__}:{pk}"
+        reason = reason or "cancelled by request"
+        run = self._runs.get(key)
+        if run is not None:
+            return self._cancel_run(run, reason)
+        # Not running here: cancel it in the database if it has not started.
+        cancelled = await model.atransition(
+            pk,
+            TaskStatus.CANCELLED,
+            completed_at=datetime.now(UTC),
+            error=f"cancelled: {reason}",
+        )
+        if not cancelled:
+            # It may have started while we waited for the database.
+            run = self._runs.get(key)
+            return self._cancel_run(run, reason) if run is not None else False
+        event = Event(
+            1, "cancelled", {"message": "Task was cancelled", "reason": reason}, pk,
+            model.__name__, now_iso(),
+        )
+        await model._default_manager.filter(pk=pk).aupdate(final_event=event.to_dict())
+        await self.bus.publish(key, event, final=True)
+        return True
+
+    def _cancel_run(self, run: Run, reason: str) -> bool:
+        if run.cancel_reason is not None or run.finished:
+            return False
+        supervisor = run.supervisor
+        if supervisor is None or supervisor.done():
+            return False
+        run.cancel_reason = reason
+        supervisor.cancel(msg=f"cancel_task: {reason}")
+        asyncio.get_running_loop().call_later(self.cancel_grace, self._give_up, run, supervisor)
+        return True
+
+    def _give_up(self, run: Run, supervisor: asyncio.Task[None]) -> None:
+        """The task ignored cancellation for the whole grace period: record it as stopped."""
+        if supervisor.done() or run.finished:
+            return
+        logger.error(
+            "%s ignored cancellation for %ss; recording it as cancelled", run.key, self.cancel_grace
+        )
+        outcome = self._stopped_outcome(run)
+        outcome = Outcome(
+            outcome.status,
+            outcome.event_type,
+            {**outcome.data, "forced": True},
+            error=f"{outcome.error} (did not stop within {self.cancel_grace:g}s)",
+        )
+        recorder = asyncio.create_task(self._finish(run, outcome), name=f"streaming:give-up:{run.key}")
+        self._tasks.add(recorder)
+        recorder.add_done_callback(self._tasks.discard)
+        supervisor.cancel()
+
+    # -- subscribing ----------------------------------------------------------
+
+    async def subscribe(
+        self, model: type[StreamTask] | str, pk: Any, *, last_event_id: int | None = None
+    ) -> Subscriber:
+        """Register a client of task ``pk``; raises UnknownTask if there is no such task."""
+        if isinstance(model, str):
+            model = resolve_model(model)
+        key = f"{model.__name__}:{pk}"
+        hub = self.bus.hub
+        if key in self._runs:
+            return hub.subscribe(key, last_event_id=last_event_id)
+        stored = await model._default_manager.filter(pk=pk).values("status", "final_event").afirst()
+        if stored is None:
+            raise UnknownTask(f"{model.__name__} {pk} does not exist.")
+        if key in self._runs or stored["final_event"] is None:
+            # Running here, or not started (READY, or INTERRUPTED and waiting
+            # for a restart): wait for its events.
+            return hub.subscribe(key, last_event_id=last_event_id)
+        return hub.subscribe_finished(
+            key, Event.from_dict(stored["final_event"]), last_event_id=last_event_id
+        )
+
+    # -- shutting down --------------------------------------------------------
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop: refuse new work, give running tasks ``grace`` seconds, interrupt the rest.
+
+        Then every client gets a farewell event (with a ``retry`` hint and the
+        last event id, to resume elsewhere) and its stream ends. Idempotent.
+        """
+        if grace is None:
+            grace = settings.STREAMING["SHUTDOWN_GRACE"]
+        if self._state is not _State.OPEN:
+            await self._closed.wait()
+            return
+        self._state = _State.DRAINING
+        try:
+            running = set(self._tasks)
+            if running:
+                _, pending = await asyncio.wait(running, timeout=grace)
+                for run in list(self._runs.values()):
+                    run.interrupted = True
+                for task in pending:
+                    task.cancel(msg="coordinator shutdown")
+                if pending:
+                    await asyncio.wait(pending, timeout=self.cancel_grace)
+            told = self.bus.hub.say_farewell(self._farewell)
+            logger.info("shutdown: %d client(s) told", told)
+        finally:
+            self._state = _State.CLOSED
+            self._closed.set()
+
+    def _farewell(self, key: str, latest: Any) -> Event:
+        model, _, pk = key.partition(":")
+        last_id = latest.event.id if latest is not None else 0
+        return Event(
+            last_id,
+            FAREWELL,
+            {"message": "Server is shutting down; reconnect to resume", "last_event_id": last_id},
+            pk,
+            model,
+            now_iso(),
+            retry=self.retry_ms,
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {"running_tasks": len(self._runs), **self.bus.hub.stats()}
+
+
+def _failure(exc: BaseException) -> Outcome:
+    data: dict[str, Any] = {"error_type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, BaseExceptionGroup):
+        data["errors"] = [
+            {"error_type": type(leaf).__name__, "message": str(leaf)} for leaf in _leaves(exc)
+        ]
+    return Outcome(
+        TaskStatus.FAILED, "error", data, error=f"{type(exc).__name__}: {exc}"
+    )
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves

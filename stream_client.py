@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Watch one task's event stream and print each event as it arrives.
+
+    python stream_client.py ExampleTask 1 [--server http://127.0.0.1:8888]
+
+Exits 0 when the stream ends with an event, 1 when the server cannot be
+reached or does not know the task. Needs only httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+RULE = "=" * 60
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (event type, JSON data) for each event in a stream of SSE lines."""
+    event_type, data_lines = "message", []
+    for line in lines:
+        if not line:
+            if data_lines:
+                yield event_type, json.loads("\n".join(data_lines))
+            event_type, data_lines = "message", []
+        elif line.startswith(":"):
+            continue  # a comment: keepalive
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event_type = value
+            elif name == "data":
+                data_lines.append(value)
+
+
+def print_event(number: int, event_type: str, data: dict[str, Any]) -> None:
+    print(f"[{number}] Event: {event_type.upper()}")
+    print(f"    Timestamp: {data.get('_timestamp', '')}")
+    for key, value in data.items():
+        if not key.startswith("_"):
+            print(f"    {key}: {value}")
+    print(flush=True)
+
+
+def watch(url: str) -> int:
+    print(RULE)
+    print(f"Connecting to: {url}")
+    print(RULE)
+    print(flush=True)
+    received, last_type = 0, None
+    try:
+        with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as response:
+            if response.status_code != 200:
+                response.read()
+                print(f"Server answered {response.status_code}: {response.text}", file=sys.stderr)
+                return 1
+            for event_type, data in parse_sse(response.iter_lines()):
+                received += 1
+                last_type = event_type
+                print_event(received, event_type, data)
+    except httpx.HTTPError as exc:
+        print(f"Could not stream from {url}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nDisconnected.")
+        return 0
+    print(RULE)
+    print(f"Stream ended with: {(last_type or 'nothing').upper()}")
+    print(f"Total events received: {received}")
+    print(RULE)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="Task model, for example ExampleTask")
+    parser.add_argument("task_id", type=int, help="Task id")
+    parser.add_argument("--server", default="http://127.0.0.1:8888")
+    args = parser.parse_args(argv)
+    return watch(f"{args.server.rstrip('/')}/stream/{args.model}/{args.task_id}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
