@@ -92,7 +92,9 @@ class ClientStream:
 class Client(Protocol):
     mode: str
 
-    async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> ClientStream: ...
+    async def subscribe(
+        self, ref: TaskRef, *, last_event_id: int | None = None
+    ) -> ClientStream: ...
 
     async def aclose(self) -> None: ...
 

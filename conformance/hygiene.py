@@ -37,7 +37,9 @@ def loop_errors() -> Iterator[list[str]]:
 
     def collect(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        reported.append(f"{context.get('message')}: {exc!r}" if exc else str(context.get("message")))
+        reported.append(
+            f"{context.get('message')}: {exc!r}" if exc else str(context.get("message"))
+        )
 
     loop.set_exception_handler(collect)
     try:
@@ -70,10 +72,14 @@ async def no_leaked_tasks(before: set[asyncio.Task[Any]]) -> None:
     current = asyncio.current_task()
 
     def pending() -> list[asyncio.Task[Any]]:
-        return [t for t in asyncio.all_tasks() if t is not current and t not in before and not t.done()]
+        return [
+            t for t in asyncio.all_tasks() if t is not current and t not in before and not t.done()
+        ]
 
     try:
-        await eventually(lambda: not pending(), timeout=SETTLE_TIMEOUT, what="the case's tasks to end")
+        await eventually(
+            lambda: not pending(), timeout=SETTLE_TIMEOUT, what="the case's tasks to end"
+        )
     except WaitTimeout:
         names = ", ".join(sorted(t.get_name() for t in pending()))
         raise HygieneError(f"Tasks still pending after the case: {names}") from None

@@ -39,5 +39,7 @@ async def eventually(
         if last:
             return last
         if loop.time() >= deadline:
-            raise WaitTimeout(f"Timed out after {timeout:g}s waiting for {what} (last value: {last!r}).")
+            raise WaitTimeout(
+                f"Timed out after {timeout:g}s waiting for {what} (last value: {last!r})."
+            )
         await asyncio.sleep(POLL_INTERVAL)

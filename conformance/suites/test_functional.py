@@ -32,9 +32,7 @@ async def _status_if(runtime: Runtime, ref, status: TaskStatus):
 
 
 async def reached(runtime: Runtime, ref, step: int) -> None:
-    await eventually(
-        lambda: _reached(runtime, ref, step), what=f"{ref} to store reached >= {step}"
-    )
+    await eventually(lambda: _reached(runtime, ref, step), what=f"{ref} to store reached >= {step}")
 
 
 async def _reached(runtime: Runtime, ref, step: int) -> bool:

@@ -83,8 +83,18 @@ class ReferenceImplementation(Implementation):
         self._setup_django()
         assert self._database_url is not None
         return ServerSpec(
-            argv=[sys.executable, "-m", "django", "runserver_stream", "--host", host,
-                  "--port", str(port), "--log-level", "warning"],
+            argv=[
+                sys.executable,
+                "-m",
+                "django",
+                "runserver_stream",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             env={"DATABASE_URL": self._database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
         )
 

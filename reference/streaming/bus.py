@@ -117,7 +117,7 @@ class Subscriber:
             waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Message | None:
-        """Next message; None when ``timeout`` passes first. Raises StopAsyncIteration at the end."""
+        """Next message, or None when ``timeout`` passes first; StopAsyncIteration at the end."""
         while not self._queue:
             if self._done:
                 raise StopAsyncIteration
@@ -162,14 +162,15 @@ class Hub:
     """In-process fan-out: topics by key, their subscribers and recent history."""
 
     def __init__(
-        self, *, queue_size: int = 1000, history_size: int = 256, remember_closed: int = 1024
+        self, *, queue_size: int = 1000, history_size: int = 256, remember_closed: int = 256
     ) -> None:
         self.queue_size = queue_size
         self.history_size = history_size
         self._topics: dict[str, Topic] = {}
-        # Final messages of recently finished tasks: a client that arrives just
-        # after the end still gets the terminal event, without a database read.
-        self._closed: OrderedDict[str, Message] = OrderedDict()
+        # History of recently finished tasks, ending with the final message: a
+        # client that arrives (or resumes) just after the end still gets what
+        # it missed, without a database read.
+        self._closed: OrderedDict[str, tuple[Message, ...]] = OrderedDict()
         self._remember_closed = remember_closed
 
     # -- publishing -----------------------------------------------------------
@@ -191,7 +192,7 @@ class Hub:
             subscriber.push(message)
         if final:
             self._topics.pop(key, None)
-            self._closed[key] = message
+            self._closed[key] = tuple(topic.history)
             if len(self._closed) > self._remember_closed:
                 self._closed.popitem(last=False)
         return message
@@ -226,9 +227,9 @@ class Hub:
         in history; if some are gone, a ``stream-reset`` event says so first.
         """
         subscriber = Subscriber(self, key, self.queue_size)
-        final = self._closed.get(key)
-        if final is not None:
-            self._seed(subscriber, [final], last_event_id)
+        closed = self._closed.get(key)
+        if closed is not None:
+            self._seed(subscriber, closed, last_event_id)
             subscriber._done = True  # nothing follows what was seeded
             return subscriber
         topic = self._topic(key)
@@ -240,7 +241,7 @@ class Hub:
         self, key: str, final: Event, *, last_event_id: int | None = None
     ) -> Subscriber:
         """A subscriber to a task that ended before this process knew of it."""
-        self._closed[key] = Message(final, final=True)
+        self._closed[key] = (Message(final, final=True),)
         return self.subscribe(key, last_event_id=last_event_id)
 
     def _seed(

@@ -48,11 +48,7 @@ class CoordinatorClosed(RuntimeError):
 
 def task_models() -> dict[str, type[StreamTask]]:
     """Concrete StreamTask models by class name: the only ones reachable by name."""
-    return {
-        model.__name__: model
-        for model in apps.get_models()
-        if issubclass(model, StreamTask)
-    }
+    return {model.__name__: model for model in apps.get_models() if issubclass(model, StreamTask)}
 
 
 def resolve_model(name: str) -> type[StreamTask]:
@@ -172,9 +168,7 @@ class Coordinator:
             model = resolve_model(model)
         key = f"{model.__name__}:{pk}"
         if self._state is not _State.OPEN:
-            raise CoordinatorClosed(
-                f"Cannot start {key}: the coordinator is {self._state.value}."
-            )
+            raise CoordinatorClosed(f"Cannot start {key}: the coordinator is {self._state.value}.")
         if key in self._runs:
             return False
         task = await model._default_manager.filter(pk=pk).afirst()
@@ -285,10 +279,14 @@ class Coordinator:
         if not recorded:
             # Someone else settled this run (a cancel from another process):
             # tell clients what the database says, not what we would have said.
-            stored = await model._default_manager.filter(pk=run.task.pk).values(
-                "status", "final_event"
-            ).afirst()
-            logger.warning("%s: outcome %s not recorded; stored: %s", run.key, outcome.status, stored)
+            stored = (
+                await model._default_manager.filter(pk=run.task.pk)
+                .values("status", "final_event")
+                .afirst()
+            )
+            logger.warning(
+                "%s: outcome %s not recorded; stored: %s", run.key, outcome.status, stored
+            )
             if stored and stored["final_event"]:
                 event = Event.from_dict(stored["final_event"])
         if event is None:
@@ -330,8 +328,12 @@ class Coordinator:
             run = self._runs.get(key)
             return self._cancel_run(run, reason) if run is not None else False
         event = Event(
-            1, "cancelled", {"message": "Task was cancelled", "reason": reason}, pk,
-            model.__name__, now_iso(),
+            1,
+            "cancelled",
+            {"message": "Task was cancelled", "reason": reason},
+            pk,
+            model.__name__,
+            now_iso(),
         )
         await model._default_manager.filter(pk=pk).aupdate(final_event=event.to_dict())
         await self.bus.publish(key, event, final=True)
@@ -362,7 +364,9 @@ class Coordinator:
             {**outcome.data, "forced": True},
             error=f"{outcome.error} (did not stop within {self.cancel_grace:g}s)",
         )
-        recorder = asyncio.create_task(self._finish(run, outcome), name=f"streaming:give-up:{run.key}")
+        recorder = asyncio.create_task(
+            self._finish(run, outcome), name=f"streaming:give-up:{run.key}"
+        )
         self._tasks.add(recorder)
         recorder.add_done_callback(self._tasks.discard)
         supervisor.cancel()
@@ -443,9 +447,7 @@ def _failure(exc: BaseException) -> Outcome:
         data["errors"] = [
             {"error_type": type(leaf).__name__, "message": str(leaf)} for leaf in _leaves(exc)
         ]
-    return Outcome(
-        TaskStatus.FAILED, "error", data, error=f"{type(exc).__name__}: {exc}"
-    )
+    return Outcome(TaskStatus.FAILED, "error", data, error=f"{type(exc).__name__}: {exc}")
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

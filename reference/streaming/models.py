@@ -24,9 +24,7 @@ if TYPE_CHECKING:
     from .coordinator import Run
 
 #: Columns only the coordinator writes.
-RUN_COLUMNS = frozenset(
-    {"status", "started_at", "completed_at", "error", "attempt", "final_event"}
-)
+RUN_COLUMNS = frozenset({"status", "started_at", "completed_at", "error", "attempt", "final_event"})
 
 
 class StreamTask(models.Model):
@@ -150,15 +148,11 @@ class ContinueTask(StreamTask):
     poll_interval = models.FloatField(default=0.5)
 
     async def process(self) -> None:
-        await self.send_event(
-            "started", {"message": self.message, "continue": self.continue_field}
-        )
+        await self.send_event("started", {"message": self.message, "continue": self.continue_field})
         while not self.continue_field:
             await asyncio.sleep(self.poll_interval)
             await self.arefresh_from_db(fields=["continue_field"])
-        await self.send_event(
-            "final", {"message": "Continue signal received", "continue": True}
-        )
+        await self.send_event("final", {"message": "Continue signal received", "continue": True})
 
 
 class BehaviourTask(StreamTask):

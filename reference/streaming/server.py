@@ -137,12 +137,16 @@ def make_app(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
                 return _text(404, str(exc))
             if started:
                 return _json(202, {"started": True})
-            state = await model._default_manager.filter(pk=pk).values_list("status", flat=True).afirst()
-            return _json(409, {"started": False, "reason": f"{model_name} {pk} is {state}, not READY."})
+            state = (
+                await model._default_manager.filter(pk=pk).values_list("status", flat=True).afirst()
+            )
+            return _json(
+                409, {"started": False, "reason": f"{model_name} {pk} is {state}, not READY."}
+            )
         try:
             body = await request.get_json() if await request.get_body() else {}
         except (ValueError, UnicodeDecodeError):
-            return _text(400, "Body must be JSON, for example {\"reason\": \"...\"}.")
+            return _text(400, 'Body must be JSON, for example {"reason": "..."}.')
         reason = body.get("reason") if isinstance(body, dict) else None
         if reason is not None and not isinstance(reason, str):
             return _text(400, "'reason' must be a string.")

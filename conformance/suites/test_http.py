@@ -1,0 +1,218 @@
+"""HTTP suite (HTTP): the SSE interface over a real socket.
+
+A real uvicorn server on 127.0.0.1 serves the implementation's ASGI app;
+these cases read the wire itself, not a parsed view of it, where the format
+is the point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from conformance import behaviours
+from conformance.clients import HttpClient
+from conformance.contract import Capability, Runtime, TaskStatus
+from conformance.waiting import eventually
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.HTTP)]
+
+
+@pytest_asyncio.fixture
+async def http(server_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server_url, timeout=httpx.Timeout(10, read=None)) as c:
+        yield c
+
+
+@pytest_asyncio.fixture
+async def sse(server_url: str) -> AsyncIterator[HttpClient]:
+    client = HttpClient(server_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def read_frames(response: httpx.Response) -> list[dict[str, str]]:
+    """Raw SSE frames (field name -> value) until the stream ends."""
+    frames, current = [], {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            assert name not in current, f"field {name!r} repeated in one frame: {line!r}"
+            current[name] = value.removeprefix(" ")
+    return frames
+
+
+@pytest.mark.case("HTTP-1")
+async def test_health_when_server_accepts_work_then_200_ok(http: httpx.AsyncClient) -> None:
+    response = await http.get("/health")
+    assert (response.status_code, response.text.strip()) == (200, "OK")
+
+
+@pytest.mark.case("HTTP-2")
+async def test_stream_when_task_runs_then_wire_frames_have_event_data_json_and_id(
+    runtime: Runtime, http: httpx.AsyncClient
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 2, "message": "wire"})
+    async with http.stream("GET", ref.stream_path) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        await runtime.start_task(ref)
+        frames = await read_frames(response)
+    assert [f.get("event") for f in frames] == ["start", "progress", "progress", "complete"], frames
+    assert [f.get("id") for f in frames] == ["1", "2", "3", "4"], frames
+    for frame in frames:
+        payload = json.loads(frame["data"])
+        assert isinstance(payload, dict), frame
+        assert payload["_task_id"] in (ref.id, int(ref.id)), frame
+        assert payload["_model"] == ref.model, frame
+        assert payload["_timestamp"], frame
+    assert json.loads(frames[0]["data"])["message"] == "wire"
+
+
+@pytest.mark.case("HTTP-3")
+@pytest.mark.parametrize(
+    "path",
+    ["/stream/NoSuchModel/1", "/stream/{model}/not-a-number", "/stream/{model}/987654321"],
+    ids=["unknown-model", "non-integer-id", "unknown-id"],
+)
+async def test_stream_when_task_does_not_exist_then_404_with_reason(
+    runtime: Runtime, http: httpx.AsyncClient, path: str
+) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    response = await http.get(path.format(model=ref.model))
+    assert response.status_code == 404, (response.status_code, response.text)
+    assert response.text.strip(), "a 404 must say why"
+
+
+@pytest.mark.case("HTTP-4")
+async def test_stream_when_headers_received_then_client_misses_nothing_after(
+    runtime: Runtime, sse: HttpClient
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 2})
+    streams = [await sse.subscribe(ref) for _ in range(10)]
+    await runtime.start_task(ref)
+    for stream in streams:
+        events = await stream.until()
+        assert [e.id for e in events] == [1, 2, 3, 4], stream.trace()
+
+
+@pytest.mark.case("HTTP-5")
+async def test_start_endpoint_when_ready_then_202_then_409_and_404_for_unknown(
+    runtime: Runtime, http: httpx.AsyncClient, sse: HttpClient
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    stream = await sse.subscribe(ref)
+    first = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
+    assert first.status_code == 202, first.text
+    await stream.until("start")
+    again = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
+    assert again.status_code == 409 and again.text.strip(), again.text
+    missing = await http.post(f"/tasks/{ref.model}/987654321/start")
+    assert missing.status_code == 404 and missing.text.strip(), missing.text
+    await runtime.update_fields(ref, allow=1)
+    assert (await stream.until())[-1].type == "complete", stream.trace()
+
+
+@pytest.mark.case("HTTP-6")
+async def test_client_when_connection_closes_then_server_unregisters_it_and_task_runs_on(
+    runtime: Runtime, sse: HttpClient
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    stream = await sse.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    assert runtime.stats().subscribers == 1
+    await stream.aclose()
+    await eventually(
+        lambda: runtime.stats().subscribers == 0, what="the server to notice the client left"
+    )
+    assert (await runtime.get_state(ref)).status is TaskStatus.RUNNING
+    await runtime.update_fields(ref, allow=1)
+    await eventually(
+        lambda: _status(runtime, ref, TaskStatus.SUCCESSFUL), what="the task to complete"
+    )
+
+
+async def _status(runtime: Runtime, ref, status: TaskStatus) -> bool:
+    return (await runtime.get_state(ref)).status is status
+
+
+@pytest.mark.case("HTTP-7")
+@pytest.mark.requires(Capability.RESUME)
+async def test_reconnect_when_last_event_id_sent_then_missed_events_replayed_in_order(
+    runtime: Runtime, sse: HttpClient
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 4})
+    first = await sse.subscribe(ref)
+    await runtime.start_task(ref)
+    await runtime.update_fields(ref, allow=1)
+    seen = await first.until("progress")
+    assert [e.id for e in seen] == [1, 2], first.trace()
+    await first.aclose()
+    await eventually(lambda: runtime.stats().subscribers == 0, what="the client to leave")
+
+    await runtime.update_fields(ref, allow=3)
+    await eventually(
+        lambda: _reached(runtime, ref, 3), what="the task to send steps 2 and 3 unwatched"
+    )
+    resumed = await sse.subscribe(ref, last_event_id=2)
+    replay = [await resumed.next(), await resumed.next()]
+    assert [(e.id, e.data.get("step")) for e in replay] == [(3, 2), (4, 3)], resumed.trace()
+    await runtime.update_fields(ref, allow=4)
+    rest = await resumed.until()
+    assert [e.id for e in rest] == [5, 6], resumed.trace()
+
+
+async def _reached(runtime: Runtime, ref, step: int) -> bool:
+    return int((await runtime.get_state(ref)).fields.get("reached", -1)) >= step
+
+
+@pytest.mark.case("HTTP-7")
+@pytest.mark.requires(Capability.RESUME)
+async def test_reconnect_when_missed_events_are_gone_then_stream_reset_comes_first(
+    runtime: Runtime, sse: HttpClient
+) -> None:
+    # More events than any reasonable history keeps: some of them must be gone.
+    ref = await runtime.create_task(behaviours.burst, {"count": 5000})
+    await runtime.start_task(ref)
+    await eventually(
+        lambda: _status(runtime, ref, TaskStatus.SUCCESSFUL), what="the burst to finish"
+    )
+    resumed = await sse.subscribe(ref, last_event_id=1)
+    first = await resumed.next()
+    assert first.type == "stream-reset", resumed.trace()
+    rest = await resumed.until()
+    ids = [e.id for e in rest]
+    assert ids == list(range(ids[0], ids[0] + len(ids))) and rest[-1].type == "complete", (
+        resumed.trace()
+    )
+
+
+@pytest.mark.case("HTTP-8")
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/no/such/path", {404}),
+        ("POST", "/stream/{model}/{id}", {404, 405}),
+        ("GET", "/tasks/{model}/{id}/start", {404, 405}),
+        ("DELETE", "/health", {404, 405}),
+    ],
+    ids=["unknown-path", "post-to-stream", "get-to-start", "delete-health"],
+)
+async def test_undefined_request_when_sent_then_404_or_405_with_reason(
+    runtime: Runtime, http: httpx.AsyncClient, method: str, path: str, allowed: set[int]
+) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    response = await http.request(method, path.format(model=ref.model, id=ref.id))
+    assert response.status_code in allowed, (response.status_code, response.text)
+    assert response.text.strip(), "the error must say why"

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Set up and run the project with nothing but Python installed.
+
+    python3 dev.py demo     the testing guide's flow, end to end, on SQLite
+    python3 dev.py test     every suite against the reference, then TEST_RESULTS.md
+
+Both create ``.venv`` and install the project into it on first use (again
+whenever ``pyproject.toml`` changes). Extra arguments after ``test`` go to
+pytest. Set ``DATABASE_URL=postgres://...`` to run on PostgreSQL instead.
+Standard library only: this file runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def ensure_venv() -> None:
+    """Create .venv and install the project with its test extra, once per pyproject."""
+    stamp = (
+        VENV
+        / f".installed-{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:12]}"
+    )
+    if stamp.exists():
+        return
+    if not PYTHON.exists():
+        print(f"Creating {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("Installing the project and its test dependencies ...", flush=True)
+    subprocess.run(
+        [PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[test]"],
+        cwd=ROOT,
+        check=True,
+    )
+    for old in VENV.glob(".installed-*"):
+        old.unlink()
+    stamp.touch()
+
+
+def test(pytest_args: list[str]) -> int:
+    """Run the suites and the reference's tests, then regenerate TEST_RESULTS.md."""
+    database = (
+        "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    )
+    reports = ROOT / "reports"
+    reports.mkdir(exist_ok=True)
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    command = [
+        PYTHON,
+        "-m",
+        "pytest",
+        f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
+        f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
+        *pytest_args,
+    ]
+    status = subprocess.run(command, cwd=ROOT).returncode
+    report = subprocess.run(
+        [PYTHON, "-m", "conformance", "report", "--html", "reports/matrix.html"], cwd=ROOT
+    )
+    return status or report.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_health(base: str, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(
+                f"The server exited with status {server.returncode} before it was ready."
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)  # the server is still starting: poll again
+    raise SystemExit(f"The server at {base} did not answer /health within {timeout}s.")
+
+
+def demo() -> int:
+    """The testing guide's three terminals, in one: server, create_task, stream_client."""
+    data = ROOT / ".demo"
+    data.mkdir(exist_ok=True)
+    for old in data.glob("demo.sqlite3*"):
+        old.unlink()  # a fresh database, so the ids match the guide's
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{data / 'demo.sqlite3'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    manage = [PYTHON, str(ROOT / "manage.py")]
+
+    def step(title: str) -> None:
+        print(f"\n$ {title}", flush=True)
+
+    step("python manage.py migrate")
+    subprocess.run([*manage, "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    step(f"python manage.py runserver_stream --port {port}   (terminal 1)")
+    server = subprocess.Popen([*manage, "runserver_stream", "--port", str(port)], cwd=ROOT, env=env)
+    try:
+        wait_for_health(base, server)
+        step('python manage.py create_task --type example --message "Hello, World!"   (terminal 2)')
+        created = subprocess.run(
+            [
+                *manage,
+                "create_task",
+                "--type",
+                "example",
+                "--message",
+                "Hello, World!",
+                "--step-delay",
+                "0.5",
+                "--server",
+                base,
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        print(created.stdout, end="", flush=True)
+        task_id = created.stdout.split("ID: ", 1)[1].split()[0]
+        step(f"python stream_client.py ExampleTask {task_id}   (terminal 3)")
+        subprocess.run(
+            [PYTHON, str(ROOT / "stream_client.py"), "ExampleTask", task_id, "--server", base],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+        step('python manage.py create_task --type continue --message "Waiting for signal..."')
+        created = subprocess.run(
+            [
+                *manage,
+                "create_task",
+                "--type",
+                "continue",
+                "--message",
+                "Waiting for signal...",
+                "--server",
+                base,
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        print(created.stdout, end="", flush=True)
+        task_id = created.stdout.split("ID: ", 1)[1].split()[0]
+        step(f"python stream_client.py ContinueTask {task_id}   (waits for the signal)")
+        client = subprocess.Popen(
+            [PYTHON, str(ROOT / "stream_client.py"), "ContinueTask", task_id, "--server", base],
+            cwd=ROOT,
+            env=env,
+        )
+        step('python manage.py shell -c "...aupdate(continue_field=True)"   (the signal)')
+        code = (
+            "from streaming.models import ContinueTask; import asyncio; "
+            f"asyncio.run(ContinueTask.objects.filter(pk={task_id}).aupdate(continue_field=True))"
+        )
+        subprocess.run([*manage, "shell", "-c", code], cwd=ROOT, env=env, check=True)
+        client.wait(timeout=30)
+        step(f"curl {base}/health")
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            print(response.read().decode())
+    finally:
+        step("kill -TERM <server>   (graceful shutdown)")
+        server.send_signal(signal.SIGTERM)
+        status = server.wait(timeout=30)
+        print(f"server exited with status {status}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_venv()
+    return demo() if argv[0] == "demo" else test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
