@@ -9,7 +9,8 @@ parameters from the task's fields. Behaviours that must wait for the case
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .contract import TaskContext
@@ -83,3 +84,100 @@ async def wait_for_field(ctx: TaskContext, ready: Any, *, interval: float = 0.00
     while not ready(fields):
         await asyncio.sleep(interval)  # poll interval: the task waits on its stored state
         fields = await ctx.refresh()
+
+
+# -- cancellation ---------------------------------------------------------------
+
+
+async def park_forever() -> None:
+    """Wait on a future nothing completes: only cancellation moves a parked task on."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def park(ctx: TaskContext) -> None:
+    """Send ``start``, then wait until cancelled."""
+    await ctx.send_event("start", {})
+    await park_forever()
+
+
+@contextlib.asynccontextmanager
+async def _resource(ctx: TaskContext) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await ctx.update_fields(released=True)
+
+
+async def cleanup_probe(ctx: TaskContext) -> None:
+    """Parked inside ``async with`` and ``try``; on cancel, report what ran and send ``cleanup``."""
+    await ctx.send_event("start", {})
+    async with _resource(ctx):
+        try:
+            await park_forever()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            await ctx.update_fields(cancelling=task.cancelling() if task else -1)
+            raise
+        finally:
+            await ctx.send_event("cleanup", {})
+            await ctx.update_fields(finally_ran=True)
+
+
+async def swallow_once(ctx: TaskContext) -> None:
+    """A misbehaving task: it swallows the first cancellation and carries on waiting."""
+    await ctx.send_event("start", {})
+    swallowed = 0
+    while True:
+        try:
+            await park_forever()
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed += 1
+            await ctx.update_fields(swallowed=swallowed)
+
+
+async def children(ctx: TaskContext) -> None:
+    """Start parked children in a TaskGroup (``fields["children"]``); each records its cancel."""
+    count = int(ctx.fields.get("children", 3))
+    started = asyncio.Event()
+    waiting = 0
+
+    async def child(index: int) -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == count:
+            started.set()
+        try:
+            await park_forever()
+        except asyncio.CancelledError:
+            await ctx.update_fields(**{f"child_{index}": "cancelled"})
+            raise
+
+    async with asyncio.TaskGroup() as group:
+        for index in range(count):
+            group.create_task(child(index), name=f"conformance-child-{index}")
+        await started.wait()
+        await ctx.send_event("children-started", {"children": count})
+
+
+async def fetch(ctx: TaskContext) -> Mapping[str, Any]:
+    """GET ``fields['url']`` with httpx, send ``connected`` on the headers, read the body."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30)) as http:
+        async with http.stream("GET", ctx.fields["url"]) as response:
+            await ctx.send_event("connected", {"status": response.status_code})
+            received = 0
+            async for chunk in response.aiter_bytes():
+                received += len(chunk)
+    return {"bytes": received}
+
+
+async def cleanup_raises(ctx: TaskContext) -> None:
+    """Parked; its cleanup raises ValueError when it is cancelled."""
+    await ctx.send_event("start", {})
+    try:
+        await park_forever()
+    finally:
+        raise ValueError("cleanup failed")

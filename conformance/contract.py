@@ -220,7 +220,12 @@ def resolve_behaviour(path: str) -> Behaviour:
 
 
 class Subscription(ABC):
-    """An in-process client: iterate it for events; it ends after a terminal one."""
+    """An in-process client: iterate it for events; it ends after a terminal one.
+
+    Waiting for the next event must be cancellation-safe: a cancelled
+    ``anext()`` (say, under ``asyncio.wait_for``) loses no event and leaves the
+    subscription usable. An async generator is not: implement ``__anext__``.
+    """
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[Event]: ...

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -46,7 +46,14 @@ class ReferenceImplementation(Implementation):
     name = "reference"
     version = "0.1.0"
     capabilities = frozenset(
-        {Capability.HTTP, Capability.PROCESS, Capability.PERSISTENCE, Capability.RESUME}
+        {
+            Capability.HTTP,
+            Capability.PROCESS,
+            Capability.PERSISTENCE,
+            Capability.RESUME,
+            Capability.CANCEL,
+            Capability.TIMEOUTS,
+        }
     )
     expected_failures: Mapping[str, str] = {}
 
@@ -134,20 +141,29 @@ def _create_postgres_database(base_url: str, cleanup: list[Any]) -> str:
 
 
 class ReferenceSubscription(Subscription):
+    """A hub subscriber as contract events.
+
+    A plain iterator, not an async generator: cancelling a pending ``anext()``
+    (``asyncio.wait_for`` around it) must leave the subscription usable, and
+    an async generator is closed for good by the CancelledError thrown into it.
+    """
+
     def __init__(self, subscriber: Any) -> None:
         self._subscriber = subscriber
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        async for message in self._subscriber:
-            event = message.event
-            yield Event(
-                id=event.id,
-                type=event.type,
-                data=dict(event.data),
-                task_id=str(event.task_id),
-                model=event.model,
-                timestamp=event.timestamp,
-            )
+    def __aiter__(self) -> ReferenceSubscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = (await self._subscriber.__anext__()).event
+        return Event(
+            id=event.id,
+            type=event.type,
+            data=dict(event.data),
+            task_id=str(event.task_id),
+            model=event.model,
+            timestamp=event.timestamp,
+        )
 
     async def aclose(self) -> None:
         self._subscriber.close()

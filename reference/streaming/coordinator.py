@@ -189,6 +189,7 @@ class Coordinator:
         run.supervisor = supervisor
         self._tasks.add(supervisor)
         supervisor.add_done_callback(self._tasks.discard)
+        supervisor.add_done_callback(lambda _: self._release(run))
         logger.info("started %s (attempt %d)", key, run.attempt)
         return True
 
@@ -219,31 +220,63 @@ class Coordinator:
             except asyncio.CancelledError:
                 await self._finish(run, self._stopped_outcome(run))
                 raise  # never swallowed: whoever cancelled us sees it
-            except TimeoutError as exc:
-                if scope.expired():
-                    outcome = Outcome(
-                        TaskStatus.TIMED_OUT,
-                        "timeout",
-                        {
-                            "message": f"Task exceeded its timeout of {run.timeout:g}s",
-                            "timeout": run.timeout,
-                        },
-                        error=f"timed out after {run.timeout:g}s",
-                    )
-                else:
-                    outcome = _failure(exc)
             except Exception as exc:
-                outcome = _failure(exc)
+                outcome = self._failed_outcome(run, scope, exc)
             else:
-                data = {"message": "Task completed successfully"}
-                if isinstance(result, Mapping):
-                    data.update(result)
-                outcome = Outcome(TaskStatus.SUCCESSFUL, "complete", data)
+                if run.cancel_reason is not None:
+                    # It swallowed the cancel and returned. cancel_task() said
+                    # True, so the task ends CANCELLED: one answer everywhere.
+                    outcome = self._stopped_outcome(run)
+                else:
+                    data = {"message": "Task completed successfully"}
+                    if isinstance(result, Mapping):
+                        data.update(result)
+                    outcome = Outcome(TaskStatus.SUCCESSFUL, "complete", data)
             await self._finish(run, outcome)
         finally:
-            run.task._run = None
-            if self._runs.get(run.key) is run:
-                del self._runs[run.key]
+            self._release(run)
+
+    def _release(self, run: Run) -> None:
+        """Forget a run whose supervisor has ended; record it if it never could.
+
+        A supervisor cancelled before its first step never runs its body, so
+        neither its ``except`` nor its ``finally``: this done-callback is what
+        records such a run, so no path leaves a task RUNNING.
+        """
+        run.task._run = None
+        if self._runs.get(run.key) is run:
+            del self._runs[run.key]
+        if not run.finished:
+            recorder = asyncio.create_task(
+                self._finish(run, self._stopped_outcome(run)), name=f"streaming:stopped:{run.key}"
+            )
+            self._tasks.add(recorder)
+            recorder.add_done_callback(self._tasks.discard)
+
+    def _failed_outcome(self, run: Run, scope: asyncio.Timeout, exc: Exception) -> Outcome:
+        if run.cancel_reason is not None:
+            # Cancelled, and its cleanup then raised: the cancel is what the
+            # client asked for and what it is told; the error is kept.
+            stopped = self._stopped_outcome(run)
+            return Outcome(
+                stopped.status,
+                stopped.event_type,
+                stopped.data,
+                error=f"{stopped.error}; cleanup raised {type(exc).__name__}: {exc}",
+            )
+        if isinstance(exc, TimeoutError) and scope.expired():
+            # Only our own deadline is a timeout: a TimeoutError from the task's
+            # own code (its inner asyncio.timeout, a library) is a failure.
+            return Outcome(
+                TaskStatus.TIMED_OUT,
+                "timeout",
+                {
+                    "message": f"Task exceeded its timeout of {run.timeout:g}s",
+                    "timeout": run.timeout,
+                },
+                error=f"timed out after {run.timeout:g}s",
+            )
+        return _failure(exc)
 
     def _stopped_outcome(self, run: Run) -> Outcome:
         if run.cancel_reason is not None:
@@ -262,8 +295,13 @@ class Coordinator:
         if run.finished:
             return
         run.finished = True
-        # Shielded: the record must be written even if we are cancelled again.
-        await asyncio.shield(self._record(run, outcome))
+        # Shielded: the record must be written even if we are cancelled again
+        # (shutdown while a cancel is being recorded); tracked, so that
+        # shutdown() still waits for it.
+        record = asyncio.create_task(self._record(run, outcome), name=f"streaming:record:{run.key}")
+        self._tasks.add(record)
+        record.add_done_callback(self._tasks.discard)
+        await asyncio.shield(record)
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         model = type(run.task)
@@ -416,8 +454,15 @@ class Coordinator:
                     run.interrupted = True
                 for task in pending:
                     task.cancel(msg="coordinator shutdown")
-                if pending:
-                    await asyncio.wait(pending, timeout=self.cancel_grace)
+            # Cancelled runs record their outcome in new tasks: wait for those too.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.cancel_grace
+            while (left := {t for t in self._tasks if not t.done()}) and (
+                remaining := deadline - loop.time()
+            ) > 0:
+                await asyncio.wait(left, timeout=remaining)
+            if left:
+                logger.error("shutdown: %d task(s) ignored cancellation", len(left))
             told = self.bus.hub.say_farewell(self._farewell)
             logger.info("shutdown: %d client(s) told", told)
         finally:

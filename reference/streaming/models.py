@@ -155,6 +155,32 @@ class ContinueTask(StreamTask):
         await self.send_event("final", {"message": "Continue signal received", "continue": True})
 
 
+class HttpxFetchTask(StreamTask):
+    """Fetches ``url`` with httpx, streaming progress as the body arrives.
+
+    Cancelling it (or its timeout) cancels the request in flight: leaving the
+    ``async with`` blocks closes the connection, and the coordinator tells the
+    clients, which the seed's version of this task never did.
+    """
+
+    url = models.URLField(max_length=2000)
+    #: Seconds to wait for the connection and for each read.
+    request_timeout = models.FloatField(default=30.0)
+
+    async def process(self) -> Mapping[str, Any]:
+        import httpx
+
+        await self.send_event("fetching", {"url": self.url})
+        received = 0
+        async with httpx.AsyncClient(timeout=self.request_timeout) as client:
+            async with client.stream("GET", self.url) as response:
+                await self.send_event("response", {"status": response.status_code})
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    await self.send_event("progress", {"bytes": received})
+        return {"status": response.status_code, "bytes": received}
+
+
 class BehaviourTask(StreamTask):
     """The kind the conformance suite drives: runs a behaviour named by import path.
 

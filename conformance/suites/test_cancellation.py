@@ -1,0 +1,318 @@
+"""Cancellation suite (CANCEL): stopping a task, and everyone hearing of it.
+
+The seed's system had no ``cancel_task()``, swallowed nothing and told no
+one: a cancelled fetch task left its clients waiting forever. These cases
+park tasks on a future only cancellation can end, so what they observe is
+the cancel, never a race with the task's own progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from conformance import behaviours
+from conformance.clients import Client, HttpClient
+from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
+from conformance.waiting import eventually
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.CANCEL)]
+
+#: Seconds a misbehaving task may hold out before the implementation gives up on it.
+GIVE_UP_DEADLINE = 15.0
+
+
+async def settled(runtime: Runtime, ref: TaskRef, status: TaskStatus):
+    async def check():
+        state = await runtime.get_state(ref)
+        return state if state.status is status else None
+
+    return await eventually(check, what=f"{ref} to be {status}")
+
+
+async def nothing_running(runtime: Runtime) -> None:
+    await eventually(lambda: runtime.stats().running_tasks == 0, what="no task running")
+
+
+@pytest.mark.case("CANCEL-1")
+async def test_running_task_when_cancelled_then_every_client_gets_one_cancelled_event_with_reason(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    streams = [await client.subscribe(ref) for _ in range(3)]
+    await runtime.start_task(ref)
+    for stream in streams:
+        await stream.until("start")
+    assert await runtime.cancel_task(ref, reason="user asked") is True
+    for stream in streams:
+        events = await stream.until()
+        await stream.expect_end()
+        assert [e.type for e in stream.seen] == ["start", "cancelled"], stream.trace()
+        assert events[-1].data.get("reason") == "user asked", stream.trace()
+
+
+@pytest.mark.case("CANCEL-2")
+@pytest.mark.requires(Capability.PERSISTENCE)
+async def test_cancelled_task_when_state_read_then_cancelled_with_time_and_reason(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    await runtime.cancel_task(ref, reason="quota exceeded")
+    await stream.until()
+    state = await settled(runtime, ref, TaskStatus.CANCELLED)
+    assert state.completed_at is not None, state
+    assert "quota exceeded" in state.error, state
+    assert await runtime.get_state(ref) == state
+
+
+@pytest.mark.case("CANCEL-3")
+async def test_parked_task_when_cancelled_then_finally_and_aexit_run_and_cleanup_events_come_first(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.cleanup_probe)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    await runtime.cancel_task(ref)
+    await stream.until()
+    assert [e.type for e in stream.seen] == ["start", "cleanup", "cancelled"], stream.trace()
+    fields = (await settled(runtime, ref, TaskStatus.CANCELLED)).fields
+    assert fields.get("finally_ran") is True, fields
+    assert fields.get("released") is True, fields
+
+
+@pytest.mark.case("CANCEL-4")
+async def test_ready_task_when_cancelled_then_cancelled_recorded_clients_told_and_start_refused(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    stream = await client.subscribe(ref)
+    assert await runtime.cancel_task(ref, reason="not needed") is True
+    event = await stream.next()
+    assert (event.type, event.data.get("reason")) == ("cancelled", "not needed"), stream.trace()
+    await stream.expect_end()
+    await settled(runtime, ref, TaskStatus.CANCELLED)
+    assert await runtime.start_task(ref) is False
+    assert (await runtime.get_state(ref)).status is TaskStatus.CANCELLED
+
+
+@pytest.mark.case("CANCEL-5")
+async def test_finished_task_when_cancelled_then_false_no_event_and_status_kept(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 1})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until()
+    await settled(runtime, ref, TaskStatus.SUCCESSFUL)
+    assert await runtime.cancel_task(ref) is False
+    await stream.expect_end()
+    assert (await runtime.get_state(ref)).status is TaskStatus.SUCCESSFUL
+    late = await client.subscribe(ref)
+    assert (await late.next()).type == "complete", late.trace()
+    await late.expect_end()
+
+
+@pytest.mark.case("CANCEL-6")
+async def test_running_task_when_cancelled_twice_then_true_then_false_and_one_event(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    first, second = await asyncio.gather(runtime.cancel_task(ref), runtime.cancel_task(ref))
+    assert (first, second) == (True, False)
+    assert await runtime.cancel_task(ref) is False
+    await stream.until()
+    await stream.expect_end()
+    assert [e.type for e in stream.seen].count("cancelled") == 1, stream.trace()
+
+
+@pytest.mark.case("CANCEL-7")
+async def test_unknown_task_when_cancelled_then_false_and_no_exception(runtime: Runtime) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    assert await runtime.cancel_task(TaskRef(ref.model, "987654321")) is False
+    assert await runtime.cancel_task(TaskRef("NoSuchModel", "1"), reason="x") is False
+
+
+@pytest.mark.case("CANCEL-8")
+async def test_client_when_task_already_cancelled_then_gets_cancelled_and_stream_ends(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    await runtime.start_task(ref)
+    await eventually(lambda: runtime.stats().running_tasks == 1, what="the task to run")
+    await runtime.cancel_task(ref, reason="gone")
+    await settled(runtime, ref, TaskStatus.CANCELLED)
+    stream = await client.subscribe(ref)
+    event = await stream.next()
+    assert (event.type, event.data.get("reason")) == ("cancelled", "gone"), stream.trace()
+    await stream.expect_end()
+
+
+@pytest.mark.case("CANCEL-9")
+@pytest.mark.timeout(GIVE_UP_DEADLINE + 15)
+async def test_task_when_it_swallows_cancellation_then_still_stopped_after_grace(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.swallow_once)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    assert await runtime.cancel_task(ref, reason="stop") is True
+    event = await stream.next(timeout=GIVE_UP_DEADLINE)
+    assert event.type == "cancelled", stream.trace()
+    await stream.expect_end()
+    state = await settled(runtime, ref, TaskStatus.CANCELLED)
+    assert state.fields.get("swallowed") == 1, state
+    await nothing_running(runtime)
+
+
+@pytest.mark.case("CANCEL-10")
+async def test_task_with_taskgroup_children_when_cancelled_then_every_child_is_cancelled(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.children, {"children": 3})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("children-started")
+    await runtime.cancel_task(ref)
+    await stream.until()
+    fields = (await settled(runtime, ref, TaskStatus.CANCELLED)).fields
+    assert {fields.get(f"child_{i}") for i in range(3)} == {"cancelled"}, fields
+    await nothing_running(runtime)
+
+
+class HangingHttpServer:
+    """Answers every request with headers and then nothing; notes when a client hangs up."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.closed = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        self.connected.set()
+        await reader.read()  # b"" once the client closes its end
+        self.closed.set()
+        writer.close()
+        await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        async with self._server:
+            yield f"http://127.0.0.1:{port}/slow"
+
+
+@pytest.mark.case("CANCEL-11")
+async def test_task_with_request_in_flight_when_cancelled_then_connection_is_closed(
+    runtime: Runtime, client: Client
+) -> None:
+    upstream = HangingHttpServer()
+    async with upstream.running() as url:
+        ref = await runtime.create_task(behaviours.fetch, {"url": url})
+        stream = await client.subscribe(ref)
+        await runtime.start_task(ref)
+        await stream.until("connected")
+        await asyncio.wait_for(upstream.connected.wait(), 5)
+        assert not upstream.closed.is_set()
+        await runtime.cancel_task(ref, reason="too slow")
+        assert (await stream.until())[-1].type == "cancelled", stream.trace()
+        try:
+            await asyncio.wait_for(upstream.closed.wait(), 5)
+        except TimeoutError:
+            raise AssertionError("the cancelled task's HTTP connection stayed open") from None
+
+
+@pytest.mark.case("CANCEL-12")
+async def test_cancelled_run_when_clients_left_then_nothing_is_held(
+    runtime: Runtime, client: Client
+) -> None:
+    refs = [await runtime.create_task(behaviours.park) for _ in range(3)]
+    streams = [await client.subscribe(ref) for ref in refs]
+    for ref, stream in zip(refs, streams, strict=True):
+        await runtime.start_task(ref)
+        await stream.until("start")
+    for ref in refs:
+        await runtime.cancel_task(ref)
+    for stream in streams:
+        await stream.until()
+        await stream.aclose()
+    await eventually(
+        lambda: runtime.stats() == type(runtime.stats())(0, 0, 0),
+        what="no running task, subscriber or topic",
+    )
+
+
+@pytest.mark.case("CANCEL-13")
+@pytest.mark.requires(Capability.HTTP)
+async def test_cancel_endpoint_when_posted_then_200_true_reason_told_then_false_and_404(
+    runtime: Runtime, server_url: str
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    sse = HttpClient(server_url)
+    try:
+        stream = await sse.subscribe(ref)
+        await runtime.start_task(ref)
+        await stream.until("start")
+        path = f"/tasks/{ref.model}/{ref.id}/cancel"
+        async with httpx.AsyncClient(base_url=server_url) as http:
+            first = await http.post(path, json={"reason": "from the web"})
+            assert (first.status_code, first.json()) == (200, {"cancelled": True}), first.text
+            event = await stream.next()
+            assert (event.type, event.data.get("reason")) == ("cancelled", "from the web")
+            again = await http.post(path)
+            assert (again.status_code, again.json()) == (200, {"cancelled": False}), again.text
+            missing = await http.post(f"/tasks/{ref.model}/987654321/cancel")
+            assert missing.status_code == 404 and missing.text.strip(), missing.text
+    finally:
+        await sse.aclose()
+
+
+@pytest.mark.case("CANCEL-14")
+async def test_task_when_cleanup_raises_during_cancel_then_one_cancelled_event_and_cancelled(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.cleanup_raises)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    await stream.until("start")
+    await runtime.cancel_task(ref)
+    await stream.until()
+    await stream.expect_end()
+    assert [e.type for e in stream.seen] == ["start", "cancelled"], stream.trace()
+    await settled(runtime, ref, TaskStatus.CANCELLED)
+
+
+@pytest.mark.case("CANCEL-15")
+async def test_one_task_when_cancelled_then_another_task_and_its_clients_carry_on(
+    runtime: Runtime, client: Client
+) -> None:
+    doomed = await runtime.create_task(behaviours.park)
+    other = await runtime.create_task(behaviours.stepper, {"total": 2})
+    doomed_stream, other_stream = await client.subscribe(doomed), await client.subscribe(other)
+    await runtime.start_task(doomed)
+    await runtime.start_task(other)
+    await doomed_stream.until("start")
+    await other_stream.until("start")
+    await runtime.cancel_task(doomed)
+    await doomed_stream.until()
+    await runtime.update_fields(other, allow=2)
+    events = await other_stream.until()
+    assert [e.type for e in events] == ["progress", "progress", "complete"], other_stream.trace()
+    await settled(runtime, other, TaskStatus.SUCCESSFUL)
