@@ -109,10 +109,14 @@ async def _resource(ctx: TaskContext) -> AsyncIterator[None]:
 
 
 async def cleanup_probe(ctx: TaskContext) -> None:
-    """Parked inside ``async with`` and ``try``; on cancel, report what ran and send ``cleanup``."""
-    await ctx.send_event("start", {})
+    """Parked inside ``async with`` and ``try``; on cancel, report what ran and send ``cleanup``.
+
+    ``start`` is sent inside the protected region: once a client has seen it,
+    a cancel cannot land before the ``finally`` is in place.
+    """
     async with _resource(ctx):
         try:
+            await ctx.send_event("start", {})
             await park_forever()
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -125,10 +129,11 @@ async def cleanup_probe(ctx: TaskContext) -> None:
 
 async def swallow_once(ctx: TaskContext) -> None:
     """A misbehaving task: it swallows the first cancellation and carries on waiting."""
-    await ctx.send_event("start", {})
     swallowed = 0
     while True:
         try:
+            if not swallowed:
+                await ctx.send_event("start", {})
             await park_forever()
         except asyncio.CancelledError:
             if swallowed:
@@ -176,8 +181,8 @@ async def fetch(ctx: TaskContext) -> Mapping[str, Any]:
 
 async def cleanup_raises(ctx: TaskContext) -> None:
     """Parked; its cleanup raises ValueError when it is cancelled."""
-    await ctx.send_event("start", {})
     try:
+        await ctx.send_event("start", {})
         await park_forever()
     finally:
         raise ValueError("cleanup failed")

@@ -88,7 +88,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--conformance-results",
         dest="conformance_results",
         metavar="PATH",
-        help="JSON-lines file for graded results (default: reports/results-<impls>-<db>-py<X.Y>.jsonl).",
+        help=(
+            "JSON-lines file for graded results "
+            "(default: reports/results-<impls>-<db>-py<X.Y>.jsonl)."
+        ),
     )
     parser.addini("conformance_impls", type="args", default=[], help="Default for --impl.")
 
@@ -105,6 +108,10 @@ def pytest_configure(config: pytest.Config) -> None:
         results_path=config.getoption("conformance_results"),
         run_id=f"{now}-{os.getpid()}",
     )
+    known = registered()
+    for name in config.stash[_STATE].impl_names:
+        if ":" not in name and name not in known:
+            raise pytest.UsageError(_unknown_message(name, known))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -131,22 +138,33 @@ def registered() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
+def _unknown_message(name: str, known: list[str]) -> str:
+    return (
+        f"Unknown implementation {name!r}. Registered: {', '.join(known) or 'none'}. "
+        "Pass a registered name or a 'module:factory' path."
+    )
+
+
 def load_implementation(name: str) -> Implementation:
     """Create the implementation ``name`` names: an entry point or ``module:factory``."""
     if ":" in name:
-        factory = pkgutil.resolve_name(name)
+        try:
+            factory = pkgutil.resolve_name(name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise pytest.UsageError(f"Cannot load implementation {name!r}: {exc!r}") from exc
     else:
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not found:
-            known = ", ".join(registered()) or "none"
-            raise pytest.UsageError(
-                f"Unknown implementation {name!r}. Registered: {known}. "
-                "Pass a registered name or a 'module:factory' path."
-            )
+            raise pytest.UsageError(_unknown_message(name, registered()))
         factory = found[0].load()
-    impl = factory()
+    try:
+        impl = factory()
+    except Exception as exc:
+        raise pytest.UsageError(f"The factory of implementation {name!r} raised {exc!r}.") from exc
     if not isinstance(impl, Implementation):
-        raise pytest.UsageError(f"{name!r} made {impl!r}, not a conformance.contract.Implementation.")
+        raise pytest.UsageError(
+            f"{name!r} made {impl!r}, not a conformance.contract.Implementation."
+        )
     return impl
 
 
@@ -162,8 +180,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "impl" in metafunc.fixturenames:
         if not state.impl_names:
             raise pytest.UsageError("No implementation to test: pass --impl NAME.")
-        for name in state.impl_names:
-            _impl(metafunc.config, name)  # fail fast on an unknown name
+        # Implementations are loaded in pytest_collection_modifyitems: a
+        # UsageError raised here would become a mere collection error.
         metafunc.parametrize("impl", state.impl_names, indirect=True, scope="session")
     if "client" in metafunc.fixturenames:
         metafunc.parametrize("client", state.modes, indirect=True)
@@ -231,8 +249,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         case_id = _case_id(item)
         if case_id is None:
             if "impl" in getattr(item, "fixturenames", ()):
-                raise pytest.UsageError(f"{item.nodeid}: a conformance case must name its ID with @pytest.mark.case.")
-            selected.append(item)
+                raise pytest.UsageError(
+                    f"{item.nodeid}: a conformance case must name its ID with @pytest.mark.case."
+                )
+            # --case selects by requirement ID; a test without one matches no prefix.
+            (deselected if state.cases else selected).append(item)
             continue
         try:
             spec.requirement(case_id)
@@ -241,7 +262,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if state.cases and not any(spec.matches_prefix(case_id, p) for p in state.cases):
             deselected.append(item)
             continue
+        try:  # a misspelt capability is the case's bug, not every implementation's error
+            requirements.check_known(_needs(item))
+        except ValueError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
         item.keywords[case_id] = True
+        item.extra_keyword_matches.add(case_id)  # what -k matches; keywords alone are not
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
         name = _impl_name(item)
@@ -260,11 +286,16 @@ def _impl_name(item: pytest.Item) -> str | None:
     return callspec.params.get("impl") if callspec else None
 
 
+def _needs(item: pytest.Item) -> list[str]:
+    """Capabilities from every ``requires`` marker: module-level and the case's own add up."""
+    return [str(a) for marker in item.iter_markers("requires") for a in marker.args]
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     name = _impl_name(item)
-    marker = item.get_closest_marker("requires")
-    if name is not None and marker is not None:
-        requirements.skip_unsupported(_impl(item.config, name), [str(a) for a in marker.args])
+    needs = _needs(item)
+    if name is not None and needs:
+        requirements.skip_unsupported(_impl(item.config, name), needs)
 
 
 # -- grading ------------------------------------------------------------------
@@ -285,12 +316,20 @@ def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str,
     """The grade of one case from its setup/call/teardown reports, and why."""
     for report in phases.values():
         if report.skipped and not hasattr(report, "wasxfail"):
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            return "unsupported", reason.removeprefix("Skipped: ")
+            reason = (
+                report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            )
+            reason = reason.removeprefix("Skipped: ")
+            if reason.startswith(requirements.UNSUPPORTED):
+                return "unsupported", reason
+            # Any other skip hides a case that did not run: never a quiet pass.
+            return "error", f"skipped without a missing capability: {reason}"
+    for report in phases.values():
+        # An expected failure may fail in setup (the runtime would not start) as well as in call.
+        if report.skipped and hasattr(report, "wasxfail"):
+            return "xfail", str(report.wasxfail)
     call = phases.get("call")
     if call is not None and hasattr(call, "wasxfail"):
-        if call.skipped:
-            return "xfail", str(call.wasxfail)
         return "error", f"unexpected pass of an expected failure: {call.wasxfail}"
     for when in ("setup", "call", "teardown"):
         report = phases.get(when)
@@ -304,8 +343,10 @@ def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str,
             return "error", f"timed out: {summary}"
         if when == "setup":
             return "error", f"setup failed: {summary}"
-        broken = "fail" if level is spec.Level.MUST else "non-strict"
-        return broken, (f"hygiene: {summary}" if when == "teardown" else summary)
+        if when == "teardown":
+            # A leak is a leak whatever the requirement's level.
+            return "fail", f"hygiene: {summary}"
+        return ("fail" if level is spec.Level.MUST else "non-strict"), summary
     return "pass", ""
 
 

@@ -17,13 +17,21 @@ from .contract import Capability, Implementation
 UNSUPPORTED = "unsupported"
 
 
-def missing(impl: Implementation, needs: Iterable[str]) -> list[str]:
-    """The capabilities in ``needs`` that ``impl`` does not declare, sorted."""
-    declared = {str(c) for c in impl.capabilities}
+def check_known(needs: Iterable[str]) -> None:
+    """Raise ValueError if ``needs`` names a capability :class:`Capability` does not."""
     unknown = [n for n in needs if n not in {str(c) for c in Capability}]
     if unknown:
-        raise ValueError(f"Unknown capability {unknown[0]!r}; known: {sorted(map(str, Capability))}.")
-    return sorted(n for n in needs if n not in declared)
+        raise ValueError(
+            f"Unknown capability {unknown[0]!r}; known: {sorted(map(str, Capability))}."
+        )
+
+
+def missing(impl: Implementation, needs: Iterable[str]) -> list[str]:
+    """The capabilities in ``needs`` that ``impl`` does not declare, sorted."""
+    needs = [str(n) for n in needs]  # read twice below: a generator would come back empty
+    check_known(needs)
+    declared = {str(c) for c in impl.capabilities}
+    return sorted({n for n in needs if n not in declared})
 
 
 def skip_unsupported(impl: Implementation, needs: Iterable[str]) -> None:

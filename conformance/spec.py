@@ -36,16 +36,21 @@ class SpecError(ValueError):
 @cache
 def requirements() -> dict[str, Requirement]:
     """Every requirement in SPEC.md, by ID, in document order."""
+    return parse(SPEC_PATH)
+
+
+def parse(path: Path) -> dict[str, Requirement]:
+    """Every requirement stated in the file at ``path``, by ID, in document order."""
     found: dict[str, Requirement] = {}
-    for number, line in enumerate(SPEC_PATH.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.startswith("- **"):
             continue
         match = _LINE.match(line)
         if match is None:
-            raise SpecError(f"SPEC.md:{number}: cannot parse requirement line: {line!r}")
+            raise SpecError(f"{path.name}:{number}: cannot parse requirement line: {line!r}")
         req = Requirement(match["id"], Level(match["level"]), match["text"])
         if req.id in found:
-            raise SpecError(f"SPEC.md:{number}: {req.id} is stated twice.")
+            raise SpecError(f"{path.name}:{number}: {req.id} is stated twice.")
         found[req.id] = req
     return found
 
@@ -58,7 +63,12 @@ def requirement(case_id: str) -> Requirement:
 
 
 def matches_prefix(case_id: str, prefix: str) -> bool:
-    """Whether ``case_id`` is selected by ``prefix``: ``FUNC`` and ``FUNC-1`` select FUNC-1, not FUNC-10."""
-    return case_id == prefix or case_id.startswith(prefix + "-") or (
-        prefix.endswith("-") and case_id.startswith(prefix)
+    """Whether ``case_id`` is selected by ``prefix``.
+
+    ``FUNC`` and ``FUNC-1`` select FUNC-1; ``FUNC-1`` does not select FUNC-10.
+    """
+    return (
+        case_id == prefix
+        or case_id.startswith(prefix + "-")
+        or (prefix.endswith("-") and case_id.startswith(prefix))
     )

@@ -119,6 +119,10 @@ class Run:
             # period): every further await of send_event is a cancellation point.
             raise asyncio.CancelledError(f"{self.key} was stopped")
         await self.coordinator.bus.publish(self.key, self.event(type, data))
+        # Publishing to the in-memory hub never suspends; without this a task
+        # sending in a tight loop would starve its clients' writers until their
+        # bounded queues overflowed. One turn of the loop per event keeps them level.
+        await asyncio.sleep(0)
 
     def __repr__(self) -> str:
         return f"<Run {self.key} attempt={self.attempt} next_id={self.next_id}>"
