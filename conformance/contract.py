@@ -295,8 +295,13 @@ class Implementation(ABC):
     async def start(self) -> Runtime:
         """Start a fresh runtime bound to the running event loop."""
 
-    def server_command(self, host: str, port: int) -> ServerSpec:
-        """Describe the command that serves this implementation on ``host:port``."""
+    def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
+        """The command that serves this implementation on ``host:port`` until a signal.
+
+        On SIGTERM or SIGINT it drains: running tasks get ``grace`` seconds.
+        It uses the same storage as this session's runtimes, so a case can
+        create a task in process and watch the server run it.
+        """
         raise NotImplementedError(f"{self.name} does not declare the 'process' capability.")
 
     def environment(self) -> Mapping[str, str]:

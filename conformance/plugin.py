@@ -21,7 +21,7 @@ import os
 import pkgutil
 import platform
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -33,6 +33,7 @@ import pytest_asyncio
 from . import hygiene, requirements, spec
 from .clients import Client, open_client, serve_asgi
 from .contract import Capability, Implementation, Runtime
+from .processes import ServerProcess, running_server
 
 ENTRY_POINT_GROUP = "conformance.implementations"
 MODES = ("inprocess", "http")
@@ -232,6 +233,24 @@ async def server_url(impl: Implementation, runtime: Runtime) -> AsyncIterator[st
     requirements.skip_unsupported(impl, [Capability.HTTP])
     async with serve_asgi(runtime.asgi_app()) as url:
         yield url
+
+
+@pytest_asyncio.fixture
+async def spawn_server(
+    impl: Implementation, runtime: Runtime
+) -> AsyncIterator[Callable[..., Awaitable[ServerProcess]]]:
+    """Start real server processes (``await spawn_server(grace=...)``); all are gone after the case.
+
+    They share storage with ``runtime``: create a task in process, start it
+    over HTTP, watch the server run it.
+    """
+    requirements.skip_unsupported(impl, [Capability.PROCESS])
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def spawn(*, grace: float = 5.0, env: dict[str, str] | None = None) -> ServerProcess:
+            return await stack.enter_async_context(running_server(impl, grace=grace, env=env))
+
+        yield spawn
 
 
 # -- collection: IDs, selection, capabilities, expected failures ---------------

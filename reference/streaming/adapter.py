@@ -53,6 +53,7 @@ class ReferenceImplementation(Implementation):
             Capability.RESUME,
             Capability.CANCEL,
             Capability.TIMEOUTS,
+            Capability.SIGNALS,
         }
     )
     expected_failures: Mapping[str, str] = {}
@@ -86,7 +87,7 @@ class ReferenceImplementation(Implementation):
 
         return ReferenceRuntime(Coordinator(cancel_grace=2.0))
 
-    def server_command(self, host: str, port: int) -> ServerSpec:
+    def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
         self._setup_django()
         assert self._database_url is not None
         return ServerSpec(
@@ -101,6 +102,8 @@ class ReferenceImplementation(Implementation):
                 str(port),
                 "--log-level",
                 "warning",
+                "--grace",
+                str(grace),
             ],
             env={"DATABASE_URL": self._database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
         )

@@ -473,6 +473,19 @@ class Coordinator:
             self._state = _State.CLOSED
             self._closed.set()
 
+    def abandon(self) -> None:
+        """Stop at once (a second signal): cancel every run, end every stream now.
+
+        Runs still record INTERRUPTED as their cancellation unwinds, for as
+        long as the process lives; nobody waits for them.
+        """
+        self._state = _State.DRAINING if self._state is _State.OPEN else self._state
+        for run in list(self._runs.values()):
+            run.interrupted = True
+            if run.supervisor is not None:
+                run.supervisor.cancel(msg="coordinator abandoned")
+        self.bus.hub.say_farewell(self._farewell)
+
     def _farewell(self, key: str, latest: Any) -> Event:
         model, _, pk = key.partition(":")
         last_id = latest.event.id if latest is not None else 0

@@ -31,7 +31,9 @@ from typing import Any
 
 import asgineer
 import uvicorn
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from . import sse
 from .bus import Subscriber
@@ -174,6 +176,7 @@ class StreamServer(uvicorn.Server):
         self.coordinator = coordinator
         self.grace = grace
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
         self._drain: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: Any = None) -> None:
@@ -181,22 +184,31 @@ class StreamServer(uvicorn.Server):
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Runs in the signal handler, between two bytecodes of the loop's thread.
-        if self._drain is not None or self._loop is None:
-            logger.warning("second signal %s: exiting now", signal.Signals(sig).name)
-            self.force_exit = True
+        # Runs in the signal handler, between two bytecodes of the loop's thread:
+        # only flags and call_soon_threadsafe here.
+        name = signal.Signals(sig).name
+        if self._loop is None:  # not serving yet: nothing to drain
             super().handle_exit(sig, frame)
-            return
-        logger.info("signal %s: draining for up to %ss", signal.Signals(sig).name, self.grace)
-        self._loop.call_soon_threadsafe(self._begin_drain)
+        elif self._draining:
+            logger.warning("second signal %s: exiting now", name)
+            self.force_exit = True
+            self._loop.call_soon_threadsafe(self.coordinator.abandon)
+            super().handle_exit(sig, frame)
+        else:
+            logger.info("signal %s: draining for up to %gs", name, self.grace)
+            self._draining = True
+            self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
-        if self._drain is None:
-            self._drain = asyncio.create_task(self._drain_then_exit(), name="streaming:drain")
+        self._drain = asyncio.create_task(self._drain_then_exit(), name="streaming:drain")
 
     async def _drain_then_exit(self) -> None:
         try:
             await self.coordinator.shutdown(self.grace)
+            # The ORM's connections belong to the one thread sync_to_async runs
+            # it in; close them there, or they are only dropped at exit.
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
+            logger.info("database connections closed")
         finally:
             self.should_exit = True
 

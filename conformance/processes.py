@@ -1,0 +1,145 @@
+"""Real server processes for the cases that need signals, crashes or two workers.
+
+:class:`ServerProcess` starts an implementation's server command on a free
+127.0.0.1 port, keeps everything it prints, waits until ``/health`` answers,
+and sends it real signals. Whatever happens in the case, the process is gone
+when the context exits (SIGKILL as the last resort) and its pipes are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+
+from .contract import Implementation
+from .waiting import WaitTimeout, eventually
+
+#: Seconds a server gets to answer /health after it starts.
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One running server process of an implementation."""
+
+    def __init__(
+        self, impl: Implementation, *, grace: float, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.impl = impl
+        self.grace = grace
+        self.extra_env = dict(env or {})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self._process: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
+
+    async def start(self) -> None:
+        spec = self.impl.server_command("127.0.0.1", self.port, grace=self.grace)
+        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self._process = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            cwd=spec.cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self._process.stdout is not None and self._process.stderr is not None
+        self._readers = [
+            asyncio.create_task(_drain(self._process.stdout, self.stdout), name="server-stdout"),
+            asyncio.create_task(_drain(self._process.stderr, self.stderr), name="server-stderr"),
+        ]
+        try:
+            await eventually(
+                lambda: self._healthy(spec.ready_path),
+                timeout=STARTUP_TIMEOUT,
+                what=f"{self.impl.name}'s server to answer {spec.ready_path}",
+            )
+        except WaitTimeout:
+            raise AssertionError(f"The server did not become ready.\n{self.output()}") from None
+
+    async def _healthy(self, path: str) -> bool:
+        if self.returncode is not None:
+            raise AssertionError(
+                f"The server exited with {self.returncode} before it was ready.\n{self.output()}"
+            )
+        try:
+            async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
+                return (await http.get(path)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        assert self._process is not None
+        self._process.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        """The exit status; fails with the process's output if it has not exited in time."""
+        assert self._process is not None
+        try:
+            async with asyncio.timeout(timeout):
+                status = await self._process.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"The server did not exit within {timeout:g}s.\n{self.output()}"
+            ) from None
+        await asyncio.gather(*self._readers)
+        return status
+
+    def output(self) -> str:
+        return (
+            f"--- stdout ---\n{self.stdout.decode(errors='replace')}"
+            f"--- stderr ---\n{self.stderr.decode(errors='replace')}"
+        )
+
+    async def stop(self) -> None:
+        """Make sure the process is gone and its pipes are read to the end."""
+        if self._process is None:
+            return
+        if self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        into.extend(chunk)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    impl: Implementation, *, grace: float = 5.0, env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """Start a server process; stop it (killing it if need be) on exit."""
+    server = ServerProcess(impl, grace=grace, env=env)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+__all__ = ["STARTUP_TIMEOUT", "ServerProcess", "free_port", "running_server"]

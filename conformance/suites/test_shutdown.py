@@ -1,0 +1,458 @@
+"""Shutdown suite (SHUT): draining on a real signal, and in process.
+
+The seed's server had no shutdown handler at all, so every deployment killed
+its tasks mid-run; under uvicorn, peers hang at "Waiting for connections to
+close" while SSE streams stay open. The process cases start the
+implementation's real server, connect real clients over 127.0.0.1 and send
+real signals; the in-process cases call ``Runtime.shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from conformance import behaviours
+from conformance.clients import Client, ClientStream, HttpClient
+from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
+from conformance.processes import ServerProcess
+from conformance.waiting import eventually
+
+pytestmark = pytest.mark.asyncio
+
+Spawn = Callable[..., Awaitable[ServerProcess]]
+#: Seconds beyond the grace period a server may take to exit.
+EXIT_MARGIN = 3.0
+
+process_case = pytest.mark.requires(Capability.PROCESS, Capability.SIGNALS, Capability.HTTP)
+
+
+async def status_of(runtime: Runtime, ref: TaskRef) -> TaskStatus:
+    return (await runtime.get_state(ref)).status
+
+
+async def start_on(server: ServerProcess, ref: TaskRef) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
+    assert response.status_code == 202, (response.status_code, response.text)
+
+
+async def draining(server: ServerProcess) -> None:
+    async def health_is_503() -> bool:
+        async with httpx.AsyncClient(base_url=server.url, timeout=2) as http:
+            return (await http.get("/health")).status_code == 503
+
+    await eventually(health_is_503, what="/health to answer 503 while draining")
+
+
+async def farewell_then_end(stream: ClientStream) -> dict:
+    event = await stream.until("shutdown")
+    await stream.expect_end()
+    return dict(event[-1].data)
+
+
+# -- real processes, real signals ------------------------------------------------
+
+
+@pytest.mark.case("SHUT-1")
+@process_case
+async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
+    server = await spawn_server(grace=1)
+    ref = await runtime.create_task(behaviours.park)
+    sse = HttpClient(server.url)
+    try:
+        stream = await sse.subscribe(ref)
+        await start_on(server, ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
+    finally:
+        await sse.aclose()
+
+
+@pytest.mark.case("SHUT-2")
+@process_case
+async def test_server_with_open_stream_when_sigint_then_exits_zero_within_grace(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
+    server = await spawn_server(grace=1)
+    ref = await runtime.create_task(behaviours.park)
+    sse = HttpClient(server.url)
+    try:
+        stream = await sse.subscribe(ref)
+        await start_on(server, ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGINT)
+        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
+    finally:
+        await sse.aclose()
+
+
+@pytest.mark.case("SHUT-3")
+@process_case
+async def test_idle_server_when_sigterm_then_exits_within_one_second(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=10)
+    server.send_signal(signal.SIGTERM)
+    assert await server.wait_exit(1.0) == 0, server.output()
+
+
+@pytest.mark.case("SHUT-4")
+@process_case
+async def test_open_streams_when_sigterm_then_each_gets_farewell_with_last_id_then_ends(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=0.5)
+    ref = await runtime.create_task(behaviours.park)
+    sse = HttpClient(server.url)
+    try:
+        streams = [await sse.subscribe(ref) for _ in range(3)]
+        await start_on(server, ref)
+        for stream in streams:
+            await stream.until("start")
+        server.send_signal(signal.SIGTERM)
+        for stream in streams:
+            data = await farewell_then_end(stream)
+            assert data.get("last_event_id") == stream.seen[-2].id == 1, stream.trace()
+    finally:
+        await sse.aclose()
+    assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
+
+
+async def _raw_stream(url: str, ref: TaskRef, registered: list[int]) -> bytes:
+    """One bare-socket SSE client: request, headers, then everything until EOF."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        registered.append(1)
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.case("SHUT-5")
+@process_case
+@pytest.mark.timeout(120)
+async def test_thousand_streams_when_sigterm_then_all_get_farewell_and_exit_zero(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=2)
+    ref = await runtime.create_task(behaviours.park)
+    registered: list[int] = []
+    readers = [asyncio.create_task(_raw_stream(server.url, ref, registered)) for _ in range(1000)]
+    try:
+        await eventually(
+            lambda: len(registered) == 1000 or any(r.done() for r in readers),
+            timeout=60,
+            what="1,000 streams to be open",
+        )
+        assert len(registered) == 1000, [r.exception() for r in readers if r.done()][:3]
+        server.send_signal(signal.SIGTERM)
+        bodies = await asyncio.wait_for(asyncio.gather(*readers), 2 + EXIT_MARGIN + 10)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    told = sum(b"event: shutdown" in body for body in bodies)
+    assert told == 1000, f"{told} of 1000 streams received the farewell"
+    assert await server.wait_exit(2 + EXIT_MARGIN) == 0, server.output()
+
+
+@pytest.mark.case("SHUT-6")
+@process_case
+async def test_task_when_it_finishes_within_grace_then_completes_and_clients_get_complete(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=20)
+    ref = await runtime.create_task(behaviours.stepper, {"total": 2})
+    sse = HttpClient(server.url)
+    try:
+        stream = await sse.subscribe(ref)
+        await start_on(server, ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGTERM)
+        await draining(server)
+        await runtime.update_fields(ref, allow=2)
+        events = await stream.until()
+        assert events[-1].type == "complete", stream.trace()
+        await stream.expect_end()
+    finally:
+        await sse.aclose()
+    assert await server.wait_exit(20 + EXIT_MARGIN) == 0, server.output()
+    assert await status_of(runtime, ref) is TaskStatus.SUCCESSFUL
+
+
+@pytest.mark.case("SHUT-7")
+@process_case
+async def test_task_when_still_running_after_grace_then_interrupted_not_running(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=0.5)
+    ref = await runtime.create_task(behaviours.park)
+    await start_on(server, ref)
+    await eventually(
+        lambda: _is(runtime, ref, TaskStatus.RUNNING), what="the server to run the task"
+    )
+    server.send_signal(signal.SIGTERM)
+    assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
+    assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
+
+
+async def _is(runtime: Runtime, ref: TaskRef, status: TaskStatus) -> bool:
+    return await status_of(runtime, ref) is status
+
+
+async def _drain_with_parked_task(runtime: Runtime, spawn_server: Spawn) -> ServerProcess:
+    server = await spawn_server(grace=30)
+    ref = await runtime.create_task(behaviours.park)
+    await start_on(server, ref)
+    await eventually(
+        lambda: _is(runtime, ref, TaskStatus.RUNNING), what="the server to run the task"
+    )
+    server.send_signal(signal.SIGTERM)
+    await draining(server)
+    return server
+
+
+@pytest.mark.case("SHUT-8")
+@process_case
+async def test_health_when_draining_then_503(runtime: Runtime, spawn_server: Spawn) -> None:
+    server = await _drain_with_parked_task(runtime, spawn_server)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get("/health")
+    assert response.status_code == 503, response.text
+    server.send_signal(signal.SIGTERM)
+    await server.wait_exit(EXIT_MARGIN)
+
+
+@pytest.mark.case("SHUT-9")
+@process_case
+async def test_new_stream_when_draining_then_503_with_reason(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await _drain_with_parked_task(runtime, spawn_server)
+    ref = await runtime.create_task(behaviours.steps)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get(ref.stream_path)
+    assert response.status_code == 503 and response.text.strip(), response.text
+    server.send_signal(signal.SIGTERM)
+    await server.wait_exit(EXIT_MARGIN)
+
+
+@pytest.mark.case("SHUT-10")
+@process_case
+async def test_start_when_draining_then_503_and_task_stays_ready(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await _drain_with_parked_task(runtime, spawn_server)
+    ref = await runtime.create_task(behaviours.steps)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
+    assert response.status_code == 503, response.text
+    assert await status_of(runtime, ref) is TaskStatus.READY
+    server.send_signal(signal.SIGTERM)
+    await server.wait_exit(EXIT_MARGIN)
+
+
+@pytest.mark.case("SHUT-11")
+@process_case
+async def test_second_signal_when_draining_then_exits_at_once(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await _drain_with_parked_task(runtime, spawn_server)
+    server.send_signal(signal.SIGTERM)
+    await server.wait_exit(3.0)
+
+
+@pytest.mark.case("SHUT-12")
+@process_case
+async def test_stored_tasks_when_server_shuts_down_then_nothing_is_lost(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    done = await runtime.create_task(behaviours.steps, {"steps": 1})
+    failed = await runtime.create_task(behaviours.fail)
+    ready = await runtime.create_task(behaviours.steps)
+    server = await spawn_server(grace=2)
+    for ref in (done, failed):
+        await start_on(server, ref)
+    await eventually(lambda: _is(runtime, done, TaskStatus.SUCCESSFUL), what="done to finish")
+    await eventually(lambda: _is(runtime, failed, TaskStatus.FAILED), what="failed to fail")
+    server.send_signal(signal.SIGTERM)
+    assert await server.wait_exit(2 + EXIT_MARGIN) == 0, server.output()
+    statuses = [await status_of(runtime, ref) for ref in (done, failed, ready)]
+    assert statuses == [TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.READY]
+
+
+@pytest.mark.case("SHUT-13")
+@process_case
+async def test_server_when_it_shuts_down_busy_then_stderr_has_no_warning_or_traceback(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=0.5, env={"PYTHONWARNINGS": "always"})
+    parked = await runtime.create_task(behaviours.cleanup_probe)
+    finished = await runtime.create_task(behaviours.steps, {"steps": 2})
+    sse = HttpClient(server.url)
+    try:
+        streams = [await sse.subscribe(parked), await sse.subscribe(finished)]
+        await start_on(server, parked)
+        await start_on(server, finished)
+        await streams[0].until("start")
+        await streams[1].until()
+        server.send_signal(signal.SIGTERM)
+        await farewell_then_end(streams[0])
+    finally:
+        await sse.aclose()
+    assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
+    stderr = server.stderr.decode(errors="replace")
+    for symptom in (
+        "Traceback",
+        "Task was destroyed but it is pending",
+        "was never awaited",
+        "ResourceWarning",
+        "nclosed",
+        "Task exception was never retrieved",
+    ):
+        assert symptom not in stderr, f"{symptom!r} in the server's stderr:\n{stderr}"
+
+
+@pytest.mark.case("SHUT-22")
+@process_case
+async def test_interrupted_task_when_server_shuts_down_then_its_cleanup_ran(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server(grace=0.2)
+    ref = await runtime.create_task(behaviours.cleanup_probe)
+    sse = HttpClient(server.url)
+    try:
+        stream = await sse.subscribe(ref)
+        await start_on(server, ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGTERM)
+        await stream.until("shutdown")
+        assert [e.type for e in stream.seen] == ["start", "cleanup", "shutdown"], stream.trace()
+    finally:
+        await sse.aclose()
+    assert await server.wait_exit(0.2 + EXIT_MARGIN) == 0, server.output()
+    state = await runtime.get_state(ref)
+    assert state.status is TaskStatus.INTERRUPTED, state
+    assert state.fields.get("finally_ran") is True and state.fields.get("released"), state
+
+
+# -- in process ------------------------------------------------------------------
+
+
+@pytest.mark.case("SHUT-15")
+async def test_subscribers_when_runtime_shuts_down_then_each_gets_farewell_and_ends(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    streams = [await client.subscribe(ref) for _ in range(3)]
+    await runtime.start_task(ref)
+    for stream in streams:
+        await stream.until("start")
+    await runtime.shutdown(0.1)
+    for stream in streams:
+        data = await farewell_then_end(stream)
+        assert data.get("last_event_id") == 1, stream.trace()
+
+
+@pytest.mark.case("SHUT-16")
+async def test_runtime_shutdown_when_tasks_run_then_finishers_complete_rest_interrupted(
+    runtime: Runtime, client: Client
+) -> None:
+    finisher = await runtime.create_task(behaviours.stepper, {"total": 1})
+    stuck = await runtime.create_task(behaviours.park)
+    finisher_stream = await client.subscribe(finisher)
+    for ref in (finisher, stuck):
+        await runtime.start_task(ref)
+    await finisher_stream.until("start")
+    shutting = asyncio.create_task(runtime.shutdown(1.0))
+    await runtime.update_fields(finisher, allow=1)
+    assert (await finisher_stream.until())[-1].type == "complete", finisher_stream.trace()
+    await shutting
+    assert await status_of(runtime, finisher) is TaskStatus.SUCCESSFUL
+    assert await status_of(runtime, stuck) is TaskStatus.INTERRUPTED
+    stats = runtime.stats()
+    assert (stats.running_tasks, stats.topics) == (0, 0), stats
+
+
+@pytest.mark.case("SHUT-17")
+async def test_runtime_shutdown_when_called_twice_or_concurrently_then_no_error(
+    runtime: Runtime,
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    await runtime.start_task(ref)
+    await asyncio.gather(runtime.shutdown(0.1), runtime.shutdown(0.1))
+    await runtime.shutdown(0.1)
+    assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
+
+
+@pytest.mark.case("SHUT-18")
+async def test_start_when_runtime_shut_down_then_refused_and_task_stays_ready(
+    runtime: Runtime,
+) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    await runtime.shutdown(0.1)
+    try:
+        started = await runtime.start_task(ref)
+    except Exception:  # an exception is an acceptable refusal
+        started = False
+    assert started is False
+    assert await status_of(runtime, ref) is TaskStatus.READY
+
+
+@pytest.mark.case("SHUT-19")
+async def test_idle_runtime_when_shut_down_then_returns_within_one_second(
+    runtime: Runtime,
+) -> None:
+    async with asyncio.timeout(1.0):
+        await runtime.shutdown(10.0)
+
+
+@pytest.mark.case("SHUT-20")
+async def test_clients_of_unstarted_task_when_shutdown_then_get_farewell(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.steps)
+    stream = await client.subscribe(ref)
+    await eventually(lambda: runtime.stats().subscribers == 1, what="the client registered")
+    await runtime.shutdown(0.1)
+    data = await farewell_then_end(stream)
+    assert data.get("last_event_id") == 0, stream.trace()
+
+
+@pytest.mark.case("SHUT-21")
+@pytest.mark.requires(Capability.HTTP)
+async def test_farewell_when_sent_over_http_then_suggests_positive_retry(
+    runtime: Runtime, server_url: str
+) -> None:
+    ref = await runtime.create_task(behaviours.park)
+    async with httpx.AsyncClient(base_url=server_url, timeout=10) as http:
+        async with http.stream("GET", ref.stream_path) as response:
+            await runtime.start_task(ref)
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line == "event: start":
+                    break
+            shutting = asyncio.create_task(runtime.shutdown(0.1))
+            tail = [line async for line in lines]
+            await shutting
+    frame = tail[tail.index("event: shutdown") :]
+    retry = [line for line in frame if line.startswith("retry:")]
+    assert retry and int(retry[0].removeprefix("retry:").strip()) > 0, frame
+    data = json.loads(next(line for line in frame if line.startswith("data:"))[5:])
+    assert data["last_event_id"] == 1, frame
