@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -58,38 +58,14 @@ class ReferenceImplementation(Implementation):
     )
     expected_failures: Mapping[str, str] = {}
 
-    def __init__(self) -> None:
-        self._database_url: str | None = None
-        self._cleanup: list[Any] = []
-
-    def _setup_django(self) -> None:
-        if self._database_url is not None:
-            return
-        import django
-
-        base = os.environ.get("DATABASE_URL", "")
-        if base.startswith(("postgres://", "postgresql://")):
-            self._database_url = _create_postgres_database(base, self._cleanup)
-        else:
-            directory = tempfile.mkdtemp(prefix="conformance-")
-            self._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
-            self._database_url = f"sqlite:///{directory}/reference.sqlite3"
-        os.environ["DATABASE_URL"] = self._database_url
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
-
     async def start(self) -> Runtime:
-        await sync_to_async(self._setup_django, thread_sensitive=True)()
+        await sync_to_async(setup_django, thread_sensitive=True)()
         from .coordinator import Coordinator
 
         return ReferenceRuntime(Coordinator(cancel_grace=2.0))
 
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
-        self._setup_django()
-        assert self._database_url is not None
+        database_url = setup_django()
         return ServerSpec(
             argv=[
                 sys.executable,
@@ -105,7 +81,7 @@ class ReferenceImplementation(Implementation):
                 "--grace",
                 str(grace),
             ],
-            env={"DATABASE_URL": self._database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
+            env={"DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
         )
 
     def environment(self) -> Mapping[str, str]:
@@ -119,15 +95,56 @@ class ReferenceImplementation(Implementation):
         }
 
     def close(self) -> None:
-        if self._database_url is not None:
-            from django.db import connections
-
-            connections.close_all()
-        while self._cleanup:
-            self._cleanup.pop()()
+        teardown_django()
 
 
-def _create_postgres_database(base_url: str, cleanup: list[Any]) -> str:
+#: The session's database: set up once per process, whichever instance asks first.
+_database_url: str | None = None
+_cleanup: list[Callable[[], None]] = []
+
+
+def setup_django() -> str:
+    """Point Django at a database made for this process, migrate it; return its URL.
+
+    Idempotent: Django is configured once per process, so every instance of
+    the implementation (the plugin's, a test's own) shares this database.
+    """
+    global _database_url
+    if _database_url is not None:
+        return _database_url
+    import django
+
+    base = os.environ.get("DATABASE_URL", "")
+    if base.startswith(("postgres://", "postgresql://")):
+        url = _create_postgres_database(base, _cleanup)
+    else:
+        directory = tempfile.mkdtemp(prefix="conformance-")
+        _cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+        url = f"sqlite:///{directory}/reference.sqlite3"
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    _database_url = url
+    return url
+
+
+def teardown_django() -> None:
+    """Drop what :func:`setup_django` made (the test database); idempotent."""
+    global _database_url
+    if _database_url is None:
+        return
+    from django.db import connections
+
+    connections.close_all()
+    while _cleanup:
+        _cleanup.pop()()
+    _database_url = None
+
+
+def _create_postgres_database(base_url: str, cleanup: list[Callable[[], None]]) -> str:
     import psycopg
 
     name = f"conformance_{os.getpid()}_{uuid.uuid4().hex[:8]}"
