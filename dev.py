@@ -65,6 +65,9 @@ def test(pytest_args: list[str]) -> int:
         "pytest",
         f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
         f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
+        "--cov",
+        f"--cov-report=xml:{reports / f'coverage-{database}-{py}.xml'}",
+        "--cov-report=term:skip-covered",
         *pytest_args,
     ]
     status = subprocess.run(command, cwd=ROOT).returncode

@@ -24,7 +24,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--log-level", default="info")
 
-    def handle(self, *args: Any, host: str, port: int, grace: float, log_level: str, **options: Any) -> None:
+    def handle(
+        self, *args: Any, host: str, port: int, grace: float, log_level: str, **options: Any
+    ) -> None:
         self.stdout.write(f"Starting streaming server on {host}:{port}")
         self.stdout.flush()
         serve(host, port, grace=grace, log_level=log_level)

@@ -1,0 +1,450 @@
+"""Real processes for the testing guide's flows: the server, the commands, the client.
+
+Nothing here sleeps to synchronise. Every wait is for the thing itself (a
+line on a process's output, the health endpoint answering, a row's status)
+under a deadline, through :func:`wait_until` or a condition variable.
+
+How a test knows a stream client is listening: the server registers a
+client's subscriber before it sends the response headers, so a client is
+registered once its response has begun. :class:`RelayProxy` sits between
+``stream_client.py`` and the server and counts responses that have begun.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+#: Deadline for one process to start, answer, or finish a short flow.
+DEADLINE = 20.0
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)  # the poll interval, not a synchronisation point
+
+
+def free_port() -> int:
+    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
+        return int(sock.getsockname()[1])
+
+
+# -- processes -----------------------------------------------------------------
+
+
+class Proc:
+    """A background subprocess whose stdout and stderr threads collect, line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self._cond = threading.Condition()
+        self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._eof: set[str] = set()
+        self._readers = [
+            threading.Thread(target=self._read, args=(name, pipe), daemon=True)
+            for name, pipe in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, pipe: IO[str]) -> None:
+        for line in pipe:
+            with self._cond:
+                self._lines[name].append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof.add(name)
+            self._cond.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<Proc {' '.join(self.args)} rc={self.popen.returncode}>"
+
+    def lines(self, name: str = "stdout") -> list[str]:
+        with self._cond:
+            return list(self._lines[name])
+
+    def text(self, name: str = "stdout") -> str:
+        return "\n".join(self.lines(name))
+
+    def describe(self) -> str:
+        return f"{self!r}\n--- stdout ---\n{self.text()}\n--- stderr ---\n{self.text('stderr')}"
+
+    def wait_for_line(self, line: str, timeout: float = DEADLINE, name: str = "stdout") -> int:
+        """Wait until ``line`` appears on ``name``; return its index."""
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: line in self._lines[name] or name in self._eof, timeout
+            )
+            if found and line in self._lines[name]:
+                return self._lines[name].index(line)
+        raise AssertionError(f"{line!r} never appeared on {name}\n{self.describe()}")
+
+    def send_signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        """Wait for the process to exit and its output to be read; return its exit status."""
+        try:
+            returncode = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout:g}s\n{self.describe()}") from None
+        for reader in self._readers:
+            reader.join(timeout)
+        return returncode
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal the process if it runs, kill it if it outlives ``timeout``; close its pipes."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(sig)
+                try:
+                    self.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait(timeout)
+            for reader in self._readers:
+                reader.join(timeout)
+        finally:
+            for pipe in (self.popen.stdout, self.popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+        return self.popen.returncode
+
+
+class ServerProcess(Proc):
+    """``manage.py runserver_stream`` on a free port."""
+
+    def __init__(self, env: dict[str, str], *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["manage.py", "runserver_stream", "--port", str(self.port), *extra], env)
+
+    def wait_listening(self, timeout: float = DEADLINE) -> bool:
+        """Wait until this process has bound its port; False if another process took it first.
+
+        Asking /health alone could get an answer from whoever took the port.
+        """
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    any(
+                        "Uvicorn running on" in line or "address already in use" in line
+                        for line in self._lines["stderr"]
+                    )
+                    or "stderr" in self._eof
+                ),
+                timeout,
+            )
+            lines = list(self._lines["stderr"])
+        if any(f"Uvicorn running on {self.url} " in line for line in lines):
+            return True
+        if any("address already in use" in line for line in lines):
+            return False
+        raise AssertionError(f"the server did not start listening\n{self.describe()}")
+
+    def wait_healthy(self, timeout: float = DEADLINE) -> None:
+        def healthy() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"the server exited before answering\n{self.describe()}")
+            try:
+                return httpx.get(f"{self.url}/health", timeout=1).text == "OK"
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout, f"{self.url}/health to answer OK")
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = DEADLINE
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command (``manage.py ...`` or ``stream_client.py ...``) to its end."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
+    )
+
+
+def make_env(database: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMING_", "DJANGO_"))}
+    env.update(
+        DATABASE_URL=f"sqlite:///{database}",
+        DJANGO_SETTINGS_MODULE="streaming_project.settings",
+        PYTHONUNBUFFERED="1",
+        PYTHONIOENCODING="utf-8",
+        # `python` in a command the guide prints is this interpreter.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    return env
+
+
+# -- the relay -----------------------------------------------------------------
+
+
+class RelayProxy:
+    """A TCP relay to the server that counts responses that have begun.
+
+    The server registers a stream's subscriber before it answers, so the
+    count is the number of clients that are listening.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._cond = threading.Condition()
+        self._answered = 0
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._cond:
+                self._sockets += [client, upstream]
+            for src, dst, response in ((client, upstream, False), (upstream, client, True)):
+                thread = threading.Thread(target=self._pump, args=(src, dst, response), daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, response: bool) -> None:
+        counted = not response
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if not counted:
+                    counted = True
+                    with self._cond:
+                        self._answered += 1
+                        self._cond.notify_all()
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def wait_for_listeners(self, count: int, timeout: float = DEADLINE) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._answered >= count, timeout):
+                raise AssertionError(
+                    f"{self._answered} of {count} clients got an answer within {timeout:g}s"
+                )
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._acceptor.join(5)
+        self._listener.close()
+        with self._cond:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+        for sock in sockets:
+            sock.close()
+
+
+# -- the database --------------------------------------------------------------
+
+
+def task_status(database: Path, model: str, pk: int) -> str | None:
+    """The stored status of one task, read straight from the SQLite file."""
+    with closing(sqlite3.connect(database)) as connection:
+        row = connection.execute(
+            f"SELECT status FROM streaming_{model.lower()} WHERE id = ?", (pk,)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def task_count(database: Path, model: str) -> int:
+    with closing(sqlite3.connect(database)) as connection:
+        return int(
+            connection.execute(f"SELECT COUNT(*) FROM streaming_{model.lower()}").fetchone()[0]
+        )
+
+
+# -- fixtures ------------------------------------------------------------------
+# Test modules cannot import this file (tests/ is no package), so what they
+# need comes as fixtures.
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database `manage.py migrate` has set up once; tests get copies of it."""
+    database = tmp_path_factory.mktemp("template") / "db.sqlite3"
+    result = run(["manage.py", "migrate", "--verbosity", "0"], make_env(database), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return database
+
+
+@pytest.fixture
+def database(tmp_path: Path, migrated_database: Path) -> Path:
+    """This test's own migrated SQLite file."""
+    target = tmp_path / "db.sqlite3"
+    for path in migrated_database.parent.glob(f"{migrated_database.name}*"):
+        shutil.copy(path, target.with_name(path.name))
+    return target
+
+
+@pytest.fixture
+def env(database: Path) -> dict[str, str]:
+    """The environment of every process in this test: its database, unbuffered output."""
+    return make_env(database)
+
+
+@pytest.fixture(name="make_env")
+def make_env_fixture() -> Callable[[Path], dict[str, str]]:
+    """Build the environment for processes that use the SQLite file at a given path."""
+    return make_env
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    """``wait_until(predicate, timeout, what)``: poll for a condition under a deadline."""
+    return wait_until
+
+
+@pytest.fixture(name="run")
+def run_fixture(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run("manage.py", "create_task", ...)``: run a short command to its end."""
+
+    def run_command(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return run(list(args), env)
+
+    return run_command
+
+
+@pytest.fixture
+def status(database: Path) -> Callable[[str, int], str | None]:
+    """``status("ExampleTask", 1)``: a task's stored status (None: no such row)."""
+    return lambda model, pk: task_status(database, model, pk)
+
+
+@pytest.fixture
+def count(database: Path) -> Callable[[str], int]:
+    """``count("ExampleTask")``: how many tasks of a kind are stored."""
+    return lambda model: task_count(database, model)
+
+
+@pytest.fixture
+def spawn(env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
+    """``spawn("stream_client.py", ...)``: a background process, killed at teardown."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] = env) -> Proc:
+        proc = Proc(list(args), env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def start_server(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
+    """``start_server(*extra_args, env=...)``: a healthy server that must stop cleanly.
+
+    At teardown each server gets SIGTERM; it must exit 0 without having
+    logged a traceback.
+    """
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, env: dict[str, str] = env) -> ServerProcess:
+        for _ in range(3):  # a free port can be taken before the server binds it
+            proc = ServerProcess(env, "--grace", "2", *extra)
+            started.append(proc)
+            if proc.wait_listening():
+                proc.wait_healthy()
+                return proc
+            proc.stop()
+            started.remove(proc)
+        raise AssertionError(f"no free port found for the server\n{proc.describe()}")
+
+    yield start
+    problems = []
+    for proc in started:
+        returncode = proc.stop(signal.SIGTERM)
+        output = proc.describe()
+        if returncode != 0:
+            problems.append(f"the server did not shut down cleanly\n{output}")
+        elif "Traceback" in output:
+            problems.append(f"the server logged an exception\n{output}")
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A running streaming server for this test, on its own database."""
+    return start_server()
+
+
+@pytest.fixture
+def relay(server: ServerProcess) -> Iterator[RelayProxy]:
+    """A relay to the server that tells when stream clients are registered."""
+    proxy = RelayProxy(server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

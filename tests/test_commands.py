@@ -1,0 +1,202 @@
+"""The commands the testing guide runs, on their own and when things go wrong.
+
+``manage.py runserver_stream``, ``manage.py create_task`` and
+``stream_client.py`` as real processes on 127.0.0.1, each test on its own
+SQLite file.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+DEADLINE = 20.0
+HELP_TAIL = "manage.py create_task: error: argument --type: invalid choice: 'bogus' (choose from "
+
+
+@pytest.mark.timeout(60)
+def test_runserver_stream_when_started_on_a_migrated_database_then_prints_address_and_health_ok(
+    tmp_path: Path, make_env: Any, run: Any, start_server: Any
+) -> None:
+    env = make_env(tmp_path / "fresh.sqlite3")
+    migrate = run("manage.py", "migrate", env=env)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "Applying streaming.0001_initial... OK" in migrate.stdout
+
+    server = start_server(env=env)
+
+    assert server.lines()[0] == f"Starting streaming server on 127.0.0.1:{server.port}"
+    response = httpx.get(f"{server.url}/health", timeout=DEADLINE)
+    assert (response.status_code, response.text) == (200, "OK")
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+@pytest.mark.timeout(60)
+def test_runserver_stream_when_sigterm_with_client_listening_then_client_told_and_exit_0(
+    server: Any, relay: Any, run: Any, spawn: Any
+) -> None:
+    created = run("manage.py", "create_task", "--no-start")
+    assert created.returncode == 0, created.stderr
+    client = spawn("stream_client.py", "ExampleTask", "1", "--server", relay.url)
+    relay.wait_for_listeners(1)
+
+    server.send_signal(signal.SIGTERM)
+
+    assert server.wait() == 0, server.describe()
+    assert client.wait() == 0, client.describe()
+    output = client.lines()
+    assert "[1] Event: SHUTDOWN" in output
+    assert "    message: Server is shutting down; reconnect to resume" in output
+    assert output[-3:-1] == ["Stream ended with: SHUTDOWN", "Total events received: 1"]
+
+
+@pytest.mark.timeout(60)
+def test_runserver_stream_when_port_is_taken_then_exits_nonzero_saying_so(spawn: Any) -> None:
+    with closing(socket.create_server(("127.0.0.1", 0))) as taken:
+        port = taken.getsockname()[1]
+        server = spawn("manage.py", "runserver_stream", "--port", str(port))
+        returncode = server.wait()
+
+    assert returncode != 0
+    assert "address already in use" in server.text("stderr")
+    assert "Traceback" not in server.text("stderr")
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_no_server_is_running_then_one_line_error_and_task_stays_ready(
+    run: Any, status: Any
+) -> None:
+    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed at once: refuses
+
+    result = run("manage.py", "create_task", "--server", nobody)
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == "Starting task..."
+    assert "✓ Task started" not in result.stdout
+    error = result.stderr.strip()
+    assert "\n" not in error and "Traceback" not in error
+    assert error.startswith(f"CommandError: Could not reach the streaming server at {nobody} (")
+    assert f"run 'curl -X POST {nobody}/tasks/ExampleTask/1/start'" in error
+    assert status("ExampleTask", 1) == "READY"
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_server_has_another_database_then_exits_1_with_servers_answer(
+    server: Any, run: Any, make_env: Any, database: Path, count: Any
+) -> None:
+    other = database.with_name("other.sqlite3")
+    other.write_bytes(database.read_bytes())
+
+    result = run("manage.py", "create_task", "--server", server.url, env=make_env(other))
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "CommandError: The server did not start ExampleTask 1: 404 ExampleTask 1 does not exist."
+    )
+    assert count("ExampleTask") == 0
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_type_is_unknown_then_argparse_error_exit_2(run: Any, count: Any) -> None:
+    result = run("manage.py", "create_task", "--type", "bogus")
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: manage.py create_task ")
+    assert HELP_TAIL + "'continue', 'example')" in result.stderr
+    assert result.stdout == ""
+    assert count("ExampleTask") == count("ContinueTask") == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--step-delay", "-1"], "CommandError: --step-delay must not be negative."),
+        (
+            ["--type", "continue", "--step-delay", "1"],
+            "CommandError: --step-delay applies to --type example only.",
+        ),
+    ],
+    ids=["negative", "continue"],
+)
+def test_create_task_when_step_delay_is_invalid_then_exit_1_and_nothing_stored(
+    run: Any, count: Any, args: list[str], error: str
+) -> None:
+    result = run("manage.py", "create_task", "--no-start", *args)
+
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (1, error, "")
+    assert count("ExampleTask") == count("ContinueTask") == 0
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_no_start_then_task_is_stored_ready_with_increasing_ids(
+    run: Any, status: Any
+) -> None:
+    outputs = [run("manage.py", "create_task", "--no-start") for _ in range(2)]
+
+    assert [o.returncode for o in outputs] == [0, 0]
+    assert [o.stdout for o in outputs] == [
+        f"Created ExampleTask with ID: {pk}\n"
+        "  Message: Task created via management command\n"
+        "\n"
+        "Connect to task stream:\n"
+        f"  curl http://127.0.0.1:8888/stream/ExampleTask/{pk}\n"
+        for pk in (1, 2)
+    ]
+    assert [status("ExampleTask", pk) for pk in (1, 2)] == ["READY", "READY"]
+
+
+@pytest.mark.timeout(60)
+def test_stream_when_model_or_id_is_unknown_then_404_reason_over_http_and_client_exits_1(
+    server: Any, run: Any
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=DEADLINE) as http:
+        answers = {
+            path: (response.status_code, response.text)
+            for path in ("/stream/Nope/1", "/stream/ExampleTask/abc", "/stream/ExampleTask/999")
+            for response in [http.get(path)]
+        }
+    missing = run("stream_client.py", "ExampleTask", "999", "--server", server.url)
+    no_model = run("stream_client.py", "Nope", "1", "--server", server.url)
+
+    unknown_model = answers.pop("/stream/Nope/1")
+    assert unknown_model[0] == 404
+    assert unknown_model[1].startswith("Unknown task model 'Nope'; known models: ")
+    assert "ContinueTask, ExampleTask" in unknown_model[1]
+    assert answers == {
+        "/stream/ExampleTask/abc": (404, "Task id must be an integer, got 'abc'."),
+        "/stream/ExampleTask/999": (404, "ExampleTask 999 does not exist."),
+    }
+    # The client shows the server's reason, on one line, and no events.
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "Server answered 404: ExampleTask 999 does not exist.\n",
+    )
+    assert (no_model.returncode, no_model.stderr) == (
+        1,
+        f"Server answered 404: {unknown_model[1]}\n",
+    )
+    assert "Event:" not in missing.stdout + no_model.stdout
+
+
+@pytest.mark.timeout(60)
+def test_stream_client_when_server_is_unreachable_then_exits_1_with_clear_message(
+    run: Any,
+) -> None:
+    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    result = run("stream_client.py", "ExampleTask", "1", "--server", nobody)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Could not stream from {nobody}/stream/ExampleTask/1: ")
+    assert "connection refused" in result.stderr.lower()
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
