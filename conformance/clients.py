@@ -132,7 +132,12 @@ class HttpClient:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=None))
+        # No pool cap: a case may hold hundreds of streams open at once.
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(10, read=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
         self._open: list[Any] = []
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> ClientStream:

@@ -278,10 +278,7 @@ def _failures_section(results: Sequence[CaseResult]) -> list[str]:
     if not failing:
         return ["## Failing cases", "", "_None._"]
     headers = ["Grade", "Case", "Level", "Test", "Environment", "Reason"]
-    rows = [
-        [r.grade, r.case, r.level, r.test, _label(r), _short_reason(r.reason)]
-        for r in failing
-    ]
+    rows = [[r.grade, r.case, r.level, r.test, _label(r), _short_reason(r.reason)] for r in failing]
     return ["## Failing cases", "", *_md_table(headers, rows)]
 
 
@@ -290,9 +287,7 @@ def _unsupported_section(results: Sequence[CaseResult]) -> list[str]:
     unsupported = [r for r in results if r.grade == "unsupported"]
     if not unsupported:
         return ["## Unsupported cases", "", "_None._"]
-    groups = _grouped(
-        unsupported, lambda r: (_short_reason(r.reason) or "(no reason given)",)
-    )
+    groups = _grouped(unsupported, lambda r: (_short_reason(r.reason) or "(no reason given)",))
     rows = [
         [reason, _joined(r.case for r in rs), _joined(r.implementation for r in rs)]
         for (reason,), rs in groups
@@ -305,9 +300,7 @@ def _environment_section(results: Sequence[CaseResult]) -> list[str]:
     """Render each environment with versions, platform, modes, runs and sources."""
     rows = []
     for env, group in _grouped(results, lambda r: r.environment):
-        details = (
-            [getattr(r, name) or "" for r in group] for name in _ENV_DETAILS.values()
-        )
+        details = ([getattr(r, name) or "" for r in group] for name in _ENV_DETAILS.values())
         rows.append([*env, *map(_joined, details)])
     return ["## Environment", "", *_md_table([*_ENV_HEADERS, *_ENV_DETAILS], rows)]
 

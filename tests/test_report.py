@@ -65,11 +65,7 @@ def table_rows(text: str) -> list[list[str]]:
     """Return the data rows of the Markdown tables in text, cells stripped."""
     rows = [line for line in text.splitlines() if line.startswith("|")]
     headers = {i - 1 for i, row in enumerate(rows) if row.startswith("|---")}
-    data = [
-        row
-        for i, row in enumerate(rows)
-        if i not in headers and not row.startswith("|---")
-    ]
+    data = [row for i, row in enumerate(rows) if i not in headers and not row.startswith("|---")]
     return [[cell.strip() for cell in row[2:-2].split(" | ")] for row in data]
 
 
@@ -138,9 +134,7 @@ def test_verdict_when_only_pass_xfail_unsupported_non_strict_then_conforms(
     results = report.load_results([path])
     assert report.verdict(results) == "conforms"
     assert (
-        table_rows(section(report.render_markdown(results, [str(path)]), "Summary"))[0][
-            -1
-        ]
+        table_rows(section(report.render_markdown(results, [str(path)]), "Summary"))[0][-1]
         == "conforms"
     )
 
@@ -177,9 +171,7 @@ def test_failing_cases_when_reason_long_with_pipes_then_one_line_truncated_escap
     tmp_path: Path,
 ) -> None:
     reason = "a|b\nsecond <i>line " + "x" * 500
-    path = write_jsonl(
-        tmp_path / "results-a.jsonl", record(grade="fail", reason=reason)
-    )
+    path = write_jsonl(tmp_path / "results-a.jsonl", record(grade="fail", reason=reason))
     failing = section(
         report.render_markdown(report.load_results([path]), [str(path)]),
         "Failing cases",
@@ -198,9 +190,7 @@ def test_unsupported_when_same_capability_then_grouped_with_case_ids(
         report.render_markdown(report.load_results([path]), [str(path)]),
         "Unsupported cases",
     )
-    assert table_rows(unsupported) == [
-        ["capability: cancellation", "FUNC-6, FUNC-7", "reference"]
-    ]
+    assert table_rows(unsupported) == [["capability: cancellation", "FUNC-6, FUNC-7", "reference"]]
 
 
 def test_suite_table_when_two_suites_then_counts_per_suite(tmp_path: Path) -> None:
@@ -243,16 +233,10 @@ def test_markdown_when_rendered_then_starts_with_generated_notice(
 
 
 def test_load_when_duplicate_runs_then_latest_run_id_wins(tmp_path: Path) -> None:
-    newer = write_jsonl(
-        tmp_path / "results-1.jsonl", record(grade="pass", run_id=RUN_2)
-    )
-    older = write_jsonl(
-        tmp_path / "results-2.jsonl", record(grade="fail", run_id=RUN_1)
-    )
+    newer = write_jsonl(tmp_path / "results-1.jsonl", record(grade="pass", run_id=RUN_2))
+    older = write_jsonl(tmp_path / "results-2.jsonl", record(grade="fail", run_id=RUN_1))
     results = report.load_results([newer, older])
-    assert [(r.grade, r.run_id, r.source) for r in results] == [
-        ("pass", RUN_2, str(newer))
-    ]
+    assert [(r.grade, r.run_id, r.source) for r in results] == [("pass", RUN_2, str(newer))]
 
 
 def test_load_when_same_test_in_other_mode_then_both_kept(tmp_path: Path) -> None:
@@ -308,9 +292,7 @@ def test_html_when_case_ids_numbered_then_sorted_naturally(tmp_path: Path) -> No
 
 def test_html_when_reason_contains_script_then_escaped(tmp_path: Path) -> None:
     reason = '<script>alert("x")</script>'
-    path = write_jsonl(
-        tmp_path / "results-a.jsonl", record(grade="fail", reason=reason)
-    )
+    path = write_jsonl(tmp_path / "results-a.jsonl", record(grade="fail", reason=reason))
     page = report.render_html(report.load_results([path]))
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -325,10 +307,7 @@ def test_html_when_environment_lacks_case_then_missing_cell(tmp_path: Path) -> N
     )
     page = report.render_html(report.load_results([path]))
     assert page.count('class="grade-missing"') == 2
-    assert (
-        'class="grade grade-unsupported" '
-        'title="unsupported: test_x_when_y_then_z - cap"' in page
-    )
+    assert 'class="grade grade-unsupported" title="unsupported: test_x_when_y_then_z - cap"' in page
 
 
 def test_render_when_repeated_or_input_shuffled_then_byte_identical(
@@ -346,9 +325,7 @@ def test_render_when_repeated_or_input_shuffled_then_byte_identical(
     assert again == first
     assert report.render_markdown(again, [str(path)]) == markdown
     assert report.render_html(again) == page
-    assert report.render_markdown(first, ["b", "a"]) == report.render_markdown(
-        first, ["a", "b"]
-    )
+    assert report.render_markdown(first, ["b", "a"]) == report.render_markdown(first, ["a", "b"])
     assert report.render_markdown(list(reversed(first)), [str(path)]) == markdown
 
 
@@ -372,10 +349,7 @@ def test_main_when_inputs_match_then_writes_markdown_and_html(
     markdown = (tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8")
     page = (tmp_path / "reports" / "matrix.html").read_text(encoding="utf-8")
     assert "`reports/results-reference.jsonl`" in markdown.splitlines()[0]
-    assert (
-        "| reference | sqlite | 3.11.7 | 5.2.19 | 2 | 1 | 1 | 1 | 2 | 1 | 8 |"
-        in markdown
-    )
+    assert "| reference | sqlite | 3.11.7 | 5.2.19 | 2 | 1 | 1 | 1 | 2 | 1 | 8 |" in markdown
     assert page.startswith("<!DOCTYPE html>") and "FUNC-8" in page
 
 

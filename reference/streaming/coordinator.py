@@ -14,9 +14,10 @@ The coordinator's own states::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,44 @@ class Outcome:
     event_type: str | None
     data: Mapping[str, Any]
     error: str = ""
+
+
+class _Serialised:
+    """One lock per task key, held by start_task and cancel_task; shutdown waits for them.
+
+    Each of the two is several awaits long (a read, a guarded UPDATE, the
+    launch). Interleaved on one task, a cancel could find a run whose claim is
+    still in flight, with no supervisor yet to cancel, and return False while
+    the task then runs; or cancel the row under a claim that then runs anyway
+    (RACE-19). A shutdown that looked for runs while a claim was in flight
+    would miss the run it launched and leave it RUNNING (RACE-11).
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Holders and waiters per key: a key's lock is dropped when nobody needs it.
+        self._users: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        self._idle.clear()
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+                if not self._users:
+                    self._idle.set()
+
+    async def settled(self) -> None:
+        """Return once no start or cancel is under way."""
+        await self._idle.wait()
 
 
 class Run:
@@ -155,6 +194,7 @@ class Coordinator:
         self._state = _State.OPEN
         self._runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serial = _Serialised()
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -173,6 +213,10 @@ class Coordinator:
         key = f"{model.__name__}:{pk}"
         if self._state is not _State.OPEN:
             raise CoordinatorClosed(f"Cannot start {key}: the coordinator is {self._state.value}.")
+        async with self._serial.hold(key):
+            return await self._launch(model, key, pk)
+
+    async def _launch(self, model: type[StreamTask], key: str, pk: Any) -> bool:
         if key in self._runs:
             return False
         task = await model._default_manager.filter(pk=pk).afirst()
@@ -355,20 +399,17 @@ class Coordinator:
                 return False
         key = f"{model.__name__}:{pk}"
         reason = reason or "cancelled by request"
+        async with self._serial.hold(key):
+            return await self._cancel(model, key, pk, reason)
+
+    async def _cancel(self, model: type[StreamTask], key: str, pk: Any, reason: str) -> bool:
         run = self._runs.get(key)
         if run is not None:
             return self._cancel_run(run, reason)
         # Not running here: cancel it in the database if it has not started.
-        cancelled = await model.atransition(
-            pk,
-            TaskStatus.CANCELLED,
-            completed_at=datetime.now(UTC),
-            error=f"cancelled: {reason}",
-        )
-        if not cancelled:
-            # It may have started while we waited for the database.
-            run = self._runs.get(key)
-            return self._cancel_run(run, reason) if run is not None else False
+        # The start/cancel lock means no run of ours can appear meanwhile. The
+        # status and the final event go in one UPDATE, so no reader sees one
+        # without the other.
         event = Event(
             1,
             "cancelled",
@@ -377,7 +418,15 @@ class Coordinator:
             model.__name__,
             now_iso(),
         )
-        await model._default_manager.filter(pk=pk).aupdate(final_event=event.to_dict())
+        cancelled = await model.atransition(
+            pk,
+            TaskStatus.CANCELLED,
+            completed_at=datetime.now(UTC),
+            error=f"cancelled: {reason}",
+            final_event=event.to_dict(),
+        )
+        if not cancelled:
+            return False
         await self.bus.publish(key, event, final=True)
         return True
 
@@ -451,6 +500,8 @@ class Coordinator:
             return
         self._state = _State.DRAINING
         try:
+            # A start under way may still launch its run: let it, then drain it too.
+            await self._serial.settled()
             running = set(self._tasks)
             if running:
                 _, pending = await asyncio.wait(running, timeout=grace)
