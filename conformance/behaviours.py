@@ -13,7 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from .contract import TaskContext
+from .contract import Runtime, TaskContext, TaskRef
+from .waiting import stored
 
 
 async def steps(ctx: TaskContext) -> Mapping[str, Any]:
@@ -44,6 +45,13 @@ async def stepper(ctx: TaskContext) -> Mapping[str, Any]:
         await ctx.send_event("progress", {"step": step})
         await ctx.update_fields(reached=step)
     return {"total_steps": total}
+
+
+async def reached(runtime: Runtime, ref: TaskRef, step: int) -> None:
+    """Wait until a :func:`stepper` task has stored ``reached >= step``."""
+    await stored(
+        runtime, ref, "reached", until=lambda value: value is not None and int(value) >= step
+    )
 
 
 async def wait_for_flag(ctx: TaskContext) -> Mapping[str, Any]:

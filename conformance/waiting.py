@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from .contract import Runtime, TaskRef, TaskState, TaskStatus
 
 T = TypeVar("T")
 
@@ -43,3 +45,43 @@ async def eventually(
                 f"Timed out after {timeout:g}s waiting for {what} (last value: {last!r})."
             )
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def status_is(
+    runtime: Runtime, ref: TaskRef, status: TaskStatus, *, timeout: float = 5.0
+) -> TaskState:
+    """Wait until the task's persisted status is ``status``; return that state."""
+
+    async def check() -> TaskState | None:
+        state = await runtime.get_state(ref)
+        return state if state.status is status else None
+
+    return await eventually(check, timeout=timeout, what=f"{ref} to be {status}")
+
+
+async def finished(runtime: Runtime, ref: TaskRef, *, timeout: float = 5.0) -> TaskState:
+    """Wait until the task has recorded how its run ended; return that state."""
+
+    async def check() -> TaskState | None:
+        state = await runtime.get_state(ref)
+        return state if state.status.is_finished else None
+
+    return await eventually(check, timeout=timeout, what=f"{ref} to record how its run ended")
+
+
+async def stored(
+    runtime: Runtime,
+    ref: TaskRef,
+    name: str,
+    *,
+    until: Callable[[Any], bool] = lambda value: value is not None,
+    timeout: float = 5.0,
+) -> Any:
+    """Wait until the task's stored field ``name`` satisfies ``until``; return its value."""
+
+    async def check() -> tuple[Any] | None:
+        value = (await runtime.get_state(ref)).fields.get(name)
+        return (value,) if until(value) else None
+
+    found = await eventually(check, timeout=timeout, what=f"{ref} to store {name!r}")
+    return found[0]

@@ -38,7 +38,7 @@ from conformance.contract import (
     TaskStatus,
     UnknownTask,
 )
-from conformance.waiting import WaitTimeout, eventually
+from conformance.waiting import WaitTimeout, eventually, finished, status_is, stored
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,37 +46,6 @@ pytestmark = pytest.mark.asyncio
 SHORT = 0.2
 #: A task timeout no case reaches.
 GENEROUS = 30.0
-
-
-async def state_is(
-    runtime: Runtime, ref: TaskRef, status: TaskStatus, timeout: float = 5.0
-) -> TaskState:
-    return await eventually(
-        lambda: _status_if(runtime, ref, status), timeout=timeout, what=f"{ref} to be {status}"
-    )
-
-
-async def _status_if(runtime: Runtime, ref: TaskRef, status: TaskStatus) -> TaskState | None:
-    state = await runtime.get_state(ref)
-    return state if state.status is status else None
-
-
-async def finished(runtime: Runtime, ref: TaskRef) -> TaskState:
-    return await eventually(
-        lambda: _finished(runtime, ref), what=f"{ref} to record how its run ended"
-    )
-
-
-async def _finished(runtime: Runtime, ref: TaskRef) -> TaskState | None:
-    state = await runtime.get_state(ref)
-    return state if state.status.is_finished else None
-
-
-async def stored(runtime: Runtime, ref: TaskRef, name: str, timeout: float = 5.0) -> Any:
-    async def value() -> Any:
-        return (await runtime.get_state(ref)).fields.get(name)
-
-    return await eventually(value, timeout=timeout, what=f"{ref} to store {name!r}")
 
 
 def names_limit(event: Event, seconds: float) -> bool:
@@ -180,7 +149,7 @@ async def test_task_when_it_runs_past_its_timeout_then_one_timeout_event_and_tim
     await stream.expect_end()
     assert [e.type for e in events] == ["parked", "timeout"], stream.trace()
     assert names_limit(events[-1], SHORT), f"the limit {SHORT}s is not named:\n{stream.trace()}"
-    state = await state_is(runtime, ref, TaskStatus.TIMED_OUT)
+    state = await status_is(runtime, ref, TaskStatus.TIMED_OUT)
     assert ran_for(state) >= SHORT, f"stopped before its timeout of {SHORT}s: {state}"
 
 
@@ -234,7 +203,7 @@ async def test_task_when_it_catches_its_own_timeout_then_runs_on_and_completes(
     events = await stream.until()
     assert [e.type for e in events] == ["caught", "after", "complete"], stream.trace()
     assert events[-1].data.get("ran_on") is True, stream.trace()
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("ASYNC-5")
@@ -248,7 +217,7 @@ async def test_task_timeout_when_task_is_inside_its_own_longer_timeout_then_time
     events = await stream.until()
     assert [e.type for e in events] == ["inside", "stopped-inside", "timeout"], stream.trace()
     assert names_limit(events[-1], SHORT), stream.trace()
-    await state_is(runtime, ref, TaskStatus.TIMED_OUT)
+    await status_is(runtime, ref, TaskStatus.TIMED_OUT)
 
 
 @pytest.mark.case("ASYNC-6")
@@ -264,7 +233,7 @@ async def test_cancel_when_task_is_inside_its_own_timeout_then_cancelled_not_tim
     events = await stream.until()
     assert [e.type for e in events] == ["stopped-inside", "cancelled"], stream.trace()
     assert events[-1].data.get("reason") == "stop inside timeout", stream.trace()
-    await state_is(runtime, ref, TaskStatus.CANCELLED)
+    await status_is(runtime, ref, TaskStatus.CANCELLED)
 
 
 @pytest.mark.case("ASYNC-7")
@@ -300,7 +269,7 @@ async def test_taskgroup_when_one_child_fails_then_siblings_cancelled_and_one_er
     )
     assert terminal(events) == ["error"] and types[-1] == "error", stream.trace()
     assert listed_errors(events[-1]) == [("ValueError", "child boom")], stream.trace()
-    await state_is(runtime, ref, TaskStatus.FAILED)
+    await status_is(runtime, ref, TaskStatus.FAILED)
 
 
 @pytest.mark.case("ASYNC-9")
@@ -315,7 +284,7 @@ async def test_taskgroup_when_several_children_fail_then_one_error_lists_every_e
     await stream.expect_end()
     assert [e.type for e in events] == ["starting", "error"], stream.trace()
     assert sorted(listed_errors(events[-1])) == sorted(map(tuple, errors)), stream.trace()
-    await state_is(runtime, ref, TaskStatus.FAILED)
+    await status_is(runtime, ref, TaskStatus.FAILED)
 
 
 @pytest.mark.case("ASYNC-10")
@@ -328,7 +297,7 @@ async def test_exception_group_when_handled_with_except_star_then_task_completes
     events = await stream.until()
     assert [e.type for e in events] == ["handled", "complete"], stream.trace()
     assert events[-1].data.get("handled") == 2, stream.trace()
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("ASYNC-11")
@@ -349,8 +318,8 @@ async def test_concurrent_starts_when_one_fails_then_the_others_run_to_completio
     assert isinstance(results[1], UnknownTask), results
     for stream in streams:
         assert (await stream.until())[-1].type == "complete", stream.trace()
-    await state_is(runtime, first, TaskStatus.SUCCESSFUL)
-    await state_is(runtime, second, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, first, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, second, TaskStatus.SUCCESSFUL)
 
 
 # -- cancellation and shutdown -----------------------------------------------------
@@ -387,7 +356,7 @@ async def test_cancel_when_task_awaits_shield_then_cancelled_and_shielded_work_f
     events = await stream.until()
     assert [e.type for e in events] == ["shield-cancelled", "cancelled"], stream.trace()
     assert events[0].data["work_done"] is False, stream.trace()
-    state = await state_is(runtime, ref, TaskStatus.CANCELLED)
+    state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert "shielded_done" not in state.fields, state
     await runtime.update_fields(ref, finish=True)
     assert await stored(runtime, ref, "shielded_done") is True
@@ -442,7 +411,7 @@ async def test_asyncio_task_when_it_runs_a_task_then_its_name_has_model_and_id(
     )
     assert name in [t.get_name() for t in asyncio.all_tasks() if not t.done()], name
     await runtime.update_fields(ref, go=True)
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 async def _run_to_end(client: Client, ref: TaskRef, runtime: Runtime) -> ClientStream:
@@ -506,7 +475,7 @@ async def test_failing_tasks_when_collected_then_no_unretrieved_exception_or_una
         for ref in refs:
             await runtime.start_task(ref)
         for ref in refs:
-            await state_is(runtime, ref, TaskStatus.FAILED)
+            await status_is(runtime, ref, TaskStatus.FAILED)
         await eventually(
             lambda: runtime.stats().running_tasks == 0 and not pending_since(before),
             what="the failed runs to end",
@@ -532,7 +501,7 @@ async def test_context_variable_when_set_by_the_caller_of_start_then_visible_in_
         await runtime.start_task(ref)
     finally:
         ab.CALLER_VALUE.reset(token)
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert (await runtime.get_state(ref)).fields.get("seen") == value
 
 
@@ -579,7 +548,7 @@ async def test_eager_task_factory_when_installed_then_run_stream_late_join_and_c
             await watcher.until("parked")
             assert await runtime.cancel_task(parked, "eager cancel")
             assert [e.type for e in await watcher.until()] == ["cancelled"], watcher.trace()
-            await state_is(runtime, parked, TaskStatus.CANCELLED)
+            await status_is(runtime, parked, TaskStatus.CANCELLED)
         finally:
             await client.aclose()
 
@@ -641,7 +610,7 @@ async def test_wait_for_next_event_when_none_comes_in_time_then_timeout_error_an
         await runtime.update_fields(ref, go=True)
         rest = await read_to_end(events, seen)
         assert [e.type for e in rest] == ["final", "complete"], format_trace(seen)
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("ASYNC-20")
@@ -670,7 +639,7 @@ async def test_client_when_cancelled_while_waiting_then_task_and_other_clients_u
     events = await staying.until()
     assert [e.type for e in events] == ["progress", "progress", "complete"], staying.trace()
     assert [e.id for e in staying.seen] == [1, 2, 3, 4], staying.trace()
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("ASYNC-21")
@@ -704,7 +673,7 @@ async def test_client_when_it_reads_nothing_then_task_completes_and_others_get_e
     events = await reader.until(timeout=10)
     assert [e.id for e in events] == list(range(1, count + 2)), reader.trace()[-2000:]
     assert events[-1].type == "complete"
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     await idle.aclose()
 
 
@@ -736,7 +705,7 @@ async def test_timed_out_task_when_cleaning_up_then_finally_runs_and_its_events_
     await runtime.start_task(ref)
     events = await stream.until()
     assert [e.type for e in events] == ["working", "cleanup", "timeout"], stream.trace()
-    state = await state_is(runtime, ref, TaskStatus.TIMED_OUT)
+    state = await status_is(runtime, ref, TaskStatus.TIMED_OUT)
     assert state.fields.get("cleaned") is True, state
 
 
@@ -754,8 +723,8 @@ async def test_two_tasks_of_one_kind_when_timeouts_differ_then_each_stops_at_its
     quick_end, slow_end = [(await s.until())[-1] for s in (quick_stream, slow_stream)]
     assert quick_end.type == "timeout" and names_limit(quick_end, shorter), quick_stream.trace()
     assert slow_end.type == "timeout" and names_limit(slow_end, longer), slow_stream.trace()
-    quick_state = await state_is(runtime, quick, TaskStatus.TIMED_OUT)
-    slow_state = await state_is(runtime, slow, TaskStatus.TIMED_OUT)
+    quick_state = await status_is(runtime, quick, TaskStatus.TIMED_OUT)
+    slow_state = await status_is(runtime, slow, TaskStatus.TIMED_OUT)
     assert ran_for(quick_state) >= shorter and ran_for(slow_state) >= longer, (
         quick_state,
         slow_state,

@@ -18,20 +18,12 @@ import pytest
 from conformance import behaviours
 from conformance.clients import Client, HttpClient
 from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
-from conformance.waiting import eventually
+from conformance.waiting import eventually, status_is
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.CANCEL)]
 
 #: Seconds a misbehaving task may hold out before the implementation gives up on it.
 GIVE_UP_DEADLINE = 15.0
-
-
-async def settled(runtime: Runtime, ref: TaskRef, status: TaskStatus):
-    async def check():
-        state = await runtime.get_state(ref)
-        return state if state.status is status else None
-
-    return await eventually(check, what=f"{ref} to be {status}")
 
 
 async def nothing_running(runtime: Runtime) -> None:
@@ -66,7 +58,7 @@ async def test_cancelled_task_when_state_read_then_cancelled_with_time_and_reaso
     await stream.until("start")
     await runtime.cancel_task(ref, reason="quota exceeded")
     await stream.until()
-    state = await settled(runtime, ref, TaskStatus.CANCELLED)
+    state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert state.completed_at is not None, state
     assert "quota exceeded" in state.error, state
     assert await runtime.get_state(ref) == state
@@ -83,7 +75,7 @@ async def test_parked_task_when_cancelled_then_finally_and_aexit_run_and_cleanup
     await runtime.cancel_task(ref)
     await stream.until()
     assert [e.type for e in stream.seen] == ["start", "cleanup", "cancelled"], stream.trace()
-    fields = (await settled(runtime, ref, TaskStatus.CANCELLED)).fields
+    fields = (await status_is(runtime, ref, TaskStatus.CANCELLED)).fields
     assert fields.get("finally_ran") is True, fields
     assert fields.get("released") is True, fields
 
@@ -98,7 +90,7 @@ async def test_ready_task_when_cancelled_then_cancelled_recorded_clients_told_an
     event = await stream.next()
     assert (event.type, event.data.get("reason")) == ("cancelled", "not needed"), stream.trace()
     await stream.expect_end()
-    await settled(runtime, ref, TaskStatus.CANCELLED)
+    await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert await runtime.start_task(ref) is False
     assert (await runtime.get_state(ref)).status is TaskStatus.CANCELLED
 
@@ -111,7 +103,7 @@ async def test_finished_task_when_cancelled_then_false_no_event_and_status_kept(
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until()
-    await settled(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert await runtime.cancel_task(ref) is False
     await stream.expect_end()
     assert (await runtime.get_state(ref)).status is TaskStatus.SUCCESSFUL
@@ -151,7 +143,7 @@ async def test_client_when_task_already_cancelled_then_gets_cancelled_and_stream
     await runtime.start_task(ref)
     await eventually(lambda: runtime.stats().running_tasks == 1, what="the task to run")
     await runtime.cancel_task(ref, reason="gone")
-    await settled(runtime, ref, TaskStatus.CANCELLED)
+    await status_is(runtime, ref, TaskStatus.CANCELLED)
     stream = await client.subscribe(ref)
     event = await stream.next()
     assert (event.type, event.data.get("reason")) == ("cancelled", "gone"), stream.trace()
@@ -171,7 +163,7 @@ async def test_task_when_it_swallows_cancellation_then_still_stopped_after_grace
     event = await stream.next(timeout=GIVE_UP_DEADLINE)
     assert event.type == "cancelled", stream.trace()
     await stream.expect_end()
-    state = await settled(runtime, ref, TaskStatus.CANCELLED)
+    state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert state.fields.get("swallowed") == 1, state
     await nothing_running(runtime)
 
@@ -186,7 +178,7 @@ async def test_task_with_taskgroup_children_when_cancelled_then_every_child_is_c
     await stream.until("children-started")
     await runtime.cancel_task(ref)
     await stream.until()
-    fields = (await settled(runtime, ref, TaskStatus.CANCELLED)).fields
+    fields = (await status_is(runtime, ref, TaskStatus.CANCELLED)).fields
     assert {fields.get(f"child_{i}") for i in range(3)} == {"cancelled"}, fields
     await nothing_running(runtime)
 
@@ -296,7 +288,7 @@ async def test_task_when_cleanup_raises_during_cancel_then_one_cancelled_event_a
     await stream.until()
     await stream.expect_end()
     assert [e.type for e in stream.seen] == ["start", "cancelled"], stream.trace()
-    await settled(runtime, ref, TaskStatus.CANCELLED)
+    await status_is(runtime, ref, TaskStatus.CANCELLED)
 
 
 @pytest.mark.case("CANCEL-15")
@@ -315,4 +307,4 @@ async def test_one_task_when_cancelled_then_another_task_and_its_clients_carry_o
     await runtime.update_fields(other, allow=2)
     events = await other_stream.until()
     assert [e.type for e in events] == ["progress", "progress", "complete"], other_stream.trace()
-    await settled(runtime, other, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, other, TaskStatus.SUCCESSFUL)

@@ -15,28 +15,9 @@ import pytest
 from conformance import behaviours
 from conformance.clients import Client
 from conformance.contract import Runtime, TaskStatus, UnknownTask
-from conformance.waiting import eventually
+from conformance.waiting import eventually, status_is
 
 pytestmark = pytest.mark.asyncio
-
-
-async def state_is(runtime: Runtime, ref, status: TaskStatus, timeout: float = 5.0):
-    return await eventually(
-        lambda: _status_if(runtime, ref, status), timeout=timeout, what=f"{ref} to be {status}"
-    )
-
-
-async def _status_if(runtime: Runtime, ref, status: TaskStatus):
-    state = await runtime.get_state(ref)
-    return state if state.status is status else None
-
-
-async def reached(runtime: Runtime, ref, step: int) -> None:
-    await eventually(lambda: _reached(runtime, ref, step), what=f"{ref} to store reached >= {step}")
-
-
-async def _reached(runtime: Runtime, ref, step: int) -> bool:
-    return int((await runtime.get_state(ref)).fields.get("reached", -1)) >= step
 
 
 @pytest.mark.case("FUNC-1")
@@ -138,14 +119,14 @@ async def test_all_clients_gone_when_task_runs_then_it_continues_and_returning_c
     await eventually(lambda: runtime.stats().subscribers == 0, what="the client to be unregistered")
 
     await runtime.update_fields(ref, allow=2)
-    await reached(runtime, ref, 2)
+    await behaviours.reached(runtime, ref, 2)
     back = await client.subscribe(ref)
     first = await back.next(timeout=2)
     assert (first.type, first.data.get("step")) == ("progress", 2), back.trace()
     await runtime.update_fields(ref, allow=3)
     events = await back.until()
     assert [e.type for e in events][-2:] == ["progress", "complete"], back.trace()
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("FUNC-7")
@@ -174,7 +155,7 @@ async def test_client_when_task_already_finished_then_gets_terminal_event_and_st
 ) -> None:
     ref = await runtime.create_task(behaviours.steps, {"steps": 2})
     await runtime.start_task(ref)
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     stream = await client.subscribe(ref)
     event = await stream.next(timeout=2)
     assert event.type == "complete", stream.trace()
@@ -195,7 +176,7 @@ async def test_task_when_it_raises_then_one_error_event_and_failed_state(
     assert len(errors) == 1 and events[-1] is errors[0], stream.trace()
     assert errors[0].data["error_type"] == "ValueError", stream.trace()
     assert "boom at step 1" in errors[0].data["message"], stream.trace()
-    state = await state_is(runtime, ref, TaskStatus.FAILED)
+    state = await status_is(runtime, ref, TaskStatus.FAILED)
     assert "boom at step 1" in state.error
 
 
@@ -210,7 +191,7 @@ async def test_start_when_task_running_or_finished_then_false_and_not_run_again(
     assert await runtime.start_task(ref) is False
     await runtime.update_fields(ref, allow=1)
     await stream.until()
-    await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert await runtime.start_task(ref) is False
     assert [e.type for e in stream.seen] == ["start", "progress", "complete"], stream.trace()
 
@@ -259,7 +240,7 @@ async def test_events_when_no_client_subscribed_then_later_client_gets_latest_fi
     ref = await runtime.create_task(behaviours.stepper, {"total": 3})
     await runtime.start_task(ref)
     await runtime.update_fields(ref, allow=1)
-    await reached(runtime, ref, 1)
+    await behaviours.reached(runtime, ref, 1)
     stream = await client.subscribe(ref)
     first = await stream.next(timeout=2)
     assert (first.id, first.type, first.data.get("step")) == (2, "progress", 1), stream.trace()
@@ -294,7 +275,7 @@ async def test_persisted_state_when_task_runs_then_running_then_final_with_times
     assert running.completed_at is None, running
     await runtime.update_fields(ref, allow=1)
     await stream.until()
-    done = await state_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    done = await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert done.completed_at is not None and done.started_at is not None, done
     assert datetime.fromisoformat(done.completed_at) >= datetime.fromisoformat(done.started_at)
 

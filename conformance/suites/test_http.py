@@ -17,7 +17,7 @@ import pytest_asyncio
 from conformance import behaviours
 from conformance.clients import HttpClient
 from conformance.contract import Capability, Runtime, TaskStatus
-from conformance.waiting import eventually
+from conformance.waiting import eventually, status_is
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.HTTP)]
 
@@ -138,13 +138,7 @@ async def test_client_when_connection_closes_then_server_unregisters_it_and_task
     )
     assert (await runtime.get_state(ref)).status is TaskStatus.RUNNING
     await runtime.update_fields(ref, allow=1)
-    await eventually(
-        lambda: _status(runtime, ref, TaskStatus.SUCCESSFUL), what="the task to complete"
-    )
-
-
-async def _status(runtime: Runtime, ref, status: TaskStatus) -> bool:
-    return (await runtime.get_state(ref)).status is status
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
 @pytest.mark.case("HTTP-7")
@@ -162,19 +156,13 @@ async def test_reconnect_when_last_event_id_sent_then_missed_events_replayed_in_
     await eventually(lambda: runtime.stats().subscribers == 0, what="the client to leave")
 
     await runtime.update_fields(ref, allow=3)
-    await eventually(
-        lambda: _reached(runtime, ref, 3), what="the task to send steps 2 and 3 unwatched"
-    )
+    await behaviours.reached(runtime, ref, 3)  # steps 2 and 3 sent unwatched
     resumed = await sse.subscribe(ref, last_event_id=2)
     replay = [await resumed.next(), await resumed.next()]
     assert [(e.id, e.data.get("step")) for e in replay] == [(3, 2), (4, 3)], resumed.trace()
     await runtime.update_fields(ref, allow=4)
     rest = await resumed.until()
     assert [e.id for e in rest] == [5, 6], resumed.trace()
-
-
-async def _reached(runtime: Runtime, ref, step: int) -> bool:
-    return int((await runtime.get_state(ref)).fields.get("reached", -1)) >= step
 
 
 @pytest.mark.case("HTTP-7")
@@ -185,9 +173,7 @@ async def test_reconnect_when_missed_events_are_gone_then_stream_reset_comes_fir
     # More events than any reasonable history keeps: some of them must be gone.
     ref = await runtime.create_task(behaviours.burst, {"count": 5000})
     await runtime.start_task(ref)
-    await eventually(
-        lambda: _status(runtime, ref, TaskStatus.SUCCESSFUL), what="the burst to finish"
-    )
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     resumed = await sse.subscribe(ref, last_event_id=1)
     first = await resumed.next()
     assert first.type == "stream-reset", resumed.trace()

@@ -45,7 +45,7 @@ from conformance.contract import (
     TaskStatus,
 )
 from conformance.races import Race, at_loop_time, replayable, seeds, yields, yields_during
-from conformance.waiting import eventually
+from conformance.waiting import eventually, finished, status_is
 
 pytestmark = pytest.mark.asyncio
 
@@ -108,22 +108,6 @@ async def read_to_end(stream: ClientStream, timeout: float = 10.0) -> ClientStre
     await stream.until(timeout=timeout)
     await stream.expect_end()
     return stream
-
-
-async def finished(runtime: Runtime, ref: TaskRef, timeout: float = 5.0) -> TaskState:
-    async def check() -> TaskState | None:
-        state = await runtime.get_state(ref)
-        return state if state.status.is_finished else None
-
-    return await eventually(check, timeout=timeout, what=f"{ref} to finish")
-
-
-async def status_is(runtime: Runtime, ref: TaskRef, status: TaskStatus) -> TaskState:
-    async def check() -> TaskState | None:
-        state = await runtime.get_state(ref)
-        return state if state.status is status else None
-
-    return await eventually(check, what=f"{ref} to be {status}")
 
 
 async def subscribers_are(runtime: Runtime, count: int, race: Race) -> None:

@@ -21,7 +21,7 @@ from conformance import behaviours
 from conformance.clients import Client, ClientStream, HttpClient
 from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
 from conformance.processes import ServerProcess
-from conformance.waiting import eventually
+from conformance.waiting import eventually, status_is
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,10 +59,8 @@ async def farewell_then_end(stream: ClientStream) -> dict:
 # -- real processes, real signals ------------------------------------------------
 
 
-@pytest.mark.case("SHUT-1")
-@process_case
-async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace(
-    runtime: Runtime, spawn_server: Spawn
+async def exits_zero_with_open_stream(
+    runtime: Runtime, spawn_server: Spawn, sig: signal.Signals
 ) -> None:
     # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
     server = await spawn_server(grace=1)
@@ -72,10 +70,18 @@ async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace
         stream = await sse.subscribe(ref)
         await start_on(server, ref)
         await stream.until("start")
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(sig)
         assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
     finally:
         await sse.aclose()
+
+
+@pytest.mark.case("SHUT-1")
+@process_case
+async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    await exits_zero_with_open_stream(runtime, spawn_server, signal.SIGTERM)
 
 
 @pytest.mark.case("SHUT-2")
@@ -83,18 +89,7 @@ async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace
 async def test_server_with_open_stream_when_sigint_then_exits_zero_within_grace(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
-    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
-    server = await spawn_server(grace=1)
-    ref = await runtime.create_task(behaviours.park)
-    sse = HttpClient(server.url)
-    try:
-        stream = await sse.subscribe(ref)
-        await start_on(server, ref)
-        await stream.until("start")
-        server.send_signal(signal.SIGINT)
-        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
-    finally:
-        await sse.aclose()
+    await exits_zero_with_open_stream(runtime, spawn_server, signal.SIGINT)
 
 
 @pytest.mark.case("SHUT-3")
@@ -204,25 +199,17 @@ async def test_task_when_still_running_after_grace_then_interrupted_not_running(
     server = await spawn_server(grace=0.5)
     ref = await runtime.create_task(behaviours.park)
     await start_on(server, ref)
-    await eventually(
-        lambda: _is(runtime, ref, TaskStatus.RUNNING), what="the server to run the task"
-    )
+    await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
     assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
-
-
-async def _is(runtime: Runtime, ref: TaskRef, status: TaskStatus) -> bool:
-    return await status_of(runtime, ref) is status
 
 
 async def _drain_with_parked_task(runtime: Runtime, spawn_server: Spawn) -> ServerProcess:
     server = await spawn_server(grace=30)
     ref = await runtime.create_task(behaviours.park)
     await start_on(server, ref)
-    await eventually(
-        lambda: _is(runtime, ref, TaskStatus.RUNNING), what="the server to run the task"
-    )
+    await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGTERM)
     await draining(server)
     return server
@@ -289,8 +276,8 @@ async def test_stored_tasks_when_server_shuts_down_then_nothing_is_lost(
     server = await spawn_server(grace=2)
     for ref in (done, failed):
         await start_on(server, ref)
-    await eventually(lambda: _is(runtime, done, TaskStatus.SUCCESSFUL), what="done to finish")
-    await eventually(lambda: _is(runtime, failed, TaskStatus.FAILED), what="failed to fail")
+    await status_is(runtime, done, TaskStatus.SUCCESSFUL)
+    await status_is(runtime, failed, TaskStatus.FAILED)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(2 + EXIT_MARGIN) == 0, server.output()
     statuses = [await status_of(runtime, ref) for ref in (done, failed, ready)]

@@ -14,20 +14,21 @@ The coordinator's own states::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 
+from . import outcomes
 from .bus import InMemoryBus, Subscriber
 from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
+from .locks import KeyedLocks
 from .models import StreamTask
+from .outcomes import Outcome
 from .states import TaskStatus
 
 logger = logging.getLogger(__name__)
@@ -59,54 +60,6 @@ def resolve_model(name: str) -> type[StreamTask]:
     except KeyError:
         known = ", ".join(sorted(models))
         raise UnknownTask(f"Unknown task model {name!r}; known models: {known}.") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a run ended: the status to record and the terminal event to send."""
-
-    status: TaskStatus
-    event_type: str | None
-    data: Mapping[str, Any]
-    error: str = ""
-
-
-class _Serialised:
-    """One lock per task key, held by start_task and cancel_task; shutdown waits for them.
-
-    Each of the two is several awaits long (a read, a guarded UPDATE, the
-    launch). Interleaved on one task, a cancel could find a run whose claim is
-    still in flight, with no supervisor yet to cancel, and return False while
-    the task then runs; or cancel the row under a claim that then runs anyway
-    (RACE-19). A shutdown that looked for runs while a claim was in flight
-    would miss the run it launched and leave it RUNNING (RACE-11).
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        #: Holders and waiters per key: a key's lock is dropped when nobody needs it.
-        self._users: dict[str, int] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        self._idle.clear()
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
-                if not self._users:
-                    self._idle.set()
-
-    async def settled(self) -> None:
-        """Return once no start or cancel is under way."""
-        await self._idle.wait()
 
 
 class Run:
@@ -194,7 +147,7 @@ class Coordinator:
         self._state = _State.OPEN
         self._runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._serial = _Serialised()
+        self._serial = KeyedLocks()
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -233,10 +186,8 @@ class Coordinator:
             return False
         task._run = run
         self.bus.hub.open(key)
-        supervisor = asyncio.create_task(self._supervise(run), name=f"streaming:{key}")
+        supervisor = self._spawn(self._supervise(run), f"streaming:{key}")
         run.supervisor = supervisor
-        self._tasks.add(supervisor)
-        supervisor.add_done_callback(self._tasks.discard)
         supervisor.add_done_callback(lambda _: self._release(run))
         logger.info("started %s (attempt %d)", key, run.attempt)
         return True
@@ -276,10 +227,7 @@ class Coordinator:
                     # True, so the task ends CANCELLED: one answer everywhere.
                     outcome = self._stopped_outcome(run)
                 else:
-                    data = {"message": "Task completed successfully"}
-                    if isinstance(result, Mapping):
-                        data.update(result)
-                    outcome = Outcome(TaskStatus.SUCCESSFUL, "complete", data)
+                    outcome = outcomes.completed(result)
             await self._finish(run, outcome)
         finally:
             self._release(run)
@@ -295,48 +243,35 @@ class Coordinator:
         if self._runs.get(run.key) is run:
             del self._runs[run.key]
         if not run.finished:
-            recorder = asyncio.create_task(
-                self._finish(run, self._stopped_outcome(run)), name=f"streaming:stopped:{run.key}"
+            self._spawn(
+                self._finish(run, self._stopped_outcome(run)), f"streaming:stopped:{run.key}"
             )
-            self._tasks.add(recorder)
-            recorder.add_done_callback(self._tasks.discard)
 
     def _failed_outcome(self, run: Run, scope: asyncio.Timeout, exc: Exception) -> Outcome:
         if run.cancel_reason is not None:
             # Cancelled, and its cleanup then raised: the cancel is what the
             # client asked for and what it is told; the error is kept.
-            stopped = self._stopped_outcome(run)
-            return Outcome(
-                stopped.status,
-                stopped.event_type,
-                stopped.data,
-                error=f"{stopped.error}; cleanup raised {type(exc).__name__}: {exc}",
+            return outcomes.cancelled(run.cancel_reason).noting(
+                f"; cleanup raised {type(exc).__name__}: {exc}"
             )
         if isinstance(exc, TimeoutError) and scope.expired():
             # Only our own deadline is a timeout: a TimeoutError from the task's
             # own code (its inner asyncio.timeout, a library) is a failure.
-            return Outcome(
-                TaskStatus.TIMED_OUT,
-                "timeout",
-                {
-                    "message": f"Task exceeded its timeout of {run.timeout:g}s",
-                    "timeout": run.timeout,
-                },
-                error=f"timed out after {run.timeout:g}s",
-            )
-        return _failure(exc)
+            assert run.timeout is not None
+            return outcomes.timed_out(run.timeout)
+        return outcomes.failed(exc)
 
     def _stopped_outcome(self, run: Run) -> Outcome:
         if run.cancel_reason is not None:
-            return Outcome(
-                TaskStatus.CANCELLED,
-                "cancelled",
-                {"message": "Task was cancelled", "reason": run.cancel_reason},
-                error=f"cancelled: {run.cancel_reason}",
-            )
-        # Cancelled by shutdown, or by someone other than this coordinator:
-        # the work was interrupted, not refused, and may be started again.
-        return Outcome(TaskStatus.INTERRUPTED, None, {}, error="interrupted")
+            return outcomes.cancelled(run.cancel_reason)
+        return outcomes.interrupted()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of ours: shutdown() waits for it and hygiene can name it."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         """Record the outcome, then publish the terminal event: once per run."""
@@ -346,10 +281,7 @@ class Coordinator:
         # Shielded: the record must be written even if we are cancelled again
         # (shutdown while a cancel is being recorded); tracked, so that
         # shutdown() still waits for it.
-        record = asyncio.create_task(self._record(run, outcome), name=f"streaming:record:{run.key}")
-        self._tasks.add(record)
-        record.add_done_callback(self._tasks.discard)
-        await asyncio.shield(record)
+        await asyncio.shield(self._spawn(self._record(run, outcome), f"streaming:record:{run.key}"))
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         model = type(run.task)
@@ -448,18 +380,10 @@ class Coordinator:
         logger.error(
             "%s ignored cancellation for %ss; recording it as cancelled", run.key, self.cancel_grace
         )
-        outcome = self._stopped_outcome(run)
-        outcome = Outcome(
-            outcome.status,
-            outcome.event_type,
-            {**outcome.data, "forced": True},
-            error=f"{outcome.error} (did not stop within {self.cancel_grace:g}s)",
+        outcome = self._stopped_outcome(run).noting(
+            f" (did not stop within {self.cancel_grace:g}s)", forced=True
         )
-        recorder = asyncio.create_task(
-            self._finish(run, outcome), name=f"streaming:give-up:{run.key}"
-        )
-        self._tasks.add(recorder)
-        recorder.add_done_callback(self._tasks.discard)
+        self._spawn(self._finish(run, outcome), f"streaming:give-up:{run.key}")
         supervisor.cancel()
 
     # -- subscribing ----------------------------------------------------------
@@ -552,19 +476,3 @@ class Coordinator:
 
     def stats(self) -> dict[str, int]:
         return {"running_tasks": len(self._runs), **self.bus.hub.stats()}
-
-
-def _failure(exc: BaseException) -> Outcome:
-    data: dict[str, Any] = {"error_type": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, BaseExceptionGroup):
-        data["errors"] = [
-            {"error_type": type(leaf).__name__, "message": str(leaf)} for leaf in _leaves(exc)
-        ]
-    return Outcome(TaskStatus.FAILED, "error", data, error=f"{type(exc).__name__}: {exc}")
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves

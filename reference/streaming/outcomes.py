@@ -1,0 +1,76 @@
+"""How a run ends: the status to record and the terminal event to send.
+
+One constructor per way of ending, so the coordinator states *which* ending
+happened and this module states what each one looks like to a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .states import TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: TaskStatus
+    #: The terminal event's type; None sends none (an interrupted run's
+    #: clients get the shutdown farewell instead).
+    event_type: str | None
+    data: Mapping[str, Any]
+    #: Recorded in the task's ``error`` column.
+    error: str = ""
+
+    def noting(self, detail: str, **data: Any) -> Outcome:
+        """The same ending, with more said about it."""
+        return replace(self, data={**self.data, **data}, error=f"{self.error}{detail}")
+
+
+def completed(result: object) -> Outcome:
+    data: dict[str, Any] = {"message": "Task completed successfully"}
+    if isinstance(result, Mapping):
+        data.update(result)
+    return Outcome(TaskStatus.SUCCESSFUL, "complete", data)
+
+
+def cancelled(reason: str) -> Outcome:
+    return Outcome(
+        TaskStatus.CANCELLED,
+        "cancelled",
+        {"message": "Task was cancelled", "reason": reason},
+        error=f"cancelled: {reason}",
+    )
+
+
+def interrupted() -> Outcome:
+    # Stopped by shutdown or by someone other than its coordinator: the work
+    # was interrupted, not refused, and may be started again.
+    return Outcome(TaskStatus.INTERRUPTED, None, {}, error="interrupted")
+
+
+def timed_out(seconds: float) -> Outcome:
+    return Outcome(
+        TaskStatus.TIMED_OUT,
+        "timeout",
+        {"message": f"Task exceeded its timeout of {seconds:g}s", "timeout": seconds},
+        error=f"timed out after {seconds:g}s",
+    )
+
+
+def failed(exc: BaseException) -> Outcome:
+    """An ``error`` event naming the exception; a group lists its leaves in ``errors``."""
+    data: dict[str, Any] = {"error_type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, BaseExceptionGroup):
+        data["errors"] = [
+            {"error_type": type(leaf).__name__, "message": str(leaf)} for leaf in _leaves(exc)
+        ]
+    return Outcome(TaskStatus.FAILED, "error", data, error=f"{type(exc).__name__}: {exc}")
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
