@@ -289,6 +289,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.extra_keyword_matches.add(case_id)  # what -k matches; keywords alone are not
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+        # Hygiene: "coroutine ... was never awaited" and unclosed resources fail
+        # the case that caused them, whatever the project's own warning filters.
+        item.add_marker(pytest.mark.filterwarnings("error"))
         name = _impl_name(item)
         if name is not None:
             xfail = requirements.expected_failure(_impl(config, name), case_id)
