@@ -24,7 +24,7 @@ from django.apps import apps
 from django.conf import settings
 
 from . import outcomes
-from .bus import InMemoryBus, Subscriber
+from .bus import Hub, InMemoryBus, Subscriber
 from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
 from .locks import KeyedLocks
 from .models import StreamTask
@@ -70,7 +70,6 @@ class Run:
         "cancel_reason",
         "coordinator",
         "finished",
-        "interrupted",
         "key",
         "model",
         "next_id",
@@ -89,8 +88,6 @@ class Run:
         self.timeout = task.effective_timeout(coordinator.default_timeout)
         #: Set by cancel_task(); the reason clients are told.
         self.cancel_reason: str | None = None
-        #: Set by shutdown(): the run is stopped, not cancelled by request.
-        self.interrupted = False
         #: The outcome is recorded; nothing more is sent for this run.
         self.finished = False
         self.supervisor: asyncio.Task[Any] | None = None
@@ -133,8 +130,6 @@ class Coordinator:
     ) -> None:
         config = settings.STREAMING
         if bus is None:
-            from .bus import Hub
-
             bus = InMemoryBus(
                 Hub(queue_size=config["CLIENT_QUEUE_SIZE"], history_size=config["HISTORY_SIZE"])
             )
@@ -429,8 +424,6 @@ class Coordinator:
             running = set(self._tasks)
             if running:
                 _, pending = await asyncio.wait(running, timeout=grace)
-                for run in list(self._runs.values()):
-                    run.interrupted = True
                 for task in pending:
                     task.cancel(msg="coordinator shutdown")
             # Cancelled runs record their outcome in new tasks: wait for those too.
@@ -456,7 +449,6 @@ class Coordinator:
         """
         self._state = _State.DRAINING if self._state is _State.OPEN else self._state
         for run in list(self._runs.values()):
-            run.interrupted = True
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
         self.bus.hub.say_farewell(self._farewell)
