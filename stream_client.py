@@ -10,9 +10,11 @@ reached or does not know the task. Needs only httpx.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,10 +22,10 @@ import httpx
 RULE = "=" * 60
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """Yield (event type, JSON data) for each event in a stream of SSE lines."""
     event_type, data_lines = "message", []
-    for line in lines:
+    async for line in lines:
         if not line:
             if data_lines:
                 yield event_type, json.loads("\n".join(data_lines))
@@ -48,27 +50,34 @@ def print_event(number: int, event_type: str, data: dict[str, Any]) -> None:
     print(flush=True)
 
 
-def watch(url: str) -> int:
+async def watch(url: str) -> int:
     print(RULE)
     print(f"Connecting to: {url}")
     print(RULE)
     print(flush=True)
     received, last_type = 0, None
     try:
-        with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=None)) as response:
-            if response.status_code != 200:
-                response.read()
-                print(f"Server answered {response.status_code}: {response.text}", file=sys.stderr)
-                return 1
-            for event_type, data in parse_sse(response.iter_lines()):
-                received += 1
-                last_type = event_type
-                print_event(received, event_type, data)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http:
+            async with http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    print(
+                        f"Server answered {response.status_code}: {response.text}", file=sys.stderr
+                    )
+                    return 1
+                async for event_type, data in parse_sse(response.aiter_lines()):
+                    received += 1
+                    last_type = event_type
+                    print_event(received, event_type, data)
     except httpx.HTTPError as exc:
-        print(f"Could not stream from {url}: {exc}", file=sys.stderr)
+        print(f"Could not stream from {url}: {_reason(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nDisconnected.")
+    except asyncio.CancelledError:
+        # Ctrl+C: asyncio.run cancels this task, so the interrupt arrives at an
+        # await, never halfway through the HTTP client's bookkeeping (a
+        # KeyboardInterrupt at an arbitrary bytecode could leave a lock held
+        # and hang the exit).
+        print("\nDisconnected.", flush=True)
         return 0
     print(RULE)
     print(f"Stream ended with: {(last_type or 'nothing').upper()}")
@@ -77,13 +86,23 @@ def watch(url: str) -> int:
     return 0
 
 
+def _reason(exc: BaseException) -> str:
+    """The most specific cause: the OS's own words (say, "Connection refused") if any."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="Task model, for example ExampleTask")
     parser.add_argument("task_id", type=int, help="Task id")
     parser.add_argument("--server", default="http://127.0.0.1:8888")
     args = parser.parse_args(argv)
-    return watch(f"{args.server.rstrip('/')}/stream/{args.model}/{args.task_id}")
+    return asyncio.run(watch(f"{args.server.rstrip('/')}/stream/{args.model}/{args.task_id}"))
 
 
 if __name__ == "__main__":
