@@ -9,13 +9,14 @@ processes it starts get the same database through their environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -201,7 +202,6 @@ class ReferenceRuntime(Runtime):
         *,
         timeout: float | None = None,
     ) -> TaskRef:
-        from .coordinator import resolve_model
         from .models import BehaviourTask
 
         if callable(kind):
@@ -209,34 +209,19 @@ class ReferenceRuntime(Runtime):
                 behaviour=behaviour_path(kind), fields=dict(fields or {}), timeout_seconds=timeout
             )
         else:
-            model = self._model(kind, resolve_model)
+            model = _model(kind)
             task = await model._default_manager.acreate(**(fields or {}), timeout_seconds=timeout)
         return TaskRef(type(task).__name__, str(task.pk))
 
-    @staticmethod
-    def _model(name: str, resolve: Any) -> Any:
-        from .coordinator import UnknownTask as ReferenceUnknownTask
-
-        try:
-            return resolve(name)
-        except ReferenceUnknownTask as exc:
-            raise UnknownTask(str(exc)) from None
-
     async def start_task(self, ref: TaskRef) -> bool:
-        from .coordinator import UnknownTask as ReferenceUnknownTask
-
-        try:
+        with _contract_errors():
             return await self.coordinator.start_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
-        except ReferenceUnknownTask as exc:
-            raise UnknownTask(str(exc)) from None
 
     async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
         return await self.coordinator.cancel_task(ref.model, _pk(ref), reason)  # type: ignore[no-any-return]
 
     async def get_state(self, ref: TaskRef) -> TaskState:
-        from .coordinator import resolve_model
-
-        model = self._model(ref.model, resolve_model)
+        model = _model(ref.model)
         task = await model._default_manager.filter(pk=_pk(ref)).afirst()
         if task is None:
             raise UnknownTask(f"{ref} does not exist.")
@@ -253,24 +238,19 @@ class ReferenceRuntime(Runtime):
         )
 
     async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
-        from .coordinator import resolve_model
         from .models import BehaviourTask
 
-        model = self._model(ref.model, resolve_model)
+        model = _model(ref.model)
         if model is BehaviourTask:
             await sync_to_async(BehaviourTask.merge_fields)(_pk(ref), fields)
         elif not await model._default_manager.filter(pk=_pk(ref)).aupdate(**fields):
             raise UnknownTask(f"{ref} does not exist.")
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
-        from .coordinator import UnknownTask as ReferenceUnknownTask
-
-        try:
+        with _contract_errors():
             subscriber = await self.coordinator.subscribe(
                 ref.model, _pk(ref), last_event_id=last_event_id
             )
-        except ReferenceUnknownTask as exc:
-            raise UnknownTask(str(exc)) from None
         return ReferenceSubscription(subscriber)
 
     def asgi_app(self) -> ASGIApp:
@@ -286,6 +266,24 @@ class ReferenceRuntime(Runtime):
 
     async def shutdown(self, grace: float = 5.0) -> None:
         await self.coordinator.shutdown(grace)
+
+
+@contextlib.contextmanager
+def _contract_errors() -> Iterator[None]:
+    """Raise the reference's UnknownTask as the contract's (imported late: it needs Django)."""
+    from .coordinator import UnknownTask as ReferenceUnknownTask
+
+    try:
+        yield
+    except ReferenceUnknownTask as exc:
+        raise UnknownTask(str(exc)) from None
+
+
+def _model(name: str) -> Any:
+    from .coordinator import resolve_model
+
+    with _contract_errors():
+        return resolve_model(name)
 
 
 def _pk(ref: TaskRef) -> int:
