@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,22 @@ import pytest
 
 DEADLINE = 20.0
 HELP_TAIL = "manage.py create_task: error: argument --type: invalid choice: 'bogus' (choose from "
+#: max_length of ExampleTask.message and ContinueTask.message.
+MESSAGE_LIMIT = 500
+STEP_DELAY_RANGE = "--step-delay must be a finite number of seconds between 0 and 3600, got"
+
+
+def in_process(*argv: str) -> list[str]:
+    """Arguments for ``run`` that start manage.py with ``argv`` set inside the interpreter.
+
+    A real command line cannot carry NUL (execve takes C strings, and
+    subprocess refuses it), but execute_from_command_line can be handed one.
+    """
+    code = (
+        f"import runpy, sys; sys.argv = {['manage.py', *argv]!r}; "
+        "runpy.run_path('manage.py', run_name='__main__')"
+    )
+    return ["-c", code]
 
 
 @pytest.mark.timeout(60)
@@ -118,13 +135,18 @@ def test_create_task_when_type_is_unknown_then_argparse_error_exit_2(run: Any, c
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--step-delay", "-1"], "CommandError: --step-delay must not be negative."),
+        (["--step-delay", "nan"], f"CommandError: {STEP_DELAY_RANGE} nan."),
+        (["--step-delay", "inf"], f"CommandError: {STEP_DELAY_RANGE} inf."),
+        # argparse takes a separate "-inf" for an option, so it needs the = form.
+        (["--step-delay=-inf"], f"CommandError: {STEP_DELAY_RANGE} -inf."),
+        (["--step-delay", "-1"], f"CommandError: {STEP_DELAY_RANGE} -1."),
+        (["--step-delay", "3601"], f"CommandError: {STEP_DELAY_RANGE} 3601."),
         (
             ["--type", "continue", "--step-delay", "1"],
             "CommandError: --step-delay applies to --type example only.",
         ),
     ],
-    ids=["negative", "continue"],
+    ids=["nan", "inf", "minus-inf", "negative", "too-long", "continue"],
 )
 def test_create_task_when_step_delay_is_invalid_then_exit_1_and_nothing_stored(
     run: Any, count: Any, args: list[str], error: str
@@ -133,6 +155,64 @@ def test_create_task_when_step_delay_is_invalid_then_exit_1_and_nothing_stored(
 
     assert (result.returncode, result.stderr.strip(), result.stdout) == (1, error, "")
     assert count("ExampleTask") == count("ContinueTask") == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("kind", "message", "error"),
+    [
+        (
+            "example",
+            "x" * (MESSAGE_LIMIT + 1),
+            f"CommandError: --message is 501 characters long; the limit is {MESSAGE_LIMIT}.",
+        ),
+        (
+            "example",
+            "x" * 600,
+            f"CommandError: --message is 600 characters long; the limit is {MESSAGE_LIMIT}.",
+        ),
+        (
+            "continue",
+            "x" * (MESSAGE_LIMIT + 1),
+            f"CommandError: --message is 501 characters long; the limit is {MESSAGE_LIMIT}.",
+        ),
+        (
+            "example",
+            "Hello\x00World",
+            "CommandError: --message contains a NUL character at position 6; "
+            "a message cannot contain NUL (\\x00).",
+        ),
+    ],
+    ids=["501-chars", "600-chars", "continue-501-chars", "nul"],
+)
+def test_create_task_when_message_is_invalid_then_exit_1_and_nothing_stored(
+    run: Any, count: Any, kind: str, message: str, error: str
+) -> None:
+    args = ["create_task", "--no-start", "--type", kind, "--message", message]
+    launch = in_process(*args) if "\x00" in message else ["manage.py", *args]
+
+    result = run(*launch)
+
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (1, error, "")
+    assert count("ExampleTask") == count("ContinueTask") == 0
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_message_and_step_delay_are_at_their_limits_then_stored_whole(
+    run: Any, database: Path
+) -> None:
+    message = "é" * (MESSAGE_LIMIT - 1) + "!"  # characters, not bytes, count
+
+    result = run(
+        "manage.py", "create_task", "--no-start", "--message", message, "--step-delay", "3600"
+    )
+
+    assert result.returncode == 0, result.stderr
+    with closing(sqlite3.connect(database)) as connection:
+        stored = connection.execute(
+            "SELECT message, step_delay FROM streaming_exampletask WHERE id = 1"
+        ).fetchone()
+    assert stored == (message, 3600.0)
 
 
 @pytest.mark.timeout(60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -10,6 +11,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from streaming.models import ContinueTask, ExampleTask, StreamTask
 
 KINDS: dict[str, type[StreamTask]] = {"example": ExampleTask, "continue": ContinueTask}
+
+#: The longest --step-delay accepted, in seconds. An ExampleTask sleeps this
+#: long before each of its steps, so anything larger looks like a typo, and
+#: inf would store a task that never finishes a step.
+MAX_STEP_DELAY = 3600.0
 
 
 class Command(BaseCommand):
@@ -25,7 +31,9 @@ class Command(BaseCommand):
             help="Base URL of the streaming server (default: %(default)s).",
         )
         parser.add_argument(
-            "--step-delay", type=float, help="ExampleTask: seconds between steps (default 2)."
+            "--step-delay",
+            type=float,
+            help=f"ExampleTask: seconds between steps, 0 to {MAX_STEP_DELAY:g} (default 2).",
         )
 
     def handle(
@@ -40,14 +48,11 @@ class Command(BaseCommand):
     ) -> None:
         model = KINDS[kind]
         fields: dict[str, Any] = {}
+        # Every check comes before the INSERT: a refused command stores nothing.
         if message is not None:
-            fields["message"] = message
+            fields["message"] = _checked_message(model, message)
         if step_delay is not None:
-            if step_delay < 0:
-                raise CommandError("--step-delay must not be negative.")
-            if kind != "example":
-                raise CommandError("--step-delay applies to --type example only.")
-            fields["step_delay"] = step_delay
+            fields["step_delay"] = _checked_step_delay(kind, step_delay)
         task = model.objects.create(**fields)
         name = model.__name__
         self.stdout.write(f"Created {name} with ID: {task.pk}")
@@ -84,3 +89,40 @@ class Command(BaseCommand):
             raise CommandError(
                 f"The server did not start {name} {pk}: {response.status_code} {response.text}"
             )
+
+
+def _checked_message(model: type[StreamTask], message: str) -> str:
+    """Return ``message`` if every database can store it in ``model``'s message column."""
+    # SQLite ignores max_length and stores the whole string; PostgreSQL
+    # refuses it with a DataError, so check here for the same answer on both.
+    limit = model._meta.get_field("message").max_length
+    if limit is not None and len(message) > limit:
+        raise CommandError(f"--message is {len(message)} characters long; the limit is {limit}.")
+    # PostgreSQL text cannot hold NUL at all. A shell cannot pass one in
+    # argv, but call_command and execute_from_command_line callers can.
+    if "\x00" in message:
+        position = message.index("\x00") + 1
+        raise CommandError(
+            f"--message contains a NUL character at position {position}; "
+            "a message cannot contain NUL (\\x00)."
+        )
+    return message
+
+
+def _checked_step_delay(kind: str, seconds: float) -> float:
+    """Return ``seconds`` if it is a usable --step-delay for a task of ``kind``."""
+    # The range test alone would refuse NaN (every comparison with it is
+    # false); isfinite says so to the reader.
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_STEP_DELAY):
+        raise CommandError(
+            f"--step-delay must be a finite number of seconds between 0 and "
+            f"{MAX_STEP_DELAY:g}, got {_typed(seconds)}."
+        )
+    if kind != "example":
+        raise CommandError("--step-delay applies to --type example only.")
+    return seconds
+
+
+def _typed(number: float) -> str:
+    # argparse has turned the user's "-1" into -1.0; drop the ".0" they never typed.
+    return repr(number).removesuffix(".0")
