@@ -7,6 +7,8 @@ NAME`` runs the suites in ``conformance/suites`` against it.
 
 from .contract import (
     FAREWELL_EVENT,
+    OVERFLOW_EVENT,
+    STREAM_RESET_EVENT,
     TERMINAL_EVENTS,
     Behaviour,
     Capability,
@@ -20,6 +22,7 @@ from .contract import (
     TaskRef,
     TaskState,
     TaskStatus,
+    Timings,
     UnknownTask,
     behaviour_path,
     resolve_behaviour,
@@ -28,6 +31,8 @@ from .waiting import WaitTimeout, eventually
 
 __all__ = [
     "FAREWELL_EVENT",
+    "OVERFLOW_EVENT",
+    "STREAM_RESET_EVENT",
     "TERMINAL_EVENTS",
     "Behaviour",
     "Capability",
@@ -41,6 +46,7 @@ __all__ = [
     "TaskRef",
     "TaskState",
     "TaskStatus",
+    "Timings",
     "UnknownTask",
     "WaitTimeout",
     "behaviour_path",

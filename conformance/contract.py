@@ -18,6 +18,7 @@ each operation must do.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 from abc import ABC, abstractmethod
@@ -27,6 +28,8 @@ from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "FAREWELL_EVENT",
+    "OVERFLOW_EVENT",
+    "STREAM_RESET_EVENT",
     "TERMINAL_EVENTS",
     "ASGIApp",
     "Behaviour",
@@ -41,6 +44,7 @@ __all__ = [
     "TaskRef",
     "TaskState",
     "TaskStatus",
+    "Timings",
     "UnknownTask",
     "behaviour_path",
     "resolve_behaviour",
@@ -71,12 +75,19 @@ class TaskStatus(enum.StrEnum):
         return self not in (TaskStatus.READY, TaskStatus.RUNNING)
 
 
-#: Event types with which an implementation ends a task's stream. Exactly one
-#: of them is delivered per run; behaviours may not send them themselves.
-TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled", "timeout"})
+#: Event types with which an implementation ends a run, and the stream of a
+#: client watching it. Exactly one of them is recorded per run; behaviours may
+#: not send them themselves. ``interrupted`` ends a run stopped by a shutdown
+#: or lost with its process: the clients of a server that shuts down get the
+#: farewell instead, and clients that come later get ``interrupted``.
+TERMINAL_EVENTS = frozenset({"complete", "error", "cancelled", "timeout", "interrupted"})
 
 #: The event a server sends every open stream when it shuts down.
 FAREWELL_EVENT = "shutdown"
+#: The event that ends the stream of a client that fell too far behind.
+OVERFLOW_EVENT = "overflow"
+#: The event that tells a resuming client some of the events it asked for are gone.
+STREAM_RESET_EVENT = "stream-reset"
 
 
 class Capability(enum.StrEnum):
@@ -98,6 +109,14 @@ class Capability(enum.StrEnum):
     RESUME = "resume"
     #: Several worker processes share tasks safely.
     MULTI_WORKER = "multi_worker"
+    #: Runtime.retry_task() runs a failed, cancelled, timed-out or interrupted task again.
+    RETRY = "retry"
+    #: A run whose process died is found and recorded INTERRUPTED within
+    #: ``Timings.orphan_timeout`` by any live runtime or server on the same storage.
+    RECOVERY = "recovery"
+    #: Implementation.database_outage() and drop_database_connections() inject
+    #: real faults into the implementation's own database, so cases can watch it survive.
+    FAULT_INJECTION = "fault_injection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +162,32 @@ class TaskState:
     completed_at: str | None = None
     error: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: How many runs of the task have started: 0 while READY, 1 after the
+    #: first start, one more for every retry or recovery that runs it again.
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Deadlines an implementation keeps under the suite, in seconds.
+
+    Cases that wait for one of these to pass wait for the declared value plus
+    a margin, so an implementation states what it promises rather than the
+    suite guessing. The values are what its runtimes and ``server_command``
+    use while the suite runs; production settings may differ.
+    """
+
+    #: A client whose connection is gone (reset, process killed) is unregistered
+    #: within this; idle streams carry a keep-alive at least this often.
+    keepalive: float = 15.0
+    #: A stream whose client stopped reading is closed within this once its
+    #: writes stall.
+    write_deadline: float = 10.0
+    #: A task that swallows cancellation is recorded CANCELLED within this.
+    cancel_grace: float = 5.0
+    #: A run whose process died is recorded INTERRUPTED within this
+    #: (capability ``recovery``).
+    orphan_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +290,16 @@ class Runtime(ABC):
         fields: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        max_attempts: int | None = None,
     ) -> TaskRef:
-        """Store a new READY task of a behaviour (or built-in kind by name)."""
+        """Store a new READY task of a behaviour (or built-in kind by name).
+
+        ``timeout`` limits each run, in seconds. ``max_attempts`` (capability
+        ``recovery``) is how many runs the implementation may start on its own:
+        a run INTERRUPTED by a shutdown or a lost process is run again, by any
+        live runtime or server, while the task has had fewer runs than this.
+        None takes the kind's or the implementation's default (one run).
+        """
 
     @abstractmethod
     async def start_task(self, ref: TaskRef) -> bool:
@@ -255,6 +308,13 @@ class Runtime(ABC):
     @abstractmethod
     async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
         """Cancel a READY or RUNNING task; False if there was nothing to cancel."""
+
+    async def retry_task(self, ref: TaskRef) -> bool:
+        """Run a FAILED, CANCELLED, TIMED_OUT or INTERRUPTED task again, as a new run.
+
+        False for a task in any other state. Capability ``retry``.
+        """
+        raise NotImplementedError("This implementation does not declare the 'retry' capability.")
 
     @abstractmethod
     async def get_state(self, ref: TaskRef) -> TaskState:
@@ -290,6 +350,8 @@ class Implementation(ABC):
     capabilities: frozenset[Capability] = frozenset()
     #: Case ID -> reason. Such cases must fail; an unexpected pass is an error.
     expected_failures: Mapping[str, str] = {}
+    #: The deadlines its runtimes and servers keep under the suite.
+    timings: Timings = Timings()
 
     @abstractmethod
     async def start(self) -> Runtime:
@@ -303,6 +365,25 @@ class Implementation(ABC):
         create a task in process and watch the server run it.
         """
         raise NotImplementedError(f"{self.name} does not declare the 'process' capability.")
+
+    def database_outage(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Make this implementation's database unavailable while the context is open.
+
+        Every runtime and server process of the session loses it: new
+        connections are refused and open ones fail (a server that is stopped,
+        or a lock nobody can wait out). On exit the database is available
+        again. Capability ``fault_injection``.
+        """
+        raise NotImplementedError(f"{self.name} does not declare the 'fault_injection' capability.")
+
+    async def drop_database_connections(self) -> bool:
+        """Have the database server end every session this implementation holds.
+
+        The database stays available: a survivor reconnects. False when the
+        database has no server-side sessions to end (SQLite). Capability
+        ``fault_injection``.
+        """
+        raise NotImplementedError(f"{self.name} does not declare the 'fault_injection' capability.")
 
     def environment(self) -> Mapping[str, str]:
         """Facts for the report: database, framework versions."""

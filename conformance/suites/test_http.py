@@ -38,11 +38,15 @@ async def sse(server_url: str) -> AsyncIterator[HttpClient]:
 
 
 async def read_frames(response: httpx.Response) -> list[dict[str, str]]:
-    """Raw SSE frames (field name -> value) until the stream ends."""
+    """Raw SSE frames (field name -> value) that carry data, until the stream ends.
+
+    As in the WHATWG parser, a block without ``data`` dispatches no event
+    (a lone ``retry:`` block only sets the reconnection time).
+    """
     frames, current = [], {}
     async for line in response.aiter_lines():
         if line == "":
-            if current:
+            if "data" in current:
                 frames.append(current)
             current = {}
         elif not line.startswith(":"):
