@@ -251,7 +251,10 @@ def test_stream_when_model_or_id_is_unknown_then_404_reason_over_http_and_client
     assert unknown_model[1].startswith("Unknown task model 'Nope'; known models: ")
     assert "ContinueTask, ExampleTask" in unknown_model[1]
     assert answers == {
-        "/stream/ExampleTask/abc": (404, "Task id must be an integer, got 'abc'."),
+        "/stream/ExampleTask/abc": (
+            404,
+            "Task id must be an integer in plain decimal digits, got 'abc'.",
+        ),
         "/stream/ExampleTask/999": (404, "ExampleTask 999 does not exist."),
     }
     # The client shows the server's reason, on one line, and no events.

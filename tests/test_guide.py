@@ -367,7 +367,10 @@ def test_stream_when_read_like_curl_then_frames_match_the_guides_wire_format(
 
     frames = body.split("\n\n")
     assert frames[-1] == ""
-    frames = frames[:-1]
+    # Before any event, the stream tells the client how long to wait before
+    # reconnecting; the events follow in the guide's format.
+    assert frames[0] == "retry: 2000"
+    frames = frames[1:-1]
     assert [f.split("\n")[0] for f in frames] == [
         "event: start",
         "event: progress",

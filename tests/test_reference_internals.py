@@ -58,7 +58,7 @@ def test_transition_when_not_allowed_then_error_names_both_states_and_the_way() 
         check_transition(TaskStatus.SUCCESSFUL, TaskStatus.RUNNING)
     assert str(caught.value) == (
         "Cannot move a task from SUCCESSFUL to RUNNING: RUNNING is reached only from "
-        "INTERRUPTED, READY."
+        "CANCELLED, FAILED, INTERRUPTED, READY, TIMED_OUT."
     )
     check_transition(TaskStatus.READY, TaskStatus.RUNNING)
 
@@ -102,7 +102,7 @@ async def test_resume_when_task_already_finished_then_missed_events_replayed_fro
     for number in range(1, 4):
         hub.publish("T:1", _event(number))
     hub.publish("T:1", _event(4, "complete"), final=True)
-    resumed = hub.subscribe("T:1", last_event_id=2)
+    resumed = hub.subscribe("T:1", after=2)
     assert [m.event.id async for m in resumed] == [3, 4]
     assert hub.stats() == {"topics": 0, "subscribers": 0}
 
@@ -163,7 +163,7 @@ async def test_timeout_when_set_at_several_levels_then_task_beats_kind_beats_set
     from streaming.models import ExampleTask
 
     monkeypatch.setattr(ExampleTask, "default_timeout", kind)
-    coordinator = Coordinator(default_timeout=setting)
+    coordinator = Coordinator(task_timeout=setting)
     try:
         row = await ExampleTask.objects.acreate(step_delay=0.3, timeout_seconds=task)
         subscriber = await coordinator.subscribe(ExampleTask, row.pk)

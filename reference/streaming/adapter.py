@@ -13,10 +13,11 @@ import contextlib
 import os
 import platform
 import shutil
+import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -34,18 +35,38 @@ from conformance.contract import (
     TaskRef,
     TaskState,
     TaskStatus,
+    Timings,
     UnknownTask,
     behaviour_path,
 )
 
 SETTINGS_MODULE = "streaming_project.settings"
 
+#: The coordinator's settings under the suite: short, so that a case waiting
+#: for a deadline to pass is short too. Timings below states what they give.
+SUITE_CONFIG: Mapping[str, Any] = {
+    "cancel_grace": 2.0,
+    "keepalive": 1.0,
+    "write_deadline": 2.0,
+    "lease": 3.0,
+}
+#: The same for server processes, as the environment settings.py reads.
+SUITE_ENVIRONMENT: Mapping[str, str] = {
+    "STREAMING_CANCEL_GRACE": "2",
+    "STREAMING_KEEPALIVE": "1",
+    "STREAMING_WRITE_DEADLINE": "2",
+    "STREAMING_LEASE": "3",
+    # A locked SQLite file (database_outage) fails a write after this many
+    # seconds instead of twenty, so the outage shows within a case.
+    "STREAMING_SQLITE_TIMEOUT": "3",
+}
+
 
 class ReferenceImplementation(Implementation):
     """Django models + asgineer on uvicorn: the implementation every case is built against."""
 
     name = "reference"
-    version = "0.1.0"
+    version = "0.2.0"
     capabilities = frozenset(
         {
             Capability.HTTP,
@@ -55,15 +76,23 @@ class ReferenceImplementation(Implementation):
             Capability.CANCEL,
             Capability.TIMEOUTS,
             Capability.SIGNALS,
+            Capability.RETRY,
+            Capability.RECOVERY,
+            Capability.FAULT_INJECTION,
         }
     )
     expected_failures: Mapping[str, str] = {}
+    # A lost run is found within a lease plus a keeper period (3 + 1 s); the
+    # rest is room for the database's clock against the process's.
+    timings = Timings(keepalive=1.0, write_deadline=2.0, cancel_grace=2.0, orphan_timeout=6.0)
 
     async def start(self) -> Runtime:
         await sync_to_async(setup_django, thread_sensitive=True)()
         from .coordinator import Coordinator
 
-        return ReferenceRuntime(Coordinator(cancel_grace=2.0))
+        coordinator = Coordinator(**SUITE_CONFIG)
+        coordinator.open()
+        return ReferenceRuntime(coordinator)
 
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
         database_url = setup_django()
@@ -82,8 +111,41 @@ class ReferenceImplementation(Implementation):
                 "--grace",
                 str(grace),
             ],
-            env={"DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE},
+            env={
+                "DATABASE_URL": database_url,
+                "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+                **SUITE_ENVIRONMENT,
+            },
         )
+
+    @contextlib.asynccontextmanager
+    async def database_outage(self) -> AsyncIterator[None]:
+        """PostgreSQL refuses connections and ends every session; SQLite is held locked."""
+        url = setup_django()
+        if _admin_url is None:
+            # SQLite: one write lock that nobody else can wait out; reads still work.
+            path = url.removeprefix("sqlite:///")
+            holder = sqlite3.connect(path, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                yield
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            return
+        name = url.rpartition("/")[2]
+        await sync_to_async(_postgres_admin)(name, allow_connections=False)
+        try:
+            yield
+        finally:
+            await sync_to_async(_postgres_admin)(name, allow_connections=True)
+
+    async def drop_database_connections(self) -> bool:
+        url = setup_django()
+        if _admin_url is None:
+            return False  # SQLite: no server, no sessions to end
+        await sync_to_async(_postgres_admin)(url.rpartition("/")[2])
+        return True
 
     def environment(self) -> Mapping[str, str]:
         import django
@@ -99,8 +161,32 @@ class ReferenceImplementation(Implementation):
         teardown_django()
 
 
+def _postgres_admin(name: str, *, allow_connections: bool | None = None) -> None:
+    """Change whether database ``name`` takes connections, or else end its sessions.
+
+    Run on a connection to the server's maintenance database: the session
+    database's own connections are the ones being ended.
+    """
+    import psycopg
+
+    assert _admin_url is not None
+    with psycopg.connect(_admin_url, autocommit=True) as admin:
+        if allow_connections is not None:
+            admin.execute(
+                f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow_connections).lower()}'
+            )
+        if not allow_connections:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+
+
 #: The session's database: set up once per process, whichever instance asks first.
 _database_url: str | None = None
+#: The PostgreSQL server's URL the session database was made on (None: SQLite).
+_admin_url: str | None = None
 _cleanup: list[Callable[[], None]] = []
 
 
@@ -110,7 +196,7 @@ def setup_django() -> str:
     Idempotent: Django is configured once per process, so every instance of
     the implementation (the plugin's, a test's own) shares this database.
     """
-    global _database_url
+    global _database_url, _admin_url
     if _database_url is not None:
         return _database_url
     import django
@@ -118,6 +204,7 @@ def setup_django() -> str:
     base = os.environ.get("DATABASE_URL", "")
     if base.startswith(("postgres://", "postgresql://")):
         url = _create_postgres_database(base, _cleanup)
+        _admin_url = base
     else:
         directory = tempfile.mkdtemp(prefix="conformance-")
         _cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
@@ -134,7 +221,7 @@ def setup_django() -> str:
 
 def teardown_django() -> None:
     """Drop what :func:`setup_django` made (the test database); idempotent."""
-    global _database_url
+    global _database_url, _admin_url
     if _database_url is None:
         return
     from django.db import connections
@@ -142,7 +229,7 @@ def teardown_django() -> None:
     connections.close_all()
     while _cleanup:
         _cleanup.pop()()
-    _database_url = None
+    _database_url = _admin_url = None
 
 
 def _create_postgres_database(base_url: str, cleanup: list[Callable[[], None]]) -> str:
@@ -169,14 +256,17 @@ class ReferenceSubscription(Subscription):
     an async generator is closed for good by the CancelledError thrown into it.
     """
 
-    def __init__(self, subscriber: Any) -> None:
+    def __init__(self, subscriber: Any | None) -> None:
+        #: None: a resume from the end of a finished task, which has nothing to send.
         self._subscriber = subscriber
 
     def __aiter__(self) -> ReferenceSubscription:
         return self
 
     async def __anext__(self) -> Event:
-        event = (await self._subscriber.__anext__()).event
+        if self._subscriber is None:
+            raise StopAsyncIteration
+        event = (await self._subscriber.get()).event
         return Event(
             id=event.id,
             type=event.type,
@@ -187,7 +277,8 @@ class ReferenceSubscription(Subscription):
         )
 
     async def aclose(self) -> None:
-        self._subscriber.close()
+        if self._subscriber is not None:
+            self._subscriber.close()
 
 
 class ReferenceRuntime(Runtime):
@@ -201,28 +292,40 @@ class ReferenceRuntime(Runtime):
         fields: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        max_attempts: int | None = None,
     ) -> TaskRef:
+        from . import db
         from .models import BehaviourTask
 
+        limits = {"timeout_seconds": timeout, "max_attempts": max_attempts}
         if callable(kind):
-            task = await BehaviourTask.objects.acreate(
-                behaviour=behaviour_path(kind), fields=dict(fields or {}), timeout_seconds=timeout
+            path = behaviour_path(kind)
+            task = await db.run(
+                lambda: BehaviourTask.objects.acreate(
+                    behaviour=path, fields=dict(fields or {}), **limits
+                )
             )
         else:
             model = _model(kind)
-            task = await model._default_manager.acreate(**(fields or {}), timeout_seconds=timeout)
+            task = await db.run(lambda: model._default_manager.acreate(**(fields or {}), **limits))
         return TaskRef(type(task).__name__, str(task.pk))
 
     async def start_task(self, ref: TaskRef) -> bool:
         with _contract_errors():
             return await self.coordinator.start_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
 
+    async def retry_task(self, ref: TaskRef) -> bool:
+        with _contract_errors():
+            return await self.coordinator.retry_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
+
     async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
         return await self.coordinator.cancel_task(ref.model, _pk(ref), reason)  # type: ignore[no-any-return]
 
     async def get_state(self, ref: TaskRef) -> TaskState:
+        from . import db
+
         model = _model(ref.model)
-        task = await model._default_manager.filter(pk=_pk(ref)).afirst()
+        task = await db.run(lambda: model._default_manager.filter(pk=_pk(ref)).afirst())
         if task is None:
             raise UnknownTask(f"{ref} does not exist.")
         fields = getattr(task, "fields", None)
@@ -235,22 +338,30 @@ class ReferenceRuntime(Runtime):
             completed_at=_iso(task.completed_at),
             error=task.error,
             fields=fields,
+            attempt=task.attempt,
         )
 
     async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
+        from . import db
         from .models import BehaviourTask
 
         model = _model(ref.model)
         if model is BehaviourTask:
-            await sync_to_async(BehaviourTask.merge_fields)(_pk(ref), fields)
-        elif not await model._default_manager.filter(pk=_pk(ref)).aupdate(**fields):
+            merge = sync_to_async(BehaviourTask.merge_fields, thread_sensitive=True)
+            await db.run(lambda: merge(_pk(ref), fields))
+        elif not await db.run(lambda: model._default_manager.filter(pk=_pk(ref)).aupdate(**fields)):
             raise UnknownTask(f"{ref} does not exist.")
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
+        from .coordinator import NothingMissed
+
         with _contract_errors():
-            subscriber = await self.coordinator.subscribe(
-                ref.model, _pk(ref), last_event_id=last_event_id
-            )
+            try:
+                subscriber = await self.coordinator.subscribe(
+                    ref.model, _pk(ref), last_event_id=last_event_id
+                )
+            except NothingMissed:
+                subscriber = None
         return ReferenceSubscription(subscriber)
 
     def asgi_app(self) -> ASGIApp:

@@ -1,10 +1,16 @@
-"""Runs tasks on asyncio: start, cancel, timeout, shutdown.
+"""Runs tasks on asyncio: start, retry, cancel, timeout, shutdown.
 
 One :class:`Run` per running task, one supervising asyncio task per run.
 Every run ends through :meth:`Coordinator._finish`, which records the outcome
 in the database first and then publishes the terminal event, so a client that
-has seen ``cancelled`` can read CANCELLED back. That write is shielded: a
-second cancellation while it is under way cannot lose it.
+has seen ``cancelled`` can read CANCELLED back. That write is shielded, and
+waits out a database outage: a run that ends while the database is away has
+its outcome written once it is back.
+
+A run holds a lease on its task (``leases.py``): the owner's keeper renews
+it, and any live coordinator that finds it expired records the run
+INTERRUPTED. Each run's claim moves the task to RUNNING with one guarded
+UPDATE and a new attempt number, which fences every later write of the run.
 
 The coordinator's own states::
 
@@ -16,22 +22,32 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.conf import settings
+from django.db.models.functions import Now
 
-from . import outcomes
-from .bus import Hub, InMemoryBus, Subscriber
+from . import db, outcomes
+from .bus import Hub, InMemoryBus, Message, Subscriber
+from .config import Config
+from .eventlog import EventLog
 from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
+from .leases import Keeper
 from .locks import KeyedLocks
 from .models import StreamTask
 from .outcomes import Outcome
-from .states import TaskStatus
+from .states import RERUN_FROM, RETRY_FROM, START_FROM, TaskStatus
 
 logger = logging.getLogger(__name__)
+
+#: Event ids a run reserves at a time (see ``StreamTask.event_id_ceiling``).
+ID_BLOCK = 1000
 
 
 class _State(enum.Enum):
@@ -48,6 +64,10 @@ class CoordinatorClosed(RuntimeError):
     """The coordinator refuses new work: it is shutting down or has shut down."""
 
 
+class NothingMissed(Exception):
+    """A client resumed from the terminal event of a finished task, or past it."""
+
+
 def task_models() -> dict[str, type[StreamTask]]:
     """Concrete StreamTask models by class name: the only ones reachable by name."""
     return {model.__name__: model for model in apps.get_models() if issubclass(model, StreamTask)}
@@ -62,8 +82,13 @@ def resolve_model(name: str) -> type[StreamTask]:
         raise UnknownTask(f"Unknown task model {name!r}; known models: {known}.") from None
 
 
+def make_owner() -> str:
+    """Who runs a task: this host and process, and a random part for this coordinator."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Run:
-    """One run of one task: its event counter and how it is being stopped."""
+    """One run of one task: its event ids, its lease, and how it is being stopped."""
 
     __slots__ = (
         "attempt",
@@ -71,8 +96,11 @@ class Run:
         "coordinator",
         "finished",
         "key",
+        "lost",
         "model",
         "next_id",
+        "reserved",
+        "reserving",
         "supervisor",
         "task",
         "timeout",
@@ -84,10 +112,16 @@ class Run:
         self.model = type(task).__name__
         self.key = f"{self.model}:{task.pk}"
         self.attempt = attempt
-        self.next_id = 1
-        self.timeout = task.effective_timeout(coordinator.default_timeout)
+        #: Ids continue above every id an earlier run may have sent.
+        self.next_id = task.event_id_ceiling + 1
+        #: The highest id this run has reserved in the database.
+        self.reserved = task.event_id_ceiling + ID_BLOCK
+        self.reserving: asyncio.Task[None] | None = None
+        self.timeout = task.effective_timeout(coordinator.config.task_timeout)
         #: Set by cancel_task(); the reason clients are told.
         self.cancel_reason: str | None = None
+        #: Its lease was found lost: another coordinator recorded how it ended.
+        self.lost = False
         #: The outcome is recorded; nothing more is sent for this run.
         self.finished = False
         self.supervisor: asyncio.Task[Any] | None = None
@@ -107,7 +141,21 @@ class Run:
             # The run was given up on (it ignored cancellation past the grace
             # period): every further await of send_event is a cancellation point.
             raise asyncio.CancelledError(f"{self.key} was stopped")
-        await self.coordinator.bus.publish(self.key, self.event(type, data))
+        if (
+            self.next_id > self.reserved - ID_BLOCK // 2
+            and self.reserving is None
+            and not self.lost
+        ):
+            self.reserving = self.coordinator._spawn(
+                self.coordinator._reserve_ids(self), f"streaming:reserve:{self.key}"
+            )
+        while self.next_id > self.reserved:
+            # Every reserved id is used: an id the database has not reserved
+            # could be sent again by the next run if this process died now.
+            if self.reserving is None:  # the reservation found the task taken over
+                raise asyncio.CancelledError(f"{self.key} lost its task")
+            await asyncio.shield(self.reserving)
+        await self.coordinator._publish(self.event(type, data))
         # Publishing to the in-memory hub never suspends; without this a task
         # sending in a tight loop would starve its clients' writers until their
         # bounded queues overflowed. One turn of the loop per event keeps them level.
@@ -121,24 +169,27 @@ class Coordinator:
     """Starts tasks by model and id, fans their events out, stops them on request."""
 
     def __init__(
-        self,
-        *,
-        bus: InMemoryBus | None = None,
-        default_timeout: float | None = None,
-        cancel_grace: float | None = None,
-        retry_ms: int | None = None,
+        self, *, config: Config | None = None, bus: InMemoryBus | None = None, **overrides: Any
     ) -> None:
-        config = settings.STREAMING
+        self.config = config if config is not None else Config.from_settings(**overrides)
+        config = self.config
         if bus is None:
             bus = InMemoryBus(
-                Hub(queue_size=config["CLIENT_QUEUE_SIZE"], history_size=config["HISTORY_SIZE"])
+                Hub(
+                    queue_size=config.client_queue_size,
+                    history_size=config.history_size,
+                    history_bytes=config.history_bytes,
+                    closed_history_bytes=config.closed_history_bytes,
+                )
             )
         self.bus = bus
-        self.default_timeout = (
-            default_timeout if default_timeout is not None else config["TASK_TIMEOUT"]
+        self.owner = make_owner()
+        self.log = EventLog(
+            keep=config.history_size,
+            max_event_bytes=config.event_log_max_event_bytes,
+            enabled=config.event_log,
         )
-        self.cancel_grace = cancel_grace if cancel_grace is not None else config["CANCEL_GRACE"]
-        self.retry_ms = retry_ms if retry_ms is not None else config["RETRY_MS"]
+        self.keeper = Keeper(self)
         self._state = _State.OPEN
         self._runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,75 +197,153 @@ class Coordinator:
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<Coordinator {self._state.value} runs={len(self._runs)}>"
+        return f"<Coordinator {self._state.value} runs={len(self._runs)} owner={self.owner}>"
+
+    @property
+    def hub(self) -> Hub:
+        return self.bus.hub
 
     @property
     def accepting(self) -> bool:
         return self._state is _State.OPEN
 
+    def open(self) -> None:
+        """Start the keeper (leases, lost runs) and the event log's writer. Idempotent."""
+        if self._state is _State.OPEN:
+            self.keeper.start()
+            self.log.start()
+
+    async def health(self, timeout: float = 2.0) -> str | None:
+        """None while the coordinator accepts work and its database answers; else why not."""
+        if not self.accepting:
+            return "draining"
+        return await db.probe(timeout)
+
     # -- starting -------------------------------------------------------------
 
     async def start_task(self, model: type[StreamTask] | str, pk: Any) -> bool:
-        """Start task ``pk``; False when it is not startable (running, finished)."""
+        """Start READY task ``pk``; False when it is not READY (running, finished)."""
+        return await self._start(model, pk, START_FROM)
+
+    async def retry_task(self, model: type[StreamTask] | str, pk: Any) -> bool:
+        """Run a FAILED, CANCELLED, TIMED_OUT or INTERRUPTED task again, as a new attempt."""
+        return await self._start(model, pk, RETRY_FROM)
+
+    async def rerun(self, model: type[StreamTask], pk: Any) -> bool:
+        """Run an INTERRUPTED task again if it has attempts left (the keeper asks)."""
+        return await self._start(
+            model, pk, RERUN_FROM, where=model.attempts_left(self.config.max_attempts)
+        )
+
+    async def _start(
+        self, model: type[StreamTask] | str, pk: Any, sources: frozenset[TaskStatus], **claim: Any
+    ) -> bool:
         if isinstance(model, str):
             model = resolve_model(model)
         key = f"{model.__name__}:{pk}"
         if self._state is not _State.OPEN:
             raise CoordinatorClosed(f"Cannot start {key}: the coordinator is {self._state.value}.")
         async with self._serial.hold(key):
-            return await self._launch(model, key, pk)
+            return await self._launch(model, key, pk, sources, **claim)
 
-    async def _launch(self, model: type[StreamTask], key: str, pk: Any) -> bool:
+    async def _launch(
+        self,
+        model: type[StreamTask],
+        key: str,
+        pk: Any,
+        sources: frozenset[TaskStatus],
+        **claim: Any,
+    ) -> bool:
         if key in self._runs:
             return False
-        task = await model._default_manager.filter(pk=pk).afirst()
+        task = await db.run(lambda: model._default_manager.filter(pk=pk).afirst())
         if task is None:
             raise UnknownTask(f"{model.__name__} {pk} does not exist.")
-        if key in self._runs or self._state is not _State.OPEN:
+        if key in self._runs or self._state is not _State.OPEN or task.status not in sources:
             return False
+        self.open()
         # The guarded UPDATE is the start: across processes exactly one caller
         # moves the row to RUNNING, and its new attempt number fences the run.
         run = Run(self, task, attempt=task.attempt + 1)
         self._runs[key] = run
-        if not await self._claim(model, task):
-            del self._runs[key]
+        claimed = False
+        try:
+            claimed = await self._claim(model, task, sources, **claim)
+        finally:
+            if not claimed and self._runs.get(key) is run:
+                del self._runs[key]
+        if not claimed:
             return False
         task._run = run
-        self.bus.hub.open(key)
+        self.hub.open(key)
         supervisor = self._spawn(self._supervise(run), f"streaming:{key}")
         run.supervisor = supervisor
         supervisor.add_done_callback(lambda _: self._release(run))
         logger.info("started %s (attempt %d)", key, run.attempt)
         return True
 
-    async def _claim(self, model: type[StreamTask], task: StreamTask) -> bool:
-        now = datetime.now(UTC)
-        return await model.atransition(
-            task.pk,
-            TaskStatus.RUNNING,
-            fence=task.attempt,
-            attempt=task.attempt + 1,
-            started_at=now,
-            completed_at=None,
-            error="",
-            final_event=None,
+    async def _claim(
+        self,
+        model: type[StreamTask],
+        task: StreamTask,
+        sources: frozenset[TaskStatus],
+        **claim: Any,
+    ) -> bool:
+        return await db.run(
+            lambda: model.atransition(
+                task.pk,
+                TaskStatus.RUNNING,
+                fence=task.attempt,
+                sources=sources,
+                attempt=task.attempt + 1,
+                owner=self.owner,
+                lease_expires_at=Now() + timedelta(seconds=self.config.lease),
+                event_id_ceiling=task.event_id_ceiling + ID_BLOCK,
+                started_at=datetime.now(UTC),
+                completed_at=None,
+                error="",
+                final_event=None,
+                **claim,
+            )
         )
+
+    async def _reserve_ids(self, run: Run) -> None:
+        """Raise the task's id ceiling by a block, for the run to go on sending."""
+        model = type(run.task)
+        ceiling = run.reserved + ID_BLOCK
+        try:
+            reserved = await db.run_until_available(
+                lambda: model._default_manager.filter(
+                    pk=run.task.pk, attempt=run.attempt, status=TaskStatus.RUNNING
+                ).aupdate(event_id_ceiling=ceiling),
+                what=f"{run.key}: reserving event ids",
+                keep_trying=lambda: not run.finished,
+            )
+        finally:
+            run.reserving = None
+        if reserved:
+            run.reserved = ceiling
+        else:
+            self.lose(run, "its task was taken over while it reserved event ids")
 
     # -- running --------------------------------------------------------------
 
     async def _supervise(self, run: Run) -> None:
         # Set here too: under an eager task factory this body runs inside
         # create_task(), before start_task() could assign it.
-        run.supervisor = asyncio.current_task()
+        run.supervisor = supervisor = asyncio.current_task()
         try:
             scope = asyncio.timeout(run.timeout)
             try:
                 async with scope:
                     result = await run.task.process()
-            except asyncio.CancelledError:
-                await self._finish(run, self._stopped_outcome(run))
-                raise  # never swallowed: whoever cancelled us sees it
-            except Exception as exc:
+            except asyncio.CancelledError as exc:
+                if supervisor is not None and supervisor.cancelling():
+                    await self._finish(run, self._stopped_outcome(run))
+                    raise  # never swallowed: whoever cancelled us sees it
+                # Raised by the task's own code, not by a cancel: a failure.
+                outcome = self._failed_outcome(run, scope, exc)
+            except BaseException as exc:  # SystemExit and co. end the run, not the server
                 outcome = self._failed_outcome(run, scope, exc)
             else:
                 if run.cancel_reason is not None:
@@ -242,7 +371,7 @@ class Coordinator:
                 self._finish(run, self._stopped_outcome(run)), f"streaming:stopped:{run.key}"
             )
 
-    def _failed_outcome(self, run: Run, scope: asyncio.Timeout, exc: Exception) -> Outcome:
+    def _failed_outcome(self, run: Run, scope: asyncio.Timeout, exc: BaseException) -> Outcome:
         if run.cancel_reason is not None:
             # Cancelled, and its cleanup then raised: the cancel is what the
             # client asked for and what it is told; the error is kept.
@@ -254,12 +383,13 @@ class Coordinator:
             # own code (its inner asyncio.timeout, a library) is a failure.
             assert run.timeout is not None
             return outcomes.timed_out(run.timeout)
+        logger.error("%s failed (attempt %d)", run.key, run.attempt, exc_info=exc)
         return outcomes.failed(exc)
 
     def _stopped_outcome(self, run: Run) -> Outcome:
         if run.cancel_reason is not None:
             return outcomes.cancelled(run.cancel_reason)
-        return outcomes.interrupted()
+        return outcomes.interrupted("stopped by the server's shutdown")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of ours: shutdown() waits for it and hygiene can name it."""
@@ -267,6 +397,11 @@ class Coordinator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _publish(self, event: Event, *, final: bool = False) -> Message:
+        message = await self.bus.publish(event.key, event, final=final)
+        self.log.append(message)
+        return message
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         """Record the outcome, then publish the terminal event: once per run."""
@@ -280,33 +415,66 @@ class Coordinator:
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         model = type(run.task)
-        event = run.event(outcome.event_type, outcome.data) if outcome.event_type else None
-        recorded = await model.atransition(
-            run.task.pk,
-            outcome.status,
-            fence=run.attempt,
-            completed_at=datetime.now(UTC),
-            error=outcome.error,
-            final_event=event.to_dict() if event else None,
-        )
+        event = run.event(outcome.event_type, outcome.data)
+        try:
+            recorded = await db.run_until_available(
+                lambda: model.atransition(
+                    run.task.pk,
+                    outcome.status,
+                    fence=run.attempt,
+                    completed_at=datetime.now(UTC),
+                    error=outcome.error,
+                    final_event=event.to_json(),
+                    event_id_ceiling=event.id,
+                    owner="",
+                    lease_expires_at=None,
+                ),
+                what=f"{run.key}: recording {outcome.status}",
+                keep_trying=lambda: self._state is not _State.CLOSED,
+            )
+        except db.DatabaseUnavailable:
+            logger.error("%s: outcome %s lost: the database stayed away", run.key, outcome.status)
+            self.hub.release(run.key)
+            return
         if not recorded:
-            # Someone else settled this run (a cancel from another process):
-            # tell clients what the database says, not what we would have said.
-            stored = (
-                await model._default_manager.filter(pk=run.task.pk)
-                .values("status", "final_event")
-                .afirst()
+            # Someone else settled this run (a cancel from another process, a
+            # keeper that found its lease expired): tell clients what the
+            # database says, not what we would have said.
+            stored = await db.run(
+                lambda: (
+                    model._default_manager.filter(pk=run.task.pk)
+                    .values("status", "final_event")
+                    .afirst()
+                )
             )
             logger.warning(
-                "%s: outcome %s not recorded; stored: %s", run.key, outcome.status, stored
+                "%s: outcome %s not recorded; the task is %s",
+                run.key,
+                outcome.status,
+                stored and stored["status"],
             )
-            if stored and stored["final_event"]:
-                event = Event.from_dict(stored["final_event"])
-        if event is None:
-            self.bus.hub.release(run.key)
-        else:
-            await self.bus.publish(run.key, event, final=True)
+            if not (stored and stored["final_event"]):
+                self.hub.release(run.key)
+                return
+            event = Event.from_json(stored["final_event"])
+        elif outcome.status is TaskStatus.INTERRUPTED and not self.accepting:
+            # Stopped by our shutdown: its clients get the farewell, which says
+            # "reconnect"; those who do are sent this event from the database.
+            self.hub.release(run.key)
+            self.log.append(Message(event))
+            logger.info("finished %s: %s", run.key, outcome.status)
+            return
+        await self._publish(event, final=True)
         logger.info("finished %s: %s", run.key, outcome.status)
+
+    def lose(self, run: Run, why: str) -> None:
+        """The run's task was taken from it (its lease expired): stop it, record nothing."""
+        if run.lost or run.finished:
+            return
+        run.lost = True
+        logger.warning("%s lost its lease (%s); stopping it", run.key, why)
+        if run.supervisor is not None and not run.supervisor.done():
+            run.supervisor.cancel(msg=f"lease lost: {why}")
 
     # -- cancelling -----------------------------------------------------------
 
@@ -337,24 +505,33 @@ class Coordinator:
         # The start/cancel lock means no run of ours can appear meanwhile. The
         # status and the final event go in one UPDATE, so no reader sees one
         # without the other.
-        event = Event(
-            1,
-            "cancelled",
-            {"message": "Task was cancelled", "reason": reason},
-            pk,
-            model.__name__,
-            now_iso(),
+        row = await db.run(
+            lambda: (
+                model._default_manager.filter(pk=pk, status=TaskStatus.READY)
+                .values("event_id_ceiling")
+                .afirst()
+            )
         )
-        cancelled = await model.atransition(
-            pk,
-            TaskStatus.CANCELLED,
-            completed_at=datetime.now(UTC),
-            error=f"cancelled: {reason}",
-            final_event=event.to_dict(),
+        if row is None:
+            return False
+        outcome = outcomes.cancelled(reason)
+        event = Event(
+            row["event_id_ceiling"] + 1, "cancelled", outcome.data, pk, model.__name__, now_iso()
+        )
+        cancelled = await db.run(
+            lambda: model.atransition(
+                pk,
+                TaskStatus.CANCELLED,
+                sources=START_FROM,
+                completed_at=datetime.now(UTC),
+                error=outcome.error,
+                final_event=event.to_json(),
+                event_id_ceiling=event.id,
+            )
         )
         if not cancelled:
             return False
-        await self.bus.publish(key, event, final=True)
+        await self._publish(event, final=True)
         return True
 
     def _cancel_run(self, run: Run, reason: str) -> bool:
@@ -365,18 +542,19 @@ class Coordinator:
             return False
         run.cancel_reason = reason
         supervisor.cancel(msg=f"cancel_task: {reason}")
-        asyncio.get_running_loop().call_later(self.cancel_grace, self._give_up, run, supervisor)
+        asyncio.get_running_loop().call_later(
+            self.config.cancel_grace, self._give_up, run, supervisor
+        )
         return True
 
     def _give_up(self, run: Run, supervisor: asyncio.Task[None]) -> None:
         """The task ignored cancellation for the whole grace period: record it as stopped."""
         if supervisor.done() or run.finished:
             return
-        logger.error(
-            "%s ignored cancellation for %ss; recording it as cancelled", run.key, self.cancel_grace
-        )
+        grace = self.config.cancel_grace
+        logger.error("%s ignored cancellation for %ss; recording it as cancelled", run.key, grace)
         outcome = self._stopped_outcome(run).noting(
-            f" (did not stop within {self.cancel_grace:g}s)", forced=True
+            f" (did not stop within {grace:g}s)", forced=True
         )
         self._spawn(self._finish(run, outcome), f"streaming:give-up:{run.key}")
         supervisor.cancel()
@@ -386,23 +564,45 @@ class Coordinator:
     async def subscribe(
         self, model: type[StreamTask] | str, pk: Any, *, last_event_id: int | None = None
     ) -> Subscriber:
-        """Register a client of task ``pk``; raises UnknownTask if there is no such task."""
+        """Register a client of task ``pk``; raises UnknownTask if there is no such task.
+
+        With ``last_event_id`` the client resumes: it gets every event after
+        that id still kept, from memory or from the database's event log, with
+        a ``stream-reset`` first where some are gone. Resuming from the
+        terminal event of a finished task (or past it) raises NothingMissed.
+        """
         if isinstance(model, str):
             model = resolve_model(model)
         key = f"{model.__name__}:{pk}"
-        hub = self.bus.hub
+        hub = self.hub
         if key in self._runs:
-            return hub.subscribe(key, last_event_id=last_event_id)
-        stored = await model._default_manager.filter(pk=pk).values("status", "final_event").afirst()
-        if stored is None:
-            raise UnknownTask(f"{model.__name__} {pk} does not exist.")
-        if key in self._runs or stored["final_event"] is None:
-            # Running here, or not started (READY, or INTERRUPTED and waiting
-            # for a restart): wait for its events.
-            return hub.subscribe(key, last_event_id=last_event_id)
-        return hub.subscribe_finished(
-            key, Event.from_dict(stored["final_event"]), last_event_id=last_event_id
-        )
+            subscriber = hub.subscribe(key, after=last_event_id)
+        else:
+            stored = await db.run(
+                lambda: model._default_manager.filter(pk=pk).values("final_event").afirst()
+            )
+            if stored is None:
+                raise UnknownTask(f"{model.__name__} {pk} does not exist.")
+            if key in self._runs or stored["final_event"] is None:
+                # Running here or elsewhere, or not started: wait for its events.
+                subscriber = hub.subscribe(key, after=last_event_id)
+            else:
+                final = Event.from_json(stored["final_event"])
+                if last_event_id is not None and last_event_id >= final.id:
+                    raise NothingMissed(f"{key} ended with event {final.id}.")
+                subscriber = hub.subscribe_finished(key, final, after=last_event_id)
+        if last_event_id is not None and self.log.enabled:
+            kept = hub.kept_since(key)
+            if kept is None or kept > last_event_id + 1:
+                try:
+                    stored_events = await self.log.read(
+                        model.__name__, pk, after=last_event_id, before=kept
+                    )
+                except BaseException:
+                    subscriber.close()
+                    raise
+                subscriber.backfill(stored_events, after=last_event_id)
+        return subscriber
 
     # -- shutting down --------------------------------------------------------
 
@@ -413,7 +613,7 @@ class Coordinator:
         last event id, to resume elsewhere) and its stream ends. Idempotent.
         """
         if grace is None:
-            grace = settings.STREAMING["SHUTDOWN_GRACE"]
+            grace = self.config.shutdown_grace
         if self._state is not _State.OPEN:
             await self._closed.wait()
             return
@@ -428,15 +628,17 @@ class Coordinator:
                     task.cancel(msg="coordinator shutdown")
             # Cancelled runs record their outcome in new tasks: wait for those too.
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.cancel_grace
+            deadline = loop.time() + self.config.cancel_grace
             while (left := {t for t in self._tasks if not t.done()}) and (
                 remaining := deadline - loop.time()
             ) > 0:
                 await asyncio.wait(left, timeout=remaining)
             if left:
                 logger.error("shutdown: %d task(s) ignored cancellation", len(left))
-            told = self.bus.hub.say_farewell(self._farewell)
+            told = self.hub.say_farewell(self._farewell)
             logger.info("shutdown: %d client(s) told", told)
+            await self.keeper.stop()
+            await self.log.close(timeout=self.config.cancel_grace)
         finally:
             self._state = _State.CLOSED
             self._closed.set()
@@ -451,11 +653,10 @@ class Coordinator:
         for run in list(self._runs.values()):
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
-        self.bus.hub.say_farewell(self._farewell)
+        self.hub.say_farewell(self._farewell)
 
-    def _farewell(self, key: str, latest: Any) -> Event:
+    def _farewell(self, key: str, last_id: int) -> Event:
         model, _, pk = key.partition(":")
-        last_id = latest.event.id if latest is not None else 0
         return Event(
             last_id,
             FAREWELL,
@@ -463,8 +664,14 @@ class Coordinator:
             pk,
             model,
             now_iso(),
-            retry=self.retry_ms,
+            retry=self.config.retry_ms,
         )
 
+    async def close_connections(self) -> None:
+        """Close the ORM's connections in the thread that owns them."""
+        from django.db import connections
+
+        await sync_to_async(connections.close_all, thread_sensitive=True)()
+
     def stats(self) -> dict[str, int]:
-        return {"running_tasks": len(self._runs), **self.bus.hub.stats()}
+        return {"running_tasks": len(self._runs), **self.hub.stats()}

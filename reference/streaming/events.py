@@ -1,18 +1,24 @@
-"""The event as the reference carries it, and the terminal event types."""
+"""The event as the reference carries it, and the kinds of event it sends itself."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-#: The event types that end a task's stream; the coordinator sends exactly one per run.
-TERMINAL_TYPES = frozenset({"complete", "error", "cancelled", "timeout"})
+#: The event types that end a run; the coordinator records exactly one per run.
+TERMINAL_TYPES = frozenset({"complete", "error", "cancelled", "timeout", "interrupted"})
 #: Control events that end one client's stream without ending the task.
 FAREWELL = "shutdown"
 OVERFLOW = "overflow"
+#: Says that some events a resuming client asked for are gone.
 STREAM_RESET = "stream-reset"
+#: Events about one client's stream, outside the task's sequence of ids: each
+#: carries the id of the last event before it, so that a client's
+#: ``Last-Event-ID`` stays the id of a real event.
+CONTROL_TYPES = frozenset({FAREWELL, OVERFLOW, STREAM_RESET})
 
 
 def now_iso() -> str:
@@ -21,7 +27,7 @@ def now_iso() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event of one task. ``id`` increases by one per event, from 1."""
+    """One event of one task. Ids increase by one per event of a run, never reused."""
 
     id: int
     type: str
@@ -32,32 +38,32 @@ class Event:
     #: Reconnect delay hint in milliseconds (SSE ``retry:``), for farewells.
     retry: int | None = None
 
-    def payload(self) -> dict[str, Any]:
-        """The JSON object a client receives: the data plus the ``_``-prefixed metadata."""
-        return {
-            **self.data,
-            "_task_id": self.task_id,
-            "_model": self.model,
-            "_timestamp": self.timestamp,
-        }
+    @property
+    def key(self) -> str:
+        return f"{self.model}:{self.task_id}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "data": dict(self.data),
-            "task_id": self.task_id,
-            "model": self.model,
-            "timestamp": self.timestamp,
-        }
+    def to_json(self) -> str:
+        """The event as stored in a task's ``final_event``."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "data": dict(self.data),
+                "task_id": self.task_id,
+                "model": self.model,
+                "timestamp": self.timestamp,
+            },
+            default=str,
+        )
 
     @classmethod
-    def from_dict(cls, stored: Mapping[str, Any]) -> Event:
+    def from_json(cls, stored: str) -> Event:
+        fields = json.loads(stored)
         return cls(
-            id=stored["id"],
-            type=stored["type"],
-            data=stored["data"],
-            task_id=stored["task_id"],
-            model=stored["model"],
-            timestamp=stored["timestamp"],
+            id=fields["id"],
+            type=fields["type"],
+            data=fields["data"],
+            task_id=fields["task_id"],
+            model=fields["model"],
+            timestamp=fields["timestamp"],
         )

@@ -17,14 +17,28 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from django.db import models, transaction
+from django.db.models import F, Q
 
-from .states import SOURCES, TaskStatus
+from . import db
+from .states import SOURCES, InvalidTransition, TaskStatus
 
 if TYPE_CHECKING:
     from .coordinator import Run
 
 #: Columns only the coordinator writes.
-RUN_COLUMNS = frozenset({"status", "started_at", "completed_at", "error", "attempt", "final_event"})
+RUN_COLUMNS = frozenset(
+    {
+        "status",
+        "started_at",
+        "completed_at",
+        "error",
+        "attempt",
+        "final_event",
+        "owner",
+        "lease_expires_at",
+        "event_id_ceiling",
+    }
+)
 
 
 class StreamTask(models.Model):
@@ -41,13 +55,29 @@ class StreamTask(models.Model):
     #: that names an older attempt is refused, so a run that lost its task
     #: (another worker took over) cannot record an outcome.
     attempt = models.PositiveIntegerField(default=0)
-    #: The run's terminal event, for clients that arrive after it ended.
-    final_event = models.JSONField(null=True, blank=True)
+    #: The run's terminal event (JSON text, see ``Event.to_json``), for clients
+    #: that arrive after it ended. Text, not JSON: PostgreSQL's jsonb refuses
+    #: the NUL character that an event may carry.
+    final_event = models.TextField(null=True, blank=True)
     #: Per-task timeout in seconds; overrides the kind's ``default_timeout``.
     timeout_seconds = models.FloatField(null=True, blank=True)
+    #: Runs the coordinator may start on its own (see ``Config.max_attempts``);
+    #: overrides the kind's ``default_max_attempts``.
+    max_attempts = models.PositiveIntegerField(null=True, blank=True)
+    #: The coordinator running it (host, pid, a random part), while RUNNING.
+    owner = models.CharField(max_length=200, blank=True, default="")
+    #: The owner renews this while the run lives; a live coordinator that finds
+    #: it past records the run INTERRUPTED. Database time, not a host's clock.
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    #: No event of this task has an id above this. A run reserves ids in blocks
+    #: by raising it, so a run that dies with its process cannot have sent an id
+    #: the next run would use again; a run that ends lowers it to its last id.
+    event_id_ceiling = models.BigIntegerField(default=0)
 
     #: Per-kind timeout in seconds; None falls back to settings.STREAMING["TASK_TIMEOUT"].
     default_timeout: ClassVar[float | None] = None
+    #: Per-kind run limit; None falls back to settings.STREAMING["MAX_ATTEMPTS"].
+    default_max_attempts: ClassVar[int | None] = None
 
     _run: Run | None = None
 
@@ -91,18 +121,34 @@ class StreamTask(models.Model):
         target: TaskStatus,
         *,
         fence: int | None = None,
+        sources: frozenset[TaskStatus] | None = None,
+        where: Q | None = None,
         **changes: Any,
     ) -> bool:
         """Move task ``pk`` to ``target`` if the state model allows it from its current status.
 
         One UPDATE whose WHERE clause names the allowed source statuses (and,
-        given ``fence``, the attempt number of the run that writes): it returns False, changing
-        nothing, when the task is elsewhere, so concurrent callers in any
-        number of processes agree on a single winner.
+        given ``fence``, the attempt number of the run that writes): it returns
+        False, changing nothing, when the task is elsewhere, so concurrent
+        callers in any number of processes agree on a single winner.
+        ``sources`` narrows the statuses the caller moves from (a start moves
+        only READY tasks, a retry only finished ones); ``where`` adds a
+        condition of its own (a lease that has expired).
         """
-        rows = cls._default_manager.filter(pk=pk, status__in=SOURCES[target])
+        allowed = SOURCES[target]
+        if sources is not None:
+            if not sources <= allowed:
+                raise InvalidTransition(
+                    f"Cannot move a task to {target} from {', '.join(sorted(sources - allowed))}."
+                )
+            allowed = sources
+        rows = cls._default_manager.filter(pk=pk, status__in=allowed)
         if fence is not None:
             rows = rows.filter(attempt=fence)
+        if where is not None:
+            rows = rows.filter(where)
+        if "error" in changes:
+            changes["error"] = storable(changes["error"])
         return await rows.aupdate(status=target, **changes) == 1
 
     def effective_timeout(self, default: float | None) -> float | None:
@@ -111,6 +157,45 @@ class StreamTask(models.Model):
         if self.default_timeout is not None:
             return self.default_timeout
         return default
+
+    @classmethod
+    def attempts_left(cls, default: int) -> Q:
+        """Rows that may be run again on their own: fewer runs than their limit."""
+        kind_default = cls.default_max_attempts if cls.default_max_attempts is not None else default
+        return Q(max_attempts__isnull=False, attempt__lt=F("max_attempts")) | Q(
+            max_attempts__isnull=True, attempt__lt=kind_default
+        )
+
+
+def storable(text: str) -> str:
+    """``text`` as every database stores it: PostgreSQL's text refuses NUL."""
+    return text.replace("\x00", "\ufffd")
+
+
+class StreamEvent(models.Model):
+    """One event of one task, kept for clients that resume after a restart.
+
+    Written in batches by ``streaming.eventlog``; the last ``history_size``
+    events of each task are kept. ``data`` is the event's data as JSON text
+    (the same text its SSE frame carries), so nothing is encoded twice.
+    """
+
+    model = models.CharField(max_length=100)
+    task_id = models.BigIntegerField()
+    event_id = models.BigIntegerField()
+    type = models.TextField()
+    data = models.TextField()
+    timestamp = models.CharField(max_length=40)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "task_id", "event_id"], name="streaming_event_per_task"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.task_id} #{self.event_id} {self.type}"
 
 
 class ExampleTask(StreamTask):
@@ -228,9 +313,12 @@ class BehaviourContext:
         await self._task.send_event(type, data)
 
     async def refresh(self) -> Mapping[str, Any]:
-        await self._task.arefresh_from_db(fields=["fields"])
+        """Re-read the fields; raises ``db.DatabaseUnavailable`` while the database is away."""
+        await db.run(lambda: self._task.arefresh_from_db(fields=["fields"]))
         return self._task.fields
 
     async def update_fields(self, **changes: Any) -> None:
-        await sync_to_async(BehaviourTask.merge_fields)(self._task.pk, changes)
+        """Merge ``changes``; raises ``db.DatabaseUnavailable`` while the database is away."""
+        merge = sync_to_async(BehaviourTask.merge_fields, thread_sensitive=True)
+        await db.run(lambda: merge(self._task.pk, changes))
         self._task.fields = {**self._task.fields, **changes}

@@ -16,9 +16,8 @@ from .states import TaskStatus
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: TaskStatus
-    #: The terminal event's type; None sends none (an interrupted run's
-    #: clients get the shutdown farewell instead).
-    event_type: str | None
+    #: The terminal event's type.
+    event_type: str
     data: Mapping[str, Any]
     #: Recorded in the task's ``error`` column.
     error: str = ""
@@ -44,10 +43,15 @@ def cancelled(reason: str) -> Outcome:
     )
 
 
-def interrupted() -> Outcome:
-    # Stopped by shutdown or by someone other than its coordinator: the work
-    # was interrupted, not refused, and may be started again.
-    return Outcome(TaskStatus.INTERRUPTED, None, {}, error="interrupted")
+def interrupted(why: str) -> Outcome:
+    # Stopped by a shutdown, or lost with its process: the work was
+    # interrupted, not refused, and may be run again.
+    return Outcome(
+        TaskStatus.INTERRUPTED,
+        "interrupted",
+        {"message": "Task was interrupted; it may be run again", "reason": why},
+        error=f"interrupted: {why}",
+    )
 
 
 def timed_out(seconds: float) -> Outcome:

@@ -1,16 +1,20 @@
-"""The streaming server: an asgineer app on uvicorn that owns its shutdown.
+"""The streaming server: SSE streams on raw ASGI, asgineer for the rest, on uvicorn.
 
 Routes::
 
-    GET  /health                       200 "OK"; 503 "draining" during shutdown
-    GET  /stream/<Model>/<id>          Server-Sent Events of one task
+    GET  /health                       200 "OK"; 503 with the reason (draining, database)
+    GET  /stream/<Model>/<id>          Server-Sent Events of one task; Last-Event-ID
+                                       resumes, and is answered 204 past the task's end
     POST /tasks/<Model>/<id>/start     start a READY task
+    POST /tasks/<Model>/<id>/retry     run a FAILED/CANCELLED/TIMED_OUT/INTERRUPTED task again
     POST /tasks/<Model>/<id>/cancel    cancel it; JSON body {"reason": "..."} optional
 
-Each stream runs two things: a pump that writes queued events, and a watcher
-that notices the client leaving (uvicorn's ``send`` silently does nothing
-after a disconnect, so without the watcher a stream would outlive its client).
-Whichever ends first ends the other.
+Streams are the hot path, so they bypass the framework: ``sse.StreamWriter``
+writes a subscriber's queued events in one ``send`` and ``sse.Writers``
+keeps one timer for every stream's keep-alive and write deadline. Every
+other route is an asgineer handler. No request reaches a task unless its id
+is canonical decimal, and no bad request gets a 5xx: the answer is 400, 404,
+405, 409 or 413 with a reason, or 503 while the database is unavailable.
 
 Shutdown: uvicorn's own SIGTERM/SIGINT handler would stop accepting and then
 wait forever for open streams. :class:`StreamServer` first drains the
@@ -31,22 +35,37 @@ from typing import Any
 
 import asgineer
 import uvicorn
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.db import connections
 
-from . import sse
-from .bus import Subscriber
-from .coordinator import Coordinator, CoordinatorClosed, UnknownTask, resolve_model
+from . import db, sse
+from .coordinator import (
+    Coordinator,
+    CoordinatorClosed,
+    NothingMissed,
+    UnknownTask,
+    resolve_model,
+)
+from .models import StreamTask
 
 logger = logging.getLogger(__name__)
 
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Response = tuple[int, dict[str, str], str] | None
 
-_STREAM = re.compile(r"/stream/(?P<model>[^/]+)/(?P<pk>[^/]+)/?")
-_COMMAND = re.compile(r"/tasks/(?P<model>[^/]+)/(?P<pk>[^/]+)/(?P<command>start|cancel)/?")
+_STREAM = re.compile(r"/stream/(?P<model>[^/]+)/(?P<pk>[^/]*)/?")
+_COMMAND = re.compile(r"/tasks/(?P<model>[^/]+)/(?P<pk>[^/]*)/(?P<command>start|retry|cancel)/?")
+#: A task id or event id: ASCII decimal, no sign, no leading zero, below 2**63.
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}")
+#: Bytes of a request body the server reads (a cancel's reason is short).
+BODY_LIMIT = 64 * 1024
 _TEXT = {"content-type": "text/plain; charset=utf-8"}
 _JSON = {"content-type": "application/json"}
+_DATABASE_DOWN = {**_TEXT, "retry-after": "1"}
+
+
+def parse_pk(raw: str) -> int:
+    if not _DECIMAL.fullmatch(raw):
+        raise UnknownTask(f"Task id must be an integer in plain decimal digits, got {raw!r}."[:300])
+    return int(raw)
 
 
 def _text(status: int, body: str) -> Response:
@@ -57,115 +76,133 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return status, _JSON, json.dumps(body)
 
 
-def _parse_pk(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise UnknownTask(f"Task id must be an integer, got {raw!r}.") from None
-
-
-def make_app(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
+def make_app(coordinator: Coordinator) -> ASGIApp:
     """The ASGI app for one coordinator."""
-    keepalive = settings.STREAMING["KEEPALIVE"]
+    config = coordinator.config
+    writers = sse.Writers(keepalive=config.keepalive, write_deadline=config.write_deadline)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/stream/"):
+            await stream(scope, receive, send)
+        else:
+            await routes(scope, receive, send)
+
+    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        outcome = await open_stream(scope)
+        if isinstance(outcome, tuple):
+            status, reason = outcome
+            await _respond(send, status, reason)
+            return
+        await writers.serve(sse.StreamWriter(send, outcome), receive, config.retry_ms)
+
+    async def open_stream(scope: dict[str, Any]) -> Any:
+        """The subscriber of a stream request, or the (status, reason) that refuses it."""
+        if scope["method"] != "GET":
+            return 405, "Use GET to stream a task."
+        match = _STREAM.fullmatch(scope["path"])
+        if match is None:
+            return 404, f"Not found: {scope['path']!r}"[:300]
+        if not coordinator.accepting:
+            return 503, "Server is shutting down; reconnect to another server."
+        raw = _header(scope, b"last-event-id")
+        if raw and not _DECIMAL.fullmatch(raw):
+            return 400, f"Last-Event-ID must be an event id in decimal digits, got {raw!r}."[:300]
+        try:
+            return await coordinator.subscribe(
+                resolve_model(match["model"]),
+                parse_pk(match["pk"]),
+                last_event_id=int(raw) if raw else None,
+            )
+        except UnknownTask as exc:
+            return 404, str(exc)
+        except NothingMissed:
+            # No event follows: only a 204 stops a browser's EventSource from
+            # reconnecting for ever (an empty 200 makes it try again).
+            return 204, ""
+        except db.DatabaseUnavailable as exc:
+            return 503, f"database unavailable: {exc}"
 
     async def handler(request: asgineer.HttpRequest) -> Response:
+        try:
+            return await dispatch(request)
+        except db.DatabaseUnavailable as exc:
+            return 503, _DATABASE_DOWN, f"database unavailable: {exc}"
+
+    async def dispatch(request: asgineer.HttpRequest) -> Response:
         path = request.path
         if path == "/health":
             if request.method not in ("GET", "HEAD"):
                 return _text(405, "Use GET.")
-            return _text(200, "OK") if coordinator.accepting else _text(503, "draining")
-        if match := _STREAM.fullmatch(path):
-            if request.method != "GET":
-                return _text(405, "Use GET to stream a task.")
-            return await _stream(request, match["model"], match["pk"])
+            problem = await coordinator.health()
+            return _text(200, "OK") if problem is None else _text(503, problem)
         if match := _COMMAND.fullmatch(path):
             if request.method != "POST":
                 return _text(405, f"Use POST to {match['command']} a task.")
-            return await _command(request, match["model"], match["pk"], match["command"])
-        return _text(404, f"Not found: {path}")
-
-    async def _stream(request: asgineer.HttpRequest, model_name: str, raw_pk: str) -> Response:
-        if not coordinator.accepting:
-            return _text(503, "Server is shutting down; reconnect to another server.")
-        raw_last_id = request.headers.get("last-event-id")
-        try:
-            last_event_id = int(raw_last_id) if raw_last_id else None
-        except ValueError:
-            return _text(400, f"Last-Event-ID must be an integer, got {raw_last_id!r}.")
-        try:
-            subscriber = await coordinator.subscribe(
-                resolve_model(model_name), _parse_pk(raw_pk), last_event_id=last_event_id
-            )
-        except UnknownTask as exc:
-            return _text(404, str(exc))
-        try:
-            await request.accept(200, sse.HEADERS)
-            await _pump(request, subscriber)
-        finally:
-            subscriber.close()
-        return None
-
-    async def _pump(request: asgineer.HttpRequest, subscriber: Subscriber) -> None:
-        watcher = asyncio.create_task(
-            _close_on_disconnect(request, subscriber), name="streaming:disconnect-watcher"
-        )
-        try:
-            while True:
-                try:
-                    message = await subscriber.get(timeout=keepalive)
-                except StopAsyncIteration:
-                    break
-                await request.send(message.sse if message is not None else sse.KEEPALIVE)
-        finally:
-            if not watcher.done():
-                # Waking it (not cancelling it) lets asgineer cancel its own helpers.
-                subscriber.close()
-                await request.wakeup()
-            await watcher
-
-    async def _command(
-        request: asgineer.HttpRequest, model_name: str, raw_pk: str, command: str
-    ) -> Response:
-        try:
-            model, pk = resolve_model(model_name), _parse_pk(raw_pk)
-        except UnknownTask as exc:
-            return _text(404, str(exc))
-        if command == "start":
             try:
-                started = await coordinator.start_task(model, pk)
-            except CoordinatorClosed as exc:
-                return _text(503, str(exc))
+                model, pk = resolve_model(match["model"]), parse_pk(match["pk"])
             except UnknownTask as exc:
                 return _text(404, str(exc))
-            if started:
-                return _json(202, {"started": True})
-            state = (
-                await model._default_manager.filter(pk=pk).values_list("status", flat=True).afirst()
-            )
-            return _json(
-                409, {"started": False, "reason": f"{model_name} {pk} is {state}, not READY."}
-            )
+            if match["command"] == "cancel":
+                return await cancel(request, model, pk)
+            return await start(model, pk, retry=match["command"] == "retry")
+        return _text(404, f"Not found: {path!r}"[:300])
+
+    async def start(model: type[StreamTask], pk: int, *, retry: bool) -> Response:
+        name = model.__name__
         try:
-            body = await request.get_json() if await request.get_body() else {}
-        except (ValueError, UnicodeDecodeError):
+            if retry:
+                started = await coordinator.retry_task(model, pk)
+            else:
+                started = await coordinator.start_task(model, pk)
+        except CoordinatorClosed as exc:
+            return _text(503, str(exc))
+        except UnknownTask as exc:
+            return _text(404, str(exc))
+        if started:
+            return _json(202, {"started": True})
+        status = await db.run(
+            lambda: model._default_manager.filter(pk=pk).values_list("status", flat=True).afirst()
+        )
+        expected = "FAILED, CANCELLED, TIMED_OUT or INTERRUPTED" if retry else "READY"
+        return _json(409, {"started": False, "reason": f"{name} {pk} is {status}, not {expected}."})
+
+    async def cancel(request: asgineer.HttpRequest, model: type[StreamTask], pk: int) -> Response:
+        try:
+            body = await request.get_body(limit=BODY_LIMIT)
+        except asgineer.DisconnectedError:
+            raise
+        except OSError:
+            return _text(413, f"The body must be at most {BODY_LIMIT} bytes.")
+        try:
+            parsed = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError):
             return _text(400, 'Body must be JSON, for example {"reason": "..."}.')
-        reason = body.get("reason") if isinstance(body, dict) else None
+        reason = parsed.get("reason") if isinstance(parsed, dict) else None
         if reason is not None and not isinstance(reason, str):
             return _text(400, "'reason' must be a string.")
-        if not await model._default_manager.filter(pk=pk).aexists():
-            return _text(404, f"{model_name} {pk} does not exist.")
+        if not await db.run(lambda: model._default_manager.filter(pk=pk).aexists()):
+            return _text(404, f"{model.__name__} {pk} does not exist.")
         return _json(200, {"cancelled": await coordinator.cancel_task(model, pk, reason)})
 
-    return asgineer.to_asgi(handler)  # type: ignore[no-any-return]
+    routes = asgineer.to_asgi(handler)
+    return app
 
 
-async def _close_on_disconnect(request: asgineer.HttpRequest, subscriber: Subscriber) -> None:
-    """Return when the client leaves (closing its subscriber) or the stream ends."""
-    try:
-        while not subscriber.closed:
-            await request.sleep_while_connected(3600)
-    except asgineer.DisconnectedError:
-        subscriber.close()
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    """A request header's value as text; bytes that are not ASCII make it invalid, not an error."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return ""
+
+
+async def _respond(send: Any, status: int, reason: str) -> None:
+    body = reason.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8")] if body else []
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class StreamServer(uvicorn.Server):
@@ -181,6 +218,7 @@ class StreamServer(uvicorn.Server):
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self.coordinator.open()
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -207,7 +245,7 @@ class StreamServer(uvicorn.Server):
             await self.coordinator.shutdown(self.grace)
             # The ORM's connections belong to the one thread sync_to_async runs
             # it in; close them there, or they are only dropped at exit.
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
+            await self.coordinator.close_connections()
             logger.info("database connections closed")
         finally:
             self.should_exit = True
@@ -215,9 +253,9 @@ class StreamServer(uvicorn.Server):
 
 def serve(host: str, port: int, *, grace: float | None = None, log_level: str = "info") -> None:
     """Run the streaming server until SIGTERM/SIGINT, then shut down gracefully."""
-    if grace is None:
-        grace = settings.STREAMING["SHUTDOWN_GRACE"]
     coordinator = Coordinator()
+    if grace is None:
+        grace = coordinator.config.shutdown_grace
     config = uvicorn.Config(
         make_app(coordinator),
         host=host,

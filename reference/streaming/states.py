@@ -4,7 +4,9 @@ The allowed paths::
 
     READY -> RUNNING -> SUCCESSFUL | FAILED | CANCELLED | TIMED_OUT | INTERRUPTED
     READY -> CANCELLED                 (cancelled before it started)
-    INTERRUPTED -> RUNNING             (started again after a shutdown or crash)
+    FAILED | CANCELLED | TIMED_OUT | INTERRUPTED -> RUNNING
+                                       (run again: retry_task(), or an interrupted
+                                        run with attempts left, see leases.py)
 
 The guard is enforced twice: :func:`check_transition` in Python, and in the
 database by writing every change as ``UPDATE ... WHERE status IN (sources)``
@@ -38,9 +40,16 @@ class TaskStatus(models.TextChoices):
         return self not in (TaskStatus.READY, TaskStatus.RUNNING)
 
 
+#: Where each way of starting a run moves a task from.
+START_FROM = frozenset({TaskStatus.READY})
+RETRY_FROM = frozenset(
+    {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT, TaskStatus.INTERRUPTED}
+)
+RERUN_FROM = frozenset({TaskStatus.INTERRUPTED})
+
 #: target -> the statuses it may be reached from.
 SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.RUNNING: frozenset({TaskStatus.READY, TaskStatus.INTERRUPTED}),
+    TaskStatus.RUNNING: START_FROM | RETRY_FROM,
     TaskStatus.SUCCESSFUL: frozenset({TaskStatus.RUNNING}),
     TaskStatus.FAILED: frozenset({TaskStatus.RUNNING}),
     TaskStatus.CANCELLED: frozenset({TaskStatus.READY, TaskStatus.RUNNING}),

@@ -33,33 +33,47 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     # transaction starts, so two read-modify-write transactions serialise
     # instead of deadlocking on a lock upgrade.
     _database["OPTIONS"] = {
-        "timeout": 20,
+        "timeout": float(os.environ.get("STREAMING_SQLITE_TIMEOUT", "20")),
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+else:
+    # An unreachable server fails a connection attempt within this, instead of
+    # holding the one thread that runs every ORM call for minutes.
+    _database.setdefault("OPTIONS", {})["connect_timeout"] = int(
+        os.environ.get("STREAMING_CONNECT_TIMEOUT", "3")
+    )
+# The server never goes through Django's request cycle, which is where Django
+# closes broken and expired connections; streaming.db does that after an
+# error instead, so connections are kept (None) rather than closed per call (0).
+_database["CONN_MAX_AGE"] = None
 DATABASES = {"default": _database}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"STREAMING_{name}", default)
+
+
+# Read by streaming.config.Config; each key is documented there.
 STREAMING = {
-    # Seconds a task may run before it is stopped with a "timeout" event; None: no limit.
-    "TASK_TIMEOUT": float(os.environ["STREAMING_TASK_TIMEOUT"])
-    if os.environ.get("STREAMING_TASK_TIMEOUT")
-    else None,
-    # Seconds a cancelled task gets to finish its cleanup before it is given up on.
-    "CANCEL_GRACE": float(os.environ.get("STREAMING_CANCEL_GRACE", "5")),
-    # Seconds running tasks get to finish when the server shuts down.
-    "SHUTDOWN_GRACE": float(os.environ.get("STREAMING_SHUTDOWN_GRACE", "10")),
-    # Events a slow client may fall behind before it is told and dropped.
-    "CLIENT_QUEUE_SIZE": int(os.environ.get("STREAMING_CLIENT_QUEUE_SIZE", "1000")),
-    # Events kept per task for clients that resume with Last-Event-ID.
-    "HISTORY_SIZE": int(os.environ.get("STREAMING_HISTORY_SIZE", "256")),
-    # Seconds between SSE comments that keep idle connections open.
-    "KEEPALIVE": float(os.environ.get("STREAMING_KEEPALIVE", "15")),
-    # Reconnect delay, in milliseconds, suggested to clients in the farewell event.
-    "RETRY_MS": int(os.environ.get("STREAMING_RETRY_MS", "2000")),
+    "TASK_TIMEOUT": float(_env("TASK_TIMEOUT", "")) if _env("TASK_TIMEOUT", "") else None,
+    "CANCEL_GRACE": float(_env("CANCEL_GRACE", "5")),
+    "SHUTDOWN_GRACE": float(_env("SHUTDOWN_GRACE", "10")),
+    "CLIENT_QUEUE_SIZE": int(_env("CLIENT_QUEUE_SIZE", "1000")),
+    "HISTORY_SIZE": int(_env("HISTORY_SIZE", "256")),
+    "HISTORY_BYTES": int(_env("HISTORY_BYTES", str(4 * 1024 * 1024))),
+    "CLOSED_HISTORY_BYTES": int(_env("CLOSED_HISTORY_BYTES", str(32 * 1024 * 1024))),
+    "KEEPALIVE": float(_env("KEEPALIVE", "15")),
+    "WRITE_DEADLINE": float(_env("WRITE_DEADLINE", "10")),
+    "RETRY_MS": int(_env("RETRY_MS", "2000")),
+    "LEASE": float(_env("LEASE", "15")),
+    "MAX_ATTEMPTS": int(_env("MAX_ATTEMPTS", "1")),
+    "EVENT_LOG": _env("EVENT_LOG", "1") == "1",
+    "EVENT_LOG_MAX_EVENT_BYTES": int(_env("EVENT_LOG_MAX_EVENT_BYTES", str(1024 * 1024))),
 }
 
 LOGGING = {

@@ -1,0 +1,65 @@
+"""The coordinator's knobs in one frozen object, read from ``settings.STREAMING``.
+
+Every part (coordinator, keeper, event log, server) takes its numbers from a
+:class:`Config`, so a test or the conformance adapter can run a coordinator
+with other values without touching Django settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What settings.STREAMING says, one field per key (``TASK_TIMEOUT`` -> ``task_timeout``)."""
+
+    #: Seconds a run may take before it is stopped with a "timeout" event; None: no limit.
+    task_timeout: float | None = None
+    #: Seconds a cancelled task gets for its cleanup before it is given up on.
+    cancel_grace: float = 5.0
+    #: Seconds running tasks get to finish when the server shuts down.
+    shutdown_grace: float = 10.0
+    #: Events a client may fall behind before it is told ("overflow") and dropped.
+    client_queue_size: int = 1000
+    #: Events kept in memory per task, for late joiners and resuming clients.
+    history_size: int = 256
+    #: Bytes of events kept in memory per running task, the latest event aside.
+    history_bytes: int = 4 * 1024 * 1024
+    #: Bytes of events kept in memory for all finished tasks together.
+    closed_history_bytes: int = 32 * 1024 * 1024
+    #: Seconds between keep-alive comments on an idle stream.
+    keepalive: float = 15.0
+    #: Seconds a write to a client may stall before its connection is closed.
+    write_deadline: float = 10.0
+    #: Reconnect delay suggested to clients (SSE ``retry:``), in milliseconds.
+    retry_ms: int = 2000
+    #: Seconds a run's lease lasts; its owner renews it every third of that.
+    lease: float = 15.0
+    #: Runs a task may be given without a request: an interrupted run is run
+    #: again while fewer have started. A kind or a task may say otherwise.
+    max_attempts: int = 1
+    #: Keep each task's recent events in the database, for resuming after a restart.
+    event_log: bool = True
+    #: Events larger than this (encoded) stay out of the database's event log.
+    event_log_max_event_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> Config:
+        """The configuration ``settings.STREAMING`` gives, with ``overrides`` on top."""
+        configured = getattr(settings, "STREAMING", {})
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {key.lower(): value for key, value in configured.items() if key.lower() in names}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"Unknown streaming setting(s): {', '.join(sorted(unknown))}.")
+        return cls(**{**values, **overrides})
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between two renewals of a lease (and two looks for lost runs)."""
+        return self.lease / 3
