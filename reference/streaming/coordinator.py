@@ -595,6 +595,7 @@ class Coordinator:
             kept = hub.kept_since(key)
             if kept is None or kept > last_event_id + 1:
                 try:
+                    await self.log.settled(timeout=1.0)
                     stored_events = await self.log.read(
                         model.__name__, pk, after=last_event_id, before=kept
                     )

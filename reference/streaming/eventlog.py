@@ -12,6 +12,7 @@ and writes it once the database is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -63,6 +64,18 @@ class EventLog:
     def start(self) -> None:
         if self.enabled and self._writer is None:
             self._writer = asyncio.create_task(self._write_forever(), name="streaming:event-log")
+
+    async def settled(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until everything appended so far is written.
+
+        A resuming client reads the log: events published a moment ago should
+        be there, not reported gone because the writer was a batch behind.
+        """
+        if self._writer is None or self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
 
     async def close(self, timeout: float) -> None:
         """Write what is pending (for up to ``timeout`` seconds), then stop the writer."""
