@@ -3,7 +3,7 @@
 Like :mod:`conformance.behaviours`, each is a module-level async function
 given a :class:`~conformance.contract.TaskContext`, so a server process can
 import it by path. They report what happened inside them, where a case must
-see it, through events or stored fields (``ctx.update_fields``); they wait
+see it, through events or stored fields (``ctx.write_fields``); they wait
 for the case through their fields (:func:`~conformance.behaviours.wait_for_field`),
 never on a clock. Sleeps here stand for work or for "wait forever until
 stopped"; every child task a behaviour starts ends with its run, except the
@@ -197,7 +197,7 @@ async def cleanup_on_stop(ctx: TaskContext) -> None:
         await asyncio.sleep(FOREVER)
     finally:
         await ctx.send_event("cleanup", {})
-        await ctx.update_fields(cleaned=True)
+        await ctx.write_fields(cleaned=True)
 
 
 async def cleanup_writes_on_cancel(ctx: TaskContext) -> None:
@@ -206,21 +206,21 @@ async def cleanup_writes_on_cancel(ctx: TaskContext) -> None:
         await ctx.send_event("parked", {})
         await asyncio.sleep(FOREVER)
     except asyncio.CancelledError:
-        await ctx.update_fields(cleaned=True)
+        await ctx.write_fields(cleaned=True)
         raise
 
 
 async def report_task_name(ctx: TaskContext) -> None:
     """Store the name of the asyncio task running it, then wait for field ``go``."""
     task = asyncio.current_task()
-    await ctx.update_fields(task_name=task.get_name() if task is not None else "")
+    await ctx.write_fields(task_name=task.get_name() if task is not None else "")
     await wait_for_field(ctx, lambda f: bool(f.get("go")))
 
 
 async def report_context(ctx: TaskContext) -> Mapping[str, Any]:
     """Store the value of :data:`CALLER_VALUE` it sees (``<unset>`` if none)."""
     seen = CALLER_VALUE.get("<unset>")
-    await ctx.update_fields(seen=seen)
+    await ctx.write_fields(seen=seen)
     return {"seen": seen}
 
 
@@ -239,7 +239,7 @@ async def shielded_work(ctx: TaskContext) -> None:
         await ctx.send_event("shielding", {})
         async with asyncio.timeout(limit):
             await wait_for_field(ctx, lambda f: bool(f.get("finish")))
-        await ctx.update_fields(shielded_done=True)
+        await ctx.write_fields(shielded_done=True)
 
     inner = asyncio.create_task(work(), name=f"conformance:shielded:{ctx.task_id}")
     _SHIELDED.add(inner)

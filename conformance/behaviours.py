@@ -3,7 +3,7 @@
 Each takes a :class:`~conformance.contract.TaskContext` and reads its
 parameters from the task's fields. Behaviours that must wait for the case
 (a step, a release) wait on their fields, which the case changes with
-``Runtime.update_fields``: the case drives the task, never a clock.
+``Runtime.write_fields``: the case drives the task, never a clock.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ async def stepper(ctx: TaskContext) -> Mapping[str, Any]:
     """
     total = int(ctx.fields.get("total", 3))
     await ctx.send_event("start", {"total_steps": total})
-    await ctx.update_fields(reached=0)
+    await ctx.write_fields(reached=0)
     for step in range(1, total + 1):
         await wait_for_field(ctx, lambda f, step=step: int(f.get("allow", 0)) >= step)
         await ctx.send_event("progress", {"step": step})
-        await ctx.update_fields(reached=step)
+        await ctx.write_fields(reached=step)
     return {"total_steps": total}
 
 
@@ -91,7 +91,7 @@ async def wait_for_field(ctx: TaskContext, ready: Any, *, interval: float = 0.00
     fields = ctx.fields
     while not ready(fields):
         await asyncio.sleep(interval)  # poll interval: the task waits on its stored state
-        fields = await ctx.refresh()
+        fields = await ctx.read_fields()
 
 
 # -- cancellation ---------------------------------------------------------------
@@ -113,7 +113,7 @@ async def _resource(ctx: TaskContext) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await ctx.update_fields(released=True)
+        await ctx.write_fields(released=True)
 
 
 async def cleanup_probe(ctx: TaskContext) -> None:
@@ -128,11 +128,11 @@ async def cleanup_probe(ctx: TaskContext) -> None:
             await park_forever()
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            await ctx.update_fields(cancelling=task.cancelling() if task else -1)
+            await ctx.write_fields(cancelling=task.cancelling() if task else -1)
             raise
         finally:
             await ctx.send_event("cleanup", {})
-            await ctx.update_fields(finally_ran=True)
+            await ctx.write_fields(finally_ran=True)
 
 
 async def swallow_once(ctx: TaskContext) -> None:
@@ -147,7 +147,27 @@ async def swallow_once(ctx: TaskContext) -> None:
             if swallowed:
                 raise
             swallowed += 1
-            await ctx.update_fields(swallowed=swallowed)
+            await ctx.write_fields(swallowed=swallowed)
+
+
+async def slow_cleanup(ctx: TaskContext) -> None:
+    """Parked; stopped, its cleanup takes ``fields["cleanup"]`` seconds, then stores ``cleaned``."""
+    await ctx.send_event("start", {})
+    try:
+        await park_forever()
+    finally:
+        await asyncio.sleep(float(ctx.fields.get("cleanup", 0.3)))  # simulated cleanup work
+        await ctx.write_fields(cleaned=True)
+
+
+async def swallow_always(ctx: TaskContext) -> None:
+    """A task that ignores every cancellation; only its process ending stops it."""
+    await ctx.send_event("start", {})
+    while True:
+        try:
+            await park_forever()
+        except asyncio.CancelledError:
+            continue
 
 
 async def children(ctx: TaskContext) -> None:
@@ -164,7 +184,7 @@ async def children(ctx: TaskContext) -> None:
         try:
             await park_forever()
         except asyncio.CancelledError:
-            await ctx.update_fields(**{f"child_{index}": "cancelled"})
+            await ctx.write_fields(**{f"child_{index}": "cancelled"})
             raise
 
     async with asyncio.TaskGroup() as group:

@@ -3,8 +3,8 @@
 Both give a :class:`ClientStream`: an iterator of contract events that keeps
 the trace of what it saw, so a failing case can show it. The HTTP client
 talks to a real uvicorn server on 127.0.0.1 serving the implementation's ASGI
-app (:func:`serve_asgi`); its SSE parser is this suite's own, written from
-the WHATWG specification and sharing nothing with any implementation.
+app (:func:`serve_asgi`), and reads the stream with ``httpx-sse``, which
+shares nothing with any implementation.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 import uvicorn
+from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 from .contract import ASGIApp, Event, Runtime, Subscription, TaskRef
 from .waiting import WaitTimeout
@@ -126,7 +127,7 @@ class HttpStatusError(AssertionError):
 
 
 class HttpClient:
-    """Subscribes with ``GET /stream/<model>/<id>`` over a real socket."""
+    """Subscribes with ``GET /stream/<model>/<id>`` over a real socket, read by ``httpx-sse``."""
 
     mode = "http"
 
@@ -138,57 +139,93 @@ class HttpClient:
             timeout=httpx.Timeout(10, read=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
-        self._open: list[Any] = []
+        self._open: list[SSEReader] = []
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> ClientStream:
-        headers = {"accept": "text/event-stream"}
-        if last_event_id is not None:
-            headers["last-event-id"] = str(last_event_id)
-        request = self.http.build_request("GET", ref.stream_path, headers=headers)
-        response = await self.http.send(request, stream=True)
-        if response.status_code != 200:
-            body = (await response.aread()).decode(errors="replace")
-            await response.aclose()
-            raise HttpStatusError(response.status_code, body)
-        self._open.append(response)
-        return ClientStream(ref, parse_sse(response.aiter_lines()), response.aclose)
+        headers = {} if last_event_id is None else {"last-event-id": str(last_event_id)}
+        stack = contextlib.AsyncExitStack()
+        source = await stack.enter_async_context(
+            aconnect_sse(self.http, "GET", ref.stream_path, headers=headers)
+        )
+        if source.response.status_code != 200:
+            body = (await source.response.aread()).decode(errors="replace")
+            await stack.aclose()
+            raise HttpStatusError(source.response.status_code, body)
+        reader = SSEReader(source, stack)
+        self._open.append(reader)
+        return ClientStream(ref, reader, reader.aclose)
 
     async def aclose(self) -> None:
-        for response in self._open:
-            await response.aclose()
+        for reader in self._open:
+            await reader.aclose()
         await self.http.aclose()
 
 
-async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    """Turn SSE lines into contract events (``_``-prefixed keys become metadata)."""
-    fields: dict[str, str] = {}
-    data: list[str] = []
-    async for line in lines:
-        if line == "":
-            if data:
-                yield _to_event(fields, "\n".join(data))
-            fields, data = {}, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name in ("event", "id", "retry"):
-            fields[name] = value
+_END = object()
 
 
-def _to_event(fields: dict[str, str], raw: str) -> Event:
-    payload = json.loads(raw)
+class SSEReader:
+    """Contract events from one SSE response, read by a task of their own.
+
+    The task starts at the first read, so a stream nobody reads stays unread
+    on the socket (a client that reads nothing is one). It feeds a queue, so a
+    read that times out or is cancelled loses nothing: an async generator over
+    the response would be closed for good by the first cancelled ``anext()``.
+    """
+
+    def __init__(self, source: EventSource, stack: contextlib.AsyncExitStack) -> None:
+        self._source = source
+        self._stack = stack
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+
+    def __aiter__(self) -> SSEReader:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._task is None:
+            self._task = asyncio.create_task(self._read(), name="conformance:sse-reader")
+        item = await self._queue.get()
+        if item is _END:
+            self._ended = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    async def _read(self) -> None:
+        try:
+            async for sse in self._source.aiter_sse():
+                if sse.data:  # a block without data (a lone retry:) dispatches nothing
+                    self._queue.put_nowait(_to_event(sse))
+        except (httpx.HTTPError, ValueError, AssertionError) as exc:
+            self._queue.put_nowait(exc)
+        finally:
+            self._queue.put_nowait(_END)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._ended = True
+        await self._stack.aclose()
+
+
+def _to_event(sse: ServerSentEvent) -> Event:
+    """A contract event from an SSE one (``_``-prefixed keys of its data become metadata)."""
+    payload = json.loads(sse.data)
     if not isinstance(payload, dict):
-        raise AssertionError(f"SSE data is not a JSON object: {raw!r}")
+        raise AssertionError(f"SSE data is not a JSON object: {sse.data!r}")
     meta = {k: payload.pop(k) for k in ("_task_id", "_model", "_timestamp") if k in payload}
-    if "retry" in fields:
-        payload.setdefault("_retry", int(fields["retry"]))
+    if sse.retry is not None:
+        payload.setdefault("_retry", sse.retry)
     return Event(
-        id=int(fields["id"]) if "id" in fields else 0,
-        type=fields.get("event", "message"),
+        id=int(sse.id) if sse.id else 0,
+        type=sse.event or "message",
         data=payload,
         task_id=str(meta.get("_task_id", "")),
         model=str(meta.get("_model", "")),
@@ -238,8 +275,8 @@ __all__ = [
     "HttpClient",
     "HttpStatusError",
     "InProcessClient",
+    "SSEReader",
     "format_trace",
     "open_client",
-    "parse_sse",
     "serve_asgi",
 ]

@@ -8,12 +8,15 @@ running event loop: it creates, starts, cancels and reads tasks, subscribes
 in-process clients, serves ASGI and shuts down.
 
 Task kinds come from *behaviours*: module-level async functions that the suite
-supplies, each called with a :class:`TaskContext`. Because a behaviour is
-importable by its dotted path (:func:`behaviour_path`), an implementation can
-run it in another process too, for the cases that start a real server.
+supplies, each called with a :class:`TaskContext`. A behaviour is named by its
+import path (:func:`behaviour_path`), never by its function name (two suites
+may both have a ``park``), so an implementation can run it in another process
+too, for the cases that start a real server. How the implementation names the
+task kind in URLs (``TaskRef.model``) is its own choice.
 
-Everything here is plain data or an abstract method; see ``SPEC.md`` for what
-each operation must do.
+Everything here is plain data or an abstract method; ``SPEC.md`` says what
+each operation must do, and what the events the implementation sends itself
+(terminal events, the farewell, ``overflow``, ``stream-reset``) carry.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "Event",
     "Implementation",
     "Runtime",
+    "RuntimeClosed",
     "RuntimeStats",
     "ServerSpec",
     "Subscription",
@@ -141,7 +145,10 @@ class Event:
 class TaskRef:
     """Names one task: its model (task kind) and id, as in ``/stream/<model>/<id>``."""
 
+    #: The name of the task's kind, chosen by the implementation: one URL path
+    #: segment (letters, digits, ``_`` and ``-``).
     model: str
+    #: The task's id: a non-negative integer in plain decimal digits, as text.
     id: str
 
     @property
@@ -214,6 +221,10 @@ class UnknownTask(LookupError):
     """Raised by a Runtime for a task (or task kind) that does not exist."""
 
 
+class RuntimeClosed(RuntimeError):
+    """Raised by a Runtime asked to start work after :meth:`Runtime.shutdown`."""
+
+
 class TaskContext(Protocol):
     """What a behaviour receives: its task's identity, fields and event channel."""
 
@@ -226,11 +237,19 @@ class TaskContext(Protocol):
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Deliver an event to every subscriber of this task."""
 
-    async def refresh(self) -> Mapping[str, Any]:
-        """Re-read this task's fields from storage and return them."""
+    async def read_fields(self) -> Mapping[str, Any]:
+        """Re-read this task's fields from storage and return them.
 
-    async def update_fields(self, **changes: Any) -> None:
-        """Merge ``changes`` into the stored fields (for example, progress reached)."""
+        While storage is unavailable it raises an ``Exception`` the task can
+        catch and carry on from.
+        """
+
+    async def write_fields(self, **changes: Any) -> None:
+        """Merge ``changes`` into the stored fields (for example, progress reached).
+
+        Fields merge one by one: a concurrent write of other fields, from
+        anywhere, is kept. Raises like :meth:`read_fields` while storage is away.
+        """
 
 
 #: A task kind's body. Its return value (a mapping or None) is merged into the
@@ -286,13 +305,13 @@ class Runtime(ABC):
     @abstractmethod
     async def create_task(
         self,
-        kind: Behaviour | str,
+        kind: Behaviour,
         fields: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
         max_attempts: int | None = None,
     ) -> TaskRef:
-        """Store a new READY task of a behaviour (or built-in kind by name).
+        """Store a new READY task that runs ``kind``, with ``fields`` as its data.
 
         ``timeout`` limits each run, in seconds. ``max_attempts`` (capability
         ``recovery``) is how many runs the implementation may start on its own:
@@ -303,7 +322,11 @@ class Runtime(ABC):
 
     @abstractmethod
     async def start_task(self, ref: TaskRef) -> bool:
-        """Start a READY task; False if it was not READY (already started or finished)."""
+        """Start a READY task; False if it was not READY (already started or finished).
+
+        Returns once the task runs, without waiting for its work. After
+        :meth:`shutdown` it returns False or raises :class:`RuntimeClosed`.
+        """
 
     @abstractmethod
     async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
@@ -321,12 +344,23 @@ class Runtime(ABC):
         """Read the task's persisted state afresh."""
 
     @abstractmethod
-    async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
-        """Change stored fields from outside the task (no lost updates)."""
+    async def write_fields(self, ref: TaskRef, **fields: Any) -> None:
+        """Merge ``fields`` into the task's stored fields from outside the task.
+
+        As :meth:`TaskContext.write_fields`: other fields written at the same
+        time, by the task or another process, are kept; the last write of one
+        field wins.
+        """
 
     @abstractmethod
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
-        """Register a client; on return it is registered and will see every later event."""
+        """Register a client; on return it is registered and will see every later event.
+
+        Without ``last_event_id`` the client gets the task's latest event
+        first. With it (capability ``resume``), every event after that id, a
+        ``stream-reset`` first where some are gone; a subscription resumed at
+        or past a finished task's terminal event ends at once, with no event.
+        """
 
     @abstractmethod
     def asgi_app(self) -> ASGIApp:
@@ -352,6 +386,9 @@ class Implementation(ABC):
     expected_failures: Mapping[str, str] = {}
     #: The deadlines its runtimes and servers keep under the suite.
     timings: Timings = Timings()
+    #: Events a client may fall behind before it is sent ``overflow`` and its
+    #: stream ends; every client's queue must be bounded.
+    client_queue_size: int = 1000
 
     @abstractmethod
     async def start(self) -> Runtime:
@@ -360,9 +397,16 @@ class Implementation(ABC):
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
         """The command that serves this implementation on ``host:port`` until a signal.
 
-        On SIGTERM or SIGINT it drains: running tasks get ``grace`` seconds.
         It uses the same storage as this session's runtimes, so a case can
         create a task in process and watch the server run it.
+
+        On the first SIGTERM or SIGINT it drains (SHUT): new streams, starts
+        and ``/health`` answer 503; running tasks get ``grace`` seconds, the
+        rest are recorded INTERRUPTED; every open stream gets the farewell
+        and ends; then it exits with status 0. A second signal makes it exit
+        at once, also with 0. A server on uvicorn must take over uvicorn's
+        first reaction to the signal, which stops accepting and then waits
+        for open connections, and an open stream never closes by itself.
         """
         raise NotImplementedError(f"{self.name} does not declare the 'process' capability.")
 

@@ -100,8 +100,8 @@ async def storage_probe(ctx: TaskContext) -> Mapping[str, Any]:
     writes = 0
     while True:
         try:
-            await ctx.update_fields(probe=writes)
-            fields = await ctx.refresh()
+            await ctx.write_fields(probe=writes)
+            fields = await ctx.read_fields()
         except Exception as exc:  # whatever the implementation raises for a storage fault
             if not failing:
                 failing = True
@@ -126,8 +126,8 @@ async def write_fields(ctx: TaskContext) -> Mapping[str, Any]:
     fields = ctx.fields
     while not fields.get("go"):
         await asyncio.sleep(POLL_INTERVAL)  # poll interval: the task waits on its stored state
-        fields = await ctx.refresh()
+        fields = await ctx.read_fields()
     count = int(fields["count"])
     for index in range(count):
-        await ctx.update_fields(**{f"task_{index}": index})
+        await ctx.write_fields(**{f"task_{index}": index})
     return {"written": count}

@@ -14,10 +14,11 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 
-from .contract import Implementation
+from .contract import Implementation, TaskRef
 from .waiting import WaitTimeout, eventually
 
 #: Seconds a server gets to answer /health after it starts.
@@ -90,6 +91,16 @@ class ServerProcess:
                 return (await http.get(path)).status_code == 200
         except httpx.TransportError:
             return False
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request to the server, on a connection of its own."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
+            return await http.request(method, path, **kwargs)
+
+    async def start_task(self, ref: TaskRef) -> None:
+        """Start ``ref`` on this server (``POST .../start``); fail unless it answers 202."""
+        response = await self.request("POST", f"/tasks/{ref.model}/{ref.id}/start")
+        assert response.status_code == 202, (response.status_code, response.text)
 
     def send_signal(self, sig: signal.Signals) -> None:
         assert self._process is not None

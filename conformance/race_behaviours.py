@@ -36,7 +36,7 @@ async def ticker(ctx: TaskContext) -> Mapping[str, Any]:
         await ctx.send_event("tick", {"index": index})
         index += 1
         await asyncio.sleep(interval)  # simulated work between two events
-        fields = await ctx.refresh()
+        fields = await ctx.read_fields()
     return {"ticks": index}
 
 
@@ -55,7 +55,7 @@ async def count_runs(ctx: TaskContext) -> Mapping[str, Any]:
     Two runs of one task leave two ``run_*`` keys, however they interleave.
     """
     marker = f"{RUN_MARKER}{uuid.uuid4().hex}"
-    await ctx.update_fields(**{marker: os.getpid()})
+    await ctx.write_fields(**{marker: os.getpid()})
     await ctx.send_event("started", {"marker": marker})
     return {"marker": marker}
 
@@ -74,7 +74,7 @@ async def field_writer(ctx: TaskContext) -> Mapping[str, Any]:
     for index in range(count):
         for _ in range(rng.randint(0, max_yields)):
             await asyncio.sleep(0)
-        await ctx.update_fields(**{f"task_{index}": index})
+        await ctx.write_fields(**{f"task_{index}": index})
     return {"writes": count}
 
 
@@ -94,5 +94,5 @@ async def work_then_mark(ctx: TaskContext) -> Mapping[str, Any]:
     work = float(ctx.fields.get("work", 0.2))
     await ctx.send_event("start", {"work": work})
     await asyncio.sleep(work)  # simulated work
-    await ctx.update_fields(work_done=True)
+    await ctx.write_fields(work_done=True)
     return {"worked": work}

@@ -19,6 +19,9 @@ T = TypeVar("T")
 
 #: Seconds between two checks of a polled condition.
 POLL_INTERVAL = 0.005
+#: Seconds a case allows beyond a deadline the implementation declares
+#: (``Implementation.timings``), for a loaded machine.
+MARGIN = 5.0
 
 
 class WaitTimeout(AssertionError):

@@ -81,10 +81,10 @@ class _Context:
             raise ValueError(f"A task may not send the terminal event {type!r}.")
         self._runtime._publish(self._ref, type, data)
 
-    async def refresh(self) -> Mapping[str, Any]:
+    async def read_fields(self) -> Mapping[str, Any]:
         return dict(self._runtime._fields[self._ref.id])
 
-    async def update_fields(self, **changes: Any) -> None:
+    async def write_fields(self, **changes: Any) -> None:
         self._runtime._fields[self._ref.id].update(changes)
 
 
@@ -166,7 +166,7 @@ class MemoryRuntime(Runtime):
             dict(self._fields[ref.id]),
         )
 
-    async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
+    async def write_fields(self, ref: TaskRef, **fields: Any) -> None:
         self._fields[self._ref(ref)].update(fields)
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:

@@ -19,6 +19,7 @@ PUBLIC = [
     "Implementation",
     "OVERFLOW_EVENT",
     "Runtime",
+    "RuntimeClosed",
     "RuntimeStats",
     "STREAM_RESET_EVENT",
     "ServerSpec",

@@ -358,7 +358,7 @@ async def test_cancel_when_task_awaits_shield_then_cancelled_and_shielded_work_f
     assert events[0].data["work_done"] is False, stream.trace()
     state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert "shielded_done" not in state.fields, state
-    await runtime.update_fields(ref, finish=True)
+    await runtime.write_fields(ref, finish=True)
     assert await stored(runtime, ref, "shielded_done") is True
 
 
@@ -382,7 +382,7 @@ async def test_event_loop_when_tasks_run_stream_and_store_in_debug_mode_then_no_
             await runtime.start_task(ref)
         for step in range(1, 4):
             for ref in paced:
-                await runtime.update_fields(ref, allow=step)
+                await runtime.write_fields(ref, allow=step)
         for stream in streams:
             assert (await stream.until())[-1].type == "complete", stream.trace()
         for ref in paced:
@@ -390,10 +390,16 @@ async def test_event_loop_when_tasks_run_stream_and_store_in_debug_mode_then_no_
     finally:
         loop.set_debug(debug)
         loop.slow_callback_duration = slow
+    # The case's own coroutine and the suite's client tasks run on this loop
+    # too; on a loaded machine a step of theirs may pass 100 ms. Only the
+    # implementation's callbacks are judged.
+    own = {f"name='{asyncio.current_task().get_name()}'", "name='conformance:"}  # type: ignore[union-attr]
     slow_callbacks = [
-        r.getMessage()
+        message
         for r in caplog.records
-        if r.name == "asyncio" and r.getMessage().startswith("Executing")
+        if r.name == "asyncio"
+        and (message := r.getMessage()).startswith("Executing")
+        and not any(marker in message for marker in own)
     ]
     assert not slow_callbacks, "callbacks blocked the loop:\n" + "\n".join(slow_callbacks)
 
@@ -410,7 +416,7 @@ async def test_asyncio_task_when_it_runs_a_task_then_its_name_has_model_and_id(
         f"{name!r} does not name the task id {ref.id!r}"
     )
     assert name in [t.get_name() for t in asyncio.all_tasks() if not t.done()], name
-    await runtime.update_fields(ref, go=True)
+    await runtime.write_fields(ref, go=True)
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
@@ -530,12 +536,12 @@ async def test_eager_task_factory_when_installed_then_run_stream_late_join_and_c
             early = await client.subscribe(paced)
             assert await runtime.start_task(paced)
             await early.until("start")
-            await runtime.update_fields(paced, allow=1)
+            await runtime.write_fields(paced, allow=1)
             latest = (await early.until("progress"))[-1]
             late = await client.subscribe(paced)
             first = await late.next()
             assert (first.id, first.type) == (latest.id, latest.type), late.trace()
-            await runtime.update_fields(paced, allow=2)
+            await runtime.write_fields(paced, allow=2)
             await early.until()
             await late.until()
             assert [e.id for e in early.seen] == [1, 2, 3, 4], early.trace()
@@ -567,7 +573,7 @@ async def test_next_event_when_wait_for_times_out_then_no_event_lost_and_subscri
         assert (await next_event(events, seen)).type == "start", format_trace(seen)
         for _ in range(3):
             assert await times_out(events, seen, 0.05), format_trace(seen)
-        await runtime.update_fields(ref, allow=2)
+        await runtime.write_fields(ref, allow=2)
         rest = await read_to_end(events, seen)
         expected = [(2, "progress"), (3, "progress"), (4, "complete")]
         assert [(e.id, e.type) for e in rest] == expected, format_trace(seen)
@@ -607,7 +613,7 @@ async def test_wait_for_next_event_when_none_comes_in_time_then_timeout_error_an
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(anext(events), 0.05)
         assert (await runtime.get_state(ref)).status is TaskStatus.RUNNING
-        await runtime.update_fields(ref, go=True)
+        await runtime.write_fields(ref, go=True)
         rest = await read_to_end(events, seen)
         assert [e.type for e in rest] == ["final", "complete"], format_trace(seen)
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
@@ -635,7 +641,7 @@ async def test_client_when_cancelled_while_waiting_then_task_and_other_clients_u
     await eventually(
         lambda: runtime.stats().subscribers == 1, what="the cancelled client to be unregistered"
     )
-    await runtime.update_fields(ref, allow=2)
+    await runtime.write_fields(ref, allow=2)
     events = await staying.until()
     assert [e.type for e in events] == ["progress", "progress", "complete"], staying.trace()
     assert [e.id for e in staying.seen] == [1, 2, 3, 4], staying.trace()
@@ -691,7 +697,7 @@ async def test_start_task_when_called_then_returns_while_the_work_still_runs(
     assert started is True
     assert (await runtime.get_state(ref)).status is TaskStatus.RUNNING
     assert (await stream.next()).type == "started", stream.trace()
-    await runtime.update_fields(ref, go=True)
+    await runtime.write_fields(ref, go=True)
     assert [e.type for e in await stream.until()] == ["final", "complete"], stream.trace()
 
 

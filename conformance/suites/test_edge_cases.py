@@ -42,14 +42,12 @@ from conformance.contract import (
     TaskStatus,
 )
 from conformance.processes import ServerProcess
-from conformance.waiting import eventually, status_is
+from conformance.waiting import MARGIN, eventually, status_is
 
 pytestmark = pytest.mark.asyncio
 
 Spawn = Callable[..., Awaitable[ServerProcess]]
 
-#: Seconds a case allows beyond a deadline the implementation declares, for a loaded machine.
-MARGIN = 5.0
 #: Seconds a case waits for an implementation to notice a database fault, or its end.
 STORAGE_DEADLINE = 30.0
 
@@ -67,11 +65,6 @@ async def post(base_url: str, path: str, **kwargs: Any) -> httpx.Response:
 async def get(base_url: str, path: str, **kwargs: Any) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
         return await http.get(path, **kwargs)
-
-
-async def start_on(server: ServerProcess, ref: TaskRef) -> None:
-    response = await post(server.url, f"/tasks/{ref.model}/{ref.id}/start")
-    assert response.status_code == 202, (response.status_code, response.text)
 
 
 @contextlib.asynccontextmanager
@@ -163,13 +156,13 @@ async def test_server_when_a_task_raises_system_exit_then_it_and_other_tasks_car
     failing = await runtime.create_task(eb.raise_named, {"raise": error_type})
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(other)
-        await start_on(server, other)
+        await server.start_task(other)
         await stream.until("start")
-        await start_on(server, failing)
+        await server.start_task(failing)
         await status_is(runtime, failing, TaskStatus.FAILED, timeout=10)
-        health = await get(server.url, "/health")
+        health = await server.request("GET", "/health")
         assert (health.status_code, health.text.strip()) == (200, "OK"), server.output()
-        await runtime.update_fields(other, allow=1)
+        await runtime.write_fields(other, allow=1)
         assert types(await stream.until()) == ["progress", "complete"], stream.trace()
     assert server.returncode is None, server.output()
 
@@ -182,7 +175,7 @@ async def test_server_when_a_task_fails_then_its_traceback_is_logged_naming_the_
     server = await spawn_server()
     marker = f"EDGE-3 marker {id(server)}"
     ref = await runtime.create_task(eb.raise_named, {"raise": "ValueError", "message": marker})
-    await start_on(server, ref)
+    await server.start_task(ref)
     await status_is(runtime, ref, TaskStatus.FAILED, timeout=10)
 
     def logged() -> bool:
@@ -284,7 +277,7 @@ async def test_ready_running_or_successful_task_when_retried_then_false_and_unch
     assert await runtime.start_task(running)
     await stream.until("start")
     assert await runtime.retry_task(running) is False
-    await runtime.update_fields(running, allow=1)
+    await runtime.write_fields(running, allow=1)
     await stream.until()
     state = await status_is(runtime, running, TaskStatus.SUCCESSFUL)
     assert await runtime.retry_task(running) is False
@@ -329,7 +322,7 @@ async def run_on_killed_server(
     seen: list[Event] = []
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
+        await server.start_task(ref)
         await status_is(runtime, ref, TaskStatus.RUNNING)
         seen = [await stream.next() for _ in range(watch)]
         server.send_signal(signal.SIGKILL)
@@ -389,7 +382,7 @@ async def test_client_when_the_run_it_waits_on_is_lost_then_told_interrupted_and
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
     server = await spawn_server()
-    await start_on(server, ref)
+    await server.start_task(ref)
     await status_is(runtime, ref, TaskStatus.RUNNING)
     stream = await client.subscribe(ref)
     server.send_signal(signal.SIGKILL)
@@ -423,7 +416,7 @@ async def test_task_with_attempts_left_when_its_run_is_lost_then_run_again_to_co
     once = await runtime.create_task(behaviours.wait_for_flag, {"go": False})
     server = await spawn_server()
     for ref in (again, once):
-        await start_on(server, ref)
+        await server.start_task(ref)
         await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGKILL)
     await server.wait_exit(10)
@@ -436,7 +429,7 @@ async def test_task_with_attempts_left_when_its_run_is_lost_then_run_again_to_co
         return state.attempt == 2 and state.status is TaskStatus.RUNNING
 
     await eventually(rerun, timeout=deadline, what=f"{again} to run again")
-    await runtime.update_fields(again, go=True)
+    await runtime.write_fields(again, go=True)
     await status_is(runtime, again, TaskStatus.SUCCESSFUL, timeout=10)
     state = await runtime.get_state(once)
     assert (state.status, state.attempt) == (TaskStatus.INTERRUPTED, 1), state
@@ -449,11 +442,6 @@ storage_case = pytest.mark.requires(
 )
 
 
-async def answers(server: ServerProcess, method: str, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=server.url, timeout=STORAGE_DEADLINE) as http:
-        return await http.request(method, path)
-
-
 @pytest.mark.case("EDGE-10")
 @storage_case
 async def test_server_when_database_ends_its_sessions_then_every_request_answered_as_before(
@@ -463,30 +451,30 @@ async def test_server_when_database_ends_its_sessions_then_every_request_answere
     probe = await runtime.create_task(eb.storage_probe)
     ready = await runtime.create_task(behaviours.steps, {"steps": 1})
     finished = await runtime.create_task(behaviours.steps, {"steps": 1})
-    await start_on(server, finished)
+    await server.start_task(finished)
     await status_is(runtime, finished, TaskStatus.SUCCESSFUL)
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(probe)
-        await start_on(server, probe)
+        await server.start_task(probe)
         await stream.until("start")
         if not await impl.drop_database_connections():
             pytest.skip(f"unsupported: {impl.name}'s database has no server-side sessions to end")
 
-        health = await answers(server, "GET", "/health")
+        health = await server.request("GET", "/health")
         assert (health.status_code, health.text.strip()) == (200, "OK"), health.text
-        replay = await answers(server, "GET", finished.stream_path)
+        replay = await server.request("GET", finished.stream_path)
         assert replay.status_code == 200 and "event: complete" in replay.text, replay.text
-        started = await answers(server, "POST", f"/tasks/{ready.model}/{ready.id}/start")
+        started = await server.request("POST", f"/tasks/{ready.model}/{ready.id}/start")
         assert started.status_code == 202, started.text
         await status_is(runtime, ready, TaskStatus.SUCCESSFUL)
-        await runtime.update_fields(probe, stop=True)
+        await runtime.write_fields(probe, stop=True)
         events = await stream.until(timeout=STORAGE_DEADLINE)
         assert events[-1].type == "complete", stream.trace()
     assert "Traceback" not in server.stderr.decode(errors="replace"), server.output()
 
 
 async def health_is(server: ServerProcess, status: int) -> httpx.Response | None:
-    response = await answers(server, "GET", "/health")
+    response = await server.request("GET", "/health")
     return response if response.status_code == status else None
 
 
@@ -501,7 +489,7 @@ async def test_server_when_database_unavailable_then_503s_task_survives_and_reco
     ready = await runtime.create_task(behaviours.steps, {"steps": 1})
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(probe)
-        await start_on(server, probe)
+        await server.start_task(probe)
         await stream.until("start")
         async with impl.database_outage():
             failed = await stream.until("storage-error", timeout=STORAGE_DEADLINE)
@@ -512,7 +500,7 @@ async def test_server_when_database_unavailable_then_503s_task_survives_and_reco
                 what="/health to answer 503 while the database is unavailable",
             )
             assert unhealthy.text.strip(), "a 503 must say why"
-            start = await answers(server, "POST", f"/tasks/{ready.model}/{ready.id}/start")
+            start = await server.request("POST", f"/tasks/{ready.model}/{ready.id}/start")
             assert start.status_code == 503 and start.text.strip(), (start.status_code, start.text)
             assert server.returncode is None, server.output()
         await stream.until("storage-ok", timeout=STORAGE_DEADLINE)
@@ -521,7 +509,7 @@ async def test_server_when_database_unavailable_then_503s_task_survives_and_reco
             timeout=STORAGE_DEADLINE,
             what="/health to answer 200 once the database is back",
         )
-        await runtime.update_fields(probe, stop=True)
+        await runtime.write_fields(probe, stop=True)
         events = await stream.until(timeout=STORAGE_DEADLINE)
         assert events[-1].type == "complete", stream.trace()
     assert (await runtime.get_state(ready)).status is TaskStatus.READY
@@ -537,7 +525,7 @@ async def test_run_when_it_ends_while_database_unavailable_then_recorded_after_a
     ref = await runtime.create_task(eb.storage_probe, {"end_on_error": True})
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
+        await server.start_task(ref)
         await stream.until("start")
         async with impl.database_outage():
             await stream.until("storage-error", timeout=STORAGE_DEADLINE)
@@ -558,12 +546,12 @@ async def watch_then_leave(server: ServerProcess, runtime: Runtime, ref: TaskRef
     """Watch ``ref`` on ``server`` through step 2, leave, let it send steps 3 and 4 unwatched."""
     async with sse_client(server.url) as sse:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
-        await runtime.update_fields(ref, allow=2)
+        await server.start_task(ref)
+        await runtime.write_fields(ref, allow=2)
         seen = await stream.until("progress")
         seen += await stream.until("progress")
     assert [e.data.get("step") for e in seen if e.type == "progress"] == [1, 2], seen
-    await runtime.update_fields(ref, allow=4)
+    await runtime.write_fields(ref, allow=4)
     await behaviours.reached(runtime, ref, 4)
     return seen[-1].id
 
@@ -734,7 +722,7 @@ async def test_client_when_connection_reset_or_process_killed_then_unregistered_
             timeout=impl.timings.keepalive + MARGIN,
             what="the vanished client to be unregistered",
         )
-        await runtime.update_fields(ref, allow=1)
+        await runtime.write_fields(ref, allow=1)
         assert types(await staying.until()) == ["progress", "complete"], staying.trace()
 
 
@@ -828,7 +816,7 @@ async def test_server_when_many_tasks_with_big_events_finished_then_memory_is_bo
         ref = await runtime.create_task(eb.big_events, {"size": 4 * 1024 * 1024, "count": 2})
         async with sse_client(server.url) as sse:
             stream = await sse.subscribe(ref)  # a client, so the events are also encoded
-            await start_on(server, ref)
+            await server.start_task(ref)
             await stream.until(timeout=60)
         await status_is(runtime, ref, TaskStatus.SUCCESSFUL, timeout=60)
 
@@ -969,7 +957,7 @@ async def test_server_when_sent_malformed_requests_then_never_5xx_nor_traceback(
 
     await asyncio.to_thread(send)
     assert sum(status is not None for status, _ in answered) > HOSTILE_EXAMPLES // 2, answered[:5]
-    health = await get(server.url, "/health")
+    health = await server.request("GET", "/health")
     assert (health.status_code, health.text.strip()) == (200, "OK"), server.output()
     stderr = server.stderr.decode(errors="replace")
     assert "Traceback" not in stderr and "Exception in ASGI" not in stderr, server.output()
@@ -1011,11 +999,11 @@ async def test_fields_when_updated_from_two_processes_at_once_then_all_kept(
     count = 40
     server = await spawn_server()
     ref = await runtime.create_task(eb.write_fields, {"count": count})
-    await start_on(server, ref)
+    await server.start_task(ref)
     await status_is(runtime, ref, TaskStatus.RUNNING)
-    await runtime.update_fields(ref, go=True)
+    await runtime.write_fields(ref, go=True)
     for index in range(count):
-        await runtime.update_fields(ref, **{f"case_{index}": index})
+        await runtime.write_fields(ref, **{f"case_{index}": index})
     state = await status_is(runtime, ref, TaskStatus.SUCCESSFUL, timeout=30)
     missing = [
         name

@@ -8,13 +8,24 @@ Every case that takes ``client`` runs twice: in-process and over HTTP.
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import pytest
 
 from conformance import behaviours
-from conformance.clients import Client
-from conformance.contract import Runtime, TaskStatus, UnknownTask
+from conformance.clients import Client, HttpClient, InProcessClient, format_trace
+from conformance.contract import (
+    OVERFLOW_EVENT,
+    Capability,
+    Event,
+    Implementation,
+    Runtime,
+    TaskStatus,
+    UnknownTask,
+)
+from conformance.processes import ServerProcess
 from conformance.waiting import eventually, status_is
 
 pytestmark = pytest.mark.asyncio
@@ -87,7 +98,7 @@ async def test_late_client_when_task_running_then_latest_event_first_then_the_re
     early = await client.subscribe(ref)
     await runtime.start_task(ref)
     await early.until("start")
-    await runtime.update_fields(ref, allow=2)
+    await runtime.write_fields(ref, allow=2)
     await early.next()
     latest = await early.next()
     assert (latest.type, latest.data.get("step")) == ("progress", 2), early.trace()
@@ -95,7 +106,7 @@ async def test_late_client_when_task_running_then_latest_event_first_then_the_re
     late = await client.subscribe(ref)
     first = await late.next(timeout=2)
     assert (first.id, first.type) == (latest.id, latest.type), late.trace()
-    await runtime.update_fields(ref, allow=3)
+    await runtime.write_fields(ref, allow=3)
     rest = await late.until()
     everything = await early.until()
     assert [e.id for e in late.seen] == list(range(latest.id, latest.id + 1 + len(rest))), (
@@ -118,12 +129,12 @@ async def test_all_clients_gone_when_task_runs_then_it_continues_and_returning_c
     await stream.aclose()
     await eventually(lambda: runtime.stats().subscribers == 0, what="the client to be unregistered")
 
-    await runtime.update_fields(ref, allow=2)
+    await runtime.write_fields(ref, allow=2)
     await behaviours.reached(runtime, ref, 2)
     back = await client.subscribe(ref)
     first = await back.next(timeout=2)
     assert (first.type, first.data.get("step")) == ("progress", 2), back.trace()
-    await runtime.update_fields(ref, allow=3)
+    await runtime.write_fields(ref, allow=3)
     events = await back.until()
     assert [e.type for e in events][-2:] == ["progress", "complete"], back.trace()
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
@@ -142,7 +153,7 @@ async def test_one_client_leaves_when_task_runs_then_it_is_unregistered_and_othe
     await eventually(
         lambda: runtime.stats().subscribers == 1, what="the leaving client to be unregistered"
     )
-    await runtime.update_fields(ref, allow=3)
+    await runtime.write_fields(ref, allow=3)
     events = await staying.until()
     assert [e.type for e in events] == ["start", "progress", "progress", "progress", "complete"], (
         staying.trace()
@@ -189,7 +200,7 @@ async def test_start_when_task_running_or_finished_then_false_and_not_run_again(
     assert await runtime.start_task(ref) is True
     await stream.until("start")
     assert await runtime.start_task(ref) is False
-    await runtime.update_fields(ref, allow=1)
+    await runtime.write_fields(ref, allow=1)
     await stream.until()
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert await runtime.start_task(ref) is False
@@ -228,7 +239,7 @@ async def test_running_task_when_fields_change_outside_then_it_sees_the_change(
     await runtime.start_task(ref)
     started = await stream.next()
     assert (started.type, started.data["go"]) == ("started", False), stream.trace()
-    await runtime.update_fields(ref, go=True)
+    await runtime.write_fields(ref, go=True)
     events = await stream.until()
     assert [e.type for e in events] == ["final", "complete"], stream.trace()
 
@@ -239,12 +250,12 @@ async def test_events_when_no_client_subscribed_then_later_client_gets_latest_fi
 ) -> None:
     ref = await runtime.create_task(behaviours.stepper, {"total": 3})
     await runtime.start_task(ref)
-    await runtime.update_fields(ref, allow=1)
+    await runtime.write_fields(ref, allow=1)
     await behaviours.reached(runtime, ref, 1)
     stream = await client.subscribe(ref)
     first = await stream.next(timeout=2)
     assert (first.id, first.type, first.data.get("step")) == (2, "progress", 1), stream.trace()
-    await runtime.update_fields(ref, allow=3)
+    await runtime.write_fields(ref, allow=3)
     events = await stream.until()
     assert [e.id for e in events] == [3, 4, 5], stream.trace()
 
@@ -273,7 +284,7 @@ async def test_persisted_state_when_task_runs_then_running_then_final_with_times
     running = await runtime.get_state(ref)
     assert running.status is TaskStatus.RUNNING and running.started_at, running
     assert running.completed_at is None, running
-    await runtime.update_fields(ref, allow=1)
+    await runtime.write_fields(ref, allow=1)
     await stream.until()
     done = await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert done.completed_at is not None and done.started_at is not None, done
@@ -294,5 +305,91 @@ async def test_two_tasks_when_one_waits_then_the_other_still_streams_and_complet
     events = await quick_stream.until()
     assert events[-1].type == "complete", quick_stream.trace()
     assert (await runtime.get_state(waiting)).status is TaskStatus.RUNNING
-    await runtime.update_fields(waiting, go=True)
+    await runtime.write_fields(waiting, go=True)
     assert (await waiting_stream.until())[-1].type == "complete", waiting_stream.trace()
+
+
+@pytest.mark.case("FUNC-17")
+async def test_subscription_when_closed_while_a_read_is_pending_then_the_read_ends(
+    runtime: Runtime,
+) -> None:
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    subscription = await runtime.subscribe(ref)
+    events = aiter(subscription)
+
+    async def read() -> Event:
+        return await anext(events)
+
+    pending = asyncio.create_task(read(), name="conformance:pending-read")
+    await eventually(
+        lambda: inspect.getcoroutinestate(pending.get_coro()) == inspect.CORO_SUSPENDED,
+        what="the read to wait for an event",
+    )
+    await subscription.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 2)
+    await eventually(lambda: runtime.stats().subscribers == 0, what="the client to be gone")
+
+
+@pytest.mark.case("FUNC-18")
+async def test_client_when_it_falls_too_far_behind_then_overflow_ends_it_and_others_carry_on(
+    runtime: Runtime, impl: Implementation
+) -> None:
+    count = 2 * impl.client_queue_size + 10
+    ref = await runtime.create_task(behaviours.burst, {"count": count})
+    behind = await runtime.subscribe(ref)  # never read until the task is done
+    reader = await InProcessClient(runtime).subscribe(ref)
+    await runtime.start_task(ref)
+    events = await reader.until(timeout=30)
+    assert [e.id for e in events] == list(range(1, count + 2)), reader.trace()[-2000:]
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    await eventually(
+        lambda: runtime.stats().subscribers == 0,
+        what="the client that fell behind to be dropped",
+    )
+    late: list[Event] = []
+    async with asyncio.timeout(5):
+        async for event in behind:
+            late.append(event)
+    trace = format_trace(late)
+    assert late and late[-1].type == OVERFLOW_EVENT, trace
+    kept = late[:-1]
+    assert len(kept) <= impl.client_queue_size, f"{len(kept)} events queued for one client"
+    assert [e.id for e in kept] == list(range(1, len(kept) + 1)), trace
+    assert late[-1].data.get("last_event_id") in (kept[-1].id if kept else None, 0), trace
+
+
+@pytest.mark.case("FUNC-8")
+@pytest.mark.requires(Capability.PROCESS, Capability.HTTP, Capability.PERSISTENCE)
+async def test_client_when_task_finished_in_another_process_then_gets_terminal_event_and_ends(
+    runtime: Runtime, client: Client, spawn_server: Callable[..., Awaitable[ServerProcess]]
+) -> None:
+    server = await spawn_server()
+    ref = await runtime.create_task(behaviours.steps, {"steps": 2})
+    await server.start_task(ref)
+    await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
+    stream = await client.subscribe(ref)
+    event = await stream.next(timeout=2)
+    assert (event.type, event.id) == ("complete", 4), stream.trace()
+    await stream.expect_end()
+
+
+@pytest.mark.case("FUNC-15")
+@pytest.mark.requires(Capability.PROCESS, Capability.HTTP, Capability.PERSISTENCE)
+async def test_terminal_event_when_it_reaches_a_client_then_the_status_is_readable_elsewhere(
+    runtime: Runtime, spawn_server: Callable[..., Awaitable[ServerProcess]]
+) -> None:
+    server = await spawn_server()
+    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
+    sse = HttpClient(server.url)
+    try:
+        stream = await sse.subscribe(ref)
+        await server.start_task(ref)
+        await stream.until("start")
+        await runtime.write_fields(ref, allow=1)
+        assert (await stream.until())[-1].type == "complete", stream.trace()
+        # At once, in another process: the outcome was stored before it was sent.
+        state = await runtime.get_state(ref)
+    finally:
+        await sse.aclose()
+    assert state.status is TaskStatus.SUCCESSFUL and state.completed_at, state

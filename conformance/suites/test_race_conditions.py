@@ -306,7 +306,7 @@ async def test_hundred_clients_when_joining_and_leaving_while_events_flow_then_e
         raise_first(race, visits, "a client")
         await subscribers_are(runtime, 1, race)  # only the watcher is left
     finally:
-        await runtime.update_fields(ref, stop=True)
+        await runtime.write_fields(ref, stop=True)
         await watching
     for index, (floor, stream) in enumerate(visits):
         seen = ids(stream)
@@ -495,7 +495,7 @@ async def test_field_updates_when_concurrent_from_outside_then_none_is_lost(
     ref = await runtime.create_task(behaviours.steps, {"steps": 1})
     writers = race.randint(5, 15, what="writers")
     results = await race.interleave(
-        *(partial(runtime.update_fields, ref, **{f"case_{i}": i}) for i in range(writers)),
+        *(partial(runtime.write_fields, ref, **{f"case_{i}": i}) for i in range(writers)),
         max_yields=6,
     )
     raise_first(race, results, "an update")
@@ -520,7 +520,7 @@ async def test_fields_when_task_and_outside_write_at_once_then_all_are_kept(
     assert await runtime.start_task(ref)
     await stream.until("start")
     results = await race.interleave(
-        *(partial(runtime.update_fields, ref, **{f"case_{i}": i}) for i in range(writes)),
+        *(partial(runtime.write_fields, ref, **{f"case_{i}": i}) for i in range(writes)),
         max_yields=6,
     )
     raise_first(race, results, "an update")
@@ -554,7 +554,7 @@ async def test_cancel_when_concurrent_with_field_updates_then_cancelled_and_fiel
     updates = race.randint(3, 8, what="updates")
     results = await race.interleave(
         partial(runtime.cancel_task, ref, "racing updates"),
-        *(partial(runtime.update_fields, ref, **{f"case_{i}": i}) for i in range(updates)),
+        *(partial(runtime.write_fields, ref, **{f"case_{i}": i}) for i in range(updates)),
         names=["cancel", *(f"update{i}" for i in range(updates))],
         max_yields=6,
     )
@@ -719,7 +719,7 @@ async def test_client_when_connection_reset_mid_stream_then_dropped_and_others_u
         )
         raise_first(race, results, "a client")
         await subscribers_are(runtime, len(others), race)
-        await runtime.update_fields(ref, stop=True)
+        await runtime.write_fields(ref, stop=True)
         for stream in others:
             await read_to_end(stream)
             assert ids(stream) == list(range(1, len(stream.seen) + 1)), (
@@ -915,3 +915,85 @@ async def test_cancel_when_racing_start_of_ready_task_then_cancelled_once_and_wo
             f"{race}: a task cancelled while starting must end CANCELLED with its work never "
             f"completed (start returned {started}); stored {state}"
         )
+
+
+@pytest.mark.case("RACE-20")
+@seeds(3)
+@replayable
+async def test_shutdown_when_racing_the_end_of_a_run_then_never_running_and_clients_told_which(
+    impl: Implementation, runtime: Runtime, race: Race
+) -> None:
+    work = 0.05
+    # The grace period ends within a few milliseconds of the task's own end,
+    # on either side: the two timers race, and so do the outcome's write and
+    # the shutdown that stops whatever is still running.
+    for grace in race.offsets(4, work - 0.01, work + 0.01):
+        race.note(f"grace {grace:.4f}s for {work}s of work")
+        other = await impl.start()
+        client = InProcessClient(other)
+        try:
+            ref = await other.create_task(rb.work_for, {"work": work})
+            streams = [await client.subscribe(ref) for _ in range(2)]
+            assert await other.start_task(ref)
+            await other.shutdown(grace)
+            state = await other.get_state(ref)
+            assert state.status in (TaskStatus.SUCCESSFUL, TaskStatus.INTERRUPTED), (
+                f"{race}: a run ending as shutdown stops it must be recorded SUCCESSFUL or "
+                f"INTERRUPTED, never left {state.status}"
+            )
+            told = set()
+            for stream in streams:
+                await stream.until("complete", FAREWELL_EVENT)
+                await stream.expect_end()
+                told.add(stream.seen[-1].type)
+            expected = "complete" if state.status is TaskStatus.SUCCESSFUL else FAREWELL_EVENT
+            assert told == {expected}, (
+                f"{race}: the task is {state.status}, so every client must end with "
+                f"{expected!r}.\n" + traces(streams)
+            )
+        finally:
+            await client.aclose()
+            await other.shutdown(0.05)
+        assert other.stats() == RuntimeStats(0, 0, 0), f"{race}: the runtime holds {other.stats()}"
+
+
+@pytest.mark.case("RACE-21")
+@pytest.mark.requires(Capability.CANCEL)
+@seeds(3)
+@replayable
+async def test_starts_and_cancels_when_many_callers_at_once_then_one_consistent_outcome(
+    runtime: Runtime, client: Client, race: Race
+) -> None:
+    spans = max(await start_span(runtime), await cancel_span(runtime))
+    for round_ in range(4):
+        ref = await runtime.create_task(rb.work_then_mark, {"work": 0.05})
+        streams = [await client.subscribe(ref) for _ in range(2)]
+        callers = race.randint(3, 5, what=f"round {round_}: callers")
+        # At least one start; cancels as the seed falls, none in some rounds.
+        kinds = ["start"] + [race.rng.choice(["start", "cancel"]) for _ in range(callers - 1)]
+        race.note(" ".join(kinds))
+        operations = [
+            partial(runtime.start_task, ref)
+            if kind == "start"
+            else partial(runtime.cancel_task, ref)
+            for kind in kinds
+        ]
+        results = await race.interleave(
+            *operations, names=kinds, delays=race.spread(len(kinds), spans)
+        )
+        raise_first(race, results, "a start or cancel")
+        started = [r for k, r in zip(kinds, results, strict=True) if k == "start" and r is True]
+        cancelled = [r for k, r in zip(kinds, results, strict=True) if k == "cancel" and r is True]
+        assert len(started) <= 1, f"{race}: {len(started)} starts of one task returned true"
+        for stream in streams:
+            await read_to_end(stream)
+        state = await finished(runtime, ref)
+        kind = one_terminal_matching_status(race, streams, state)
+        assert (state.status is TaskStatus.CANCELLED) == bool(cancelled), (
+            f"{race}: cancels returned {results} for {kinds}, yet the task is {state.status}"
+        )
+        if state.status is TaskStatus.CANCELLED:
+            assert not state.fields.get("work_done"), f"{race}: cancelled, yet its work completed"
+        else:
+            assert started and kind == "complete", f"{race}: {kinds} -> {results}: {state}"
+        await eventually(lambda: runtime.stats().running_tasks == 0, what="the run to end")

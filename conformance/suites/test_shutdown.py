@@ -19,7 +19,15 @@ import pytest
 
 from conformance import behaviours
 from conformance.clients import Client, ClientStream, HttpClient
-from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
+from conformance.contract import (
+    FAREWELL_EVENT,
+    Behaviour,
+    Capability,
+    Runtime,
+    RuntimeClosed,
+    TaskRef,
+    TaskStatus,
+)
 from conformance.processes import ServerProcess
 from conformance.waiting import eventually, status_is
 
@@ -34,12 +42,6 @@ process_case = pytest.mark.requires(Capability.PROCESS, Capability.SIGNALS, Capa
 
 async def status_of(runtime: Runtime, ref: TaskRef) -> TaskStatus:
     return (await runtime.get_state(ref)).status
-
-
-async def start_on(server: ServerProcess, ref: TaskRef) -> None:
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
-    assert response.status_code == 202, (response.status_code, response.text)
 
 
 async def draining(server: ServerProcess) -> None:
@@ -68,7 +70,7 @@ async def exits_zero_with_open_stream(
     sse = HttpClient(server.url)
     try:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
+        await server.start_task(ref)
         await stream.until("start")
         server.send_signal(sig)
         assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
@@ -112,7 +114,7 @@ async def test_open_streams_when_sigterm_then_each_gets_farewell_with_last_id_th
     sse = HttpClient(server.url)
     try:
         streams = [await sse.subscribe(ref) for _ in range(3)]
-        await start_on(server, ref)
+        await server.start_task(ref)
         for stream in streams:
             await stream.until("start")
         server.send_signal(signal.SIGTERM)
@@ -177,11 +179,11 @@ async def test_task_when_it_finishes_within_grace_then_completes_and_clients_get
     sse = HttpClient(server.url)
     try:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
+        await server.start_task(ref)
         await stream.until("start")
         server.send_signal(signal.SIGTERM)
         await draining(server)
-        await runtime.update_fields(ref, allow=2)
+        await runtime.write_fields(ref, allow=2)
         events = await stream.until()
         assert events[-1].type == "complete", stream.trace()
         await stream.expect_end()
@@ -198,17 +200,19 @@ async def test_task_when_still_running_after_grace_then_interrupted_not_running(
 ) -> None:
     server = await spawn_server(grace=0.5)
     ref = await runtime.create_task(behaviours.park)
-    await start_on(server, ref)
+    await server.start_task(ref)
     await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
     assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
 
 
-async def _drain_with_parked_task(runtime: Runtime, spawn_server: Spawn) -> ServerProcess:
+async def _drain_with_parked_task(
+    runtime: Runtime, spawn_server: Spawn, behaviour: Behaviour = behaviours.park
+) -> ServerProcess:
     server = await spawn_server(grace=30)
-    ref = await runtime.create_task(behaviours.park)
-    await start_on(server, ref)
+    ref = await runtime.create_task(behaviour)
+    await server.start_task(ref)
     await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGTERM)
     await draining(server)
@@ -257,12 +261,15 @@ async def test_start_when_draining_then_503_and_task_stays_ready(
 
 @pytest.mark.case("SHUT-11")
 @process_case
-async def test_second_signal_when_draining_then_exits_at_once(
-    runtime: Runtime, spawn_server: Spawn
+@pytest.mark.parametrize(
+    "behaviour", [behaviours.park, behaviours.swallow_always], ids=["parked", "ignores-cancel"]
+)
+async def test_second_signal_when_draining_then_exits_at_once_with_status_zero(
+    runtime: Runtime, spawn_server: Spawn, behaviour: Behaviour
 ) -> None:
-    server = await _drain_with_parked_task(runtime, spawn_server)
+    server = await _drain_with_parked_task(runtime, spawn_server, behaviour)
     server.send_signal(signal.SIGTERM)
-    await server.wait_exit(3.0)
+    assert await server.wait_exit(3.0) == 0, server.output()
 
 
 @pytest.mark.case("SHUT-12")
@@ -275,7 +282,7 @@ async def test_stored_tasks_when_server_shuts_down_then_nothing_is_lost(
     ready = await runtime.create_task(behaviours.steps)
     server = await spawn_server(grace=2)
     for ref in (done, failed):
-        await start_on(server, ref)
+        await server.start_task(ref)
     await status_is(runtime, done, TaskStatus.SUCCESSFUL)
     await status_is(runtime, failed, TaskStatus.FAILED)
     server.send_signal(signal.SIGTERM)
@@ -295,8 +302,8 @@ async def test_server_when_it_shuts_down_busy_then_stderr_has_no_warning_or_trac
     sse = HttpClient(server.url)
     try:
         streams = [await sse.subscribe(parked), await sse.subscribe(finished)]
-        await start_on(server, parked)
-        await start_on(server, finished)
+        await server.start_task(parked)
+        await server.start_task(finished)
         await streams[0].until("start")
         await streams[1].until()
         server.send_signal(signal.SIGTERM)
@@ -326,7 +333,7 @@ async def test_interrupted_task_when_server_shuts_down_then_its_cleanup_ran(
     sse = HttpClient(server.url)
     try:
         stream = await sse.subscribe(ref)
-        await start_on(server, ref)
+        await server.start_task(ref)
         await stream.until("start")
         server.send_signal(signal.SIGTERM)
         await stream.until("shutdown")
@@ -368,7 +375,7 @@ async def test_runtime_shutdown_when_tasks_run_then_finishers_complete_rest_inte
         await runtime.start_task(ref)
     await finisher_stream.until("start")
     shutting = asyncio.create_task(runtime.shutdown(1.0))
-    await runtime.update_fields(finisher, allow=1)
+    await runtime.write_fields(finisher, allow=1)
     assert (await finisher_stream.until())[-1].type == "complete", finisher_stream.trace()
     await shutting
     assert await status_of(runtime, finisher) is TaskStatus.SUCCESSFUL
@@ -378,14 +385,24 @@ async def test_runtime_shutdown_when_tasks_run_then_finishers_complete_rest_inte
 
 
 @pytest.mark.case("SHUT-17")
-async def test_runtime_shutdown_when_called_twice_or_concurrently_then_no_error(
-    runtime: Runtime,
+async def test_runtime_shutdown_when_called_concurrently_then_each_returns_once_the_first_is_done(
+    runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(behaviours.park)
+    ref = await runtime.create_task(behaviours.slow_cleanup, {"cleanup": 0.3})
+    stream = await client.subscribe(ref)
     await runtime.start_task(ref)
-    await asyncio.gather(runtime.shutdown(0.1), runtime.shutdown(0.1))
+    await stream.until("start")
+    calls = [asyncio.create_task(runtime.shutdown(0.05)) for _ in range(3)]
+    await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+    # Whichever call returned first, the drain is over: the cleanup ran, the run
+    # is recorded, its client was told.
+    state = await runtime.get_state(ref)
+    assert state.status is TaskStatus.INTERRUPTED and state.fields.get("cleaned"), state
+    assert runtime.stats().running_tasks == 0, runtime.stats()
+    await asyncio.gather(*calls)
     await runtime.shutdown(0.1)
-    assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
+    await stream.until(FAREWELL_EVENT)
+    await stream.expect_end()
 
 
 @pytest.mark.case("SHUT-18")
@@ -396,7 +413,7 @@ async def test_start_when_runtime_shut_down_then_refused_and_task_stays_ready(
     await runtime.shutdown(0.1)
     try:
         started = await runtime.start_task(ref)
-    except Exception:  # an exception is an acceptable refusal
+    except RuntimeClosed:  # the one exception the contract names for this refusal
         started = False
     assert started is False
     assert await status_of(runtime, ref) is TaskStatus.READY
@@ -424,7 +441,7 @@ async def test_clients_of_unstarted_task_when_shutdown_then_get_farewell(
 
 @pytest.mark.case("SHUT-21")
 @pytest.mark.requires(Capability.HTTP)
-async def test_farewell_when_sent_over_http_then_suggests_positive_retry(
+async def test_farewell_when_sent_over_http_then_positive_retry_and_id_of_the_last_event(
     runtime: Runtime, server_url: str
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
@@ -443,3 +460,4 @@ async def test_farewell_when_sent_over_http_then_suggests_positive_retry(
     assert retry and int(retry[0].removeprefix("retry:").strip()) > 0, frame
     data = json.loads(next(line for line in frame if line.startswith("data:"))[5:])
     assert data["last_event_id"] == 1, frame
+    assert "id: 1" in frame[: frame.index("")], frame

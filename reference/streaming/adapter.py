@@ -29,6 +29,7 @@ from conformance.contract import (
     Event,
     Implementation,
     Runtime,
+    RuntimeClosed,
     RuntimeStats,
     ServerSpec,
     Subscription,
@@ -341,7 +342,7 @@ class ReferenceRuntime(Runtime):
             attempt=task.attempt,
         )
 
-    async def update_fields(self, ref: TaskRef, **fields: Any) -> None:
+    async def write_fields(self, ref: TaskRef, **fields: Any) -> None:
         from . import db
         from .models import BehaviourTask
 
@@ -381,13 +382,16 @@ class ReferenceRuntime(Runtime):
 
 @contextlib.contextmanager
 def _contract_errors() -> Iterator[None]:
-    """Raise the reference's UnknownTask as the contract's (imported late: it needs Django)."""
+    """Raise the reference's refusals as the contract's (imported late: they need Django)."""
+    from .coordinator import CoordinatorClosed
     from .coordinator import UnknownTask as ReferenceUnknownTask
 
     try:
         yield
     except ReferenceUnknownTask as exc:
         raise UnknownTask(str(exc)) from None
+    except CoordinatorClosed as exc:
+        raise RuntimeClosed(str(exc)) from None
 
 
 def _model(name: str) -> Any:

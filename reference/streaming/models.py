@@ -312,12 +312,12 @@ class BehaviourContext:
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         await self._task.send_event(type, data)
 
-    async def refresh(self) -> Mapping[str, Any]:
+    async def read_fields(self) -> Mapping[str, Any]:
         """Re-read the fields; raises ``db.DatabaseUnavailable`` while the database is away."""
         await db.run(lambda: self._task.arefresh_from_db(fields=["fields"]))
         return self._task.fields
 
-    async def update_fields(self, **changes: Any) -> None:
+    async def write_fields(self, **changes: Any) -> None:
         """Merge ``changes``; raises ``db.DatabaseUnavailable`` while the database is away."""
         merge = sync_to_async(BehaviourTask.merge_fields, thread_sensitive=True)
         await db.run(lambda: merge(self._task.pk, changes))

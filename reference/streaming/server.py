@@ -270,4 +270,41 @@ def serve(host: str, port: int, *, grace: float | None = None, log_level: str = 
     # then makes a graceful shutdown exit with status 0 instead of dying of it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    server.run()
+    run_then_close(server.serve(), loop_factory(config), leftovers=coordinator.config.cancel_grace)
+
+
+def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop uvicorn would run (uvloop when installed)."""
+    factory = getattr(config, "get_loop_factory", None)  # uvicorn 0.36 and later
+    made = factory() if factory is not None else None
+    if made is None:
+        config.setup_event_loop()  # earlier releases install a policy instead
+        return asyncio.new_event_loop
+    return made
+
+
+def run_then_close(
+    main: Awaitable[None], new_loop: Callable[[], asyncio.AbstractEventLoop], *, leftovers: float
+) -> None:
+    """Run ``main``, then give the tasks it left behind ``leftovers`` seconds to stop.
+
+    ``asyncio.run`` would wait for ever for a task that swallows its
+    cancellation, so a server with one could never exit, not even on a
+    second signal. Tasks still running after that are abandoned, and said so.
+    """
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main)
+        left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            _, stubborn = loop.run_until_complete(asyncio.wait(left, timeout=leftovers))
+            if stubborn:
+                names = ", ".join(sorted(task.get_name() for task in stubborn))
+                logger.error(
+                    "exiting without %d task(s) that ignore cancellation: %s", len(stubborn), names
+                )
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
