@@ -1,12 +1,17 @@
-"""Leak checks after every case: tasks, loop errors, the subscriber registry.
+"""Leak checks after every case: tasks, file descriptors, loop errors, the registry.
 
-What a case leaves behind is part of its grade. After the case and its
-clients have finished, the implementation must hold no subscriber; after
-``Runtime.shutdown`` it must hold no running task or topic, no asyncio task
-it created may still be pending, and the loop must not have reported a
-"Task exception was never retrieved" or "Task was destroyed but it is
-pending!". "Coroutine ... was never awaited" surfaces as a RuntimeWarning,
-which the suite's warning filter turns into an error.
+What a case leaves behind is part of its grade, and it is judged before the
+teardown's ``Runtime.shutdown`` could sweep it away. After the case and its
+clients have finished, the implementation must hold no subscriber; if no run
+is live, it must hold no topic, and neither an asyncio task nor a file
+descriptor more than it had once started. These are seen from outside
+(``asyncio.all_tasks()``, ``psutil``), so an implementation whose ``stats()``
+says nothing is held cannot hide one. After the shutdown it must hold no
+running task or topic, no asyncio task it created may still be pending, and
+the loop must not have reported a "Task exception was never retrieved" or
+"Task was destroyed but it is pending!". "Coroutine ... was never awaited"
+surfaces as a RuntimeWarning, which the suite's warning filter turns into an
+error.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import asyncio
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from .contract import Runtime
 from .waiting import WaitTimeout, eventually
@@ -58,6 +66,57 @@ async def no_subscribers(runtime: Runtime) -> None:
         )
     except WaitTimeout as exc:
         raise HygieneError(f"{exc} Stats: {runtime.stats()}") from None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a freshly started runtime holds: its own long-lived tasks and open files."""
+
+    tasks: frozenset[asyncio.Task[Any]]
+    fds: int
+
+    @classmethod
+    def now(cls) -> Baseline:
+        return cls(frozenset(asyncio.all_tasks()), psutil.Process().num_fds())
+
+
+def _describe_fds() -> str:
+    process = psutil.Process()
+    files = [f.path for f in process.open_files()]
+    sockets = [f"{c.laddr}->{c.raddr or '-'} {c.status}" for c in process.net_connections()]
+    return f"files {files}; sockets {sockets}"
+
+
+async def idle_holds_nothing(runtime: Runtime, baseline: Baseline) -> None:
+    """If no run is live, wait until no topic, task or descriptor is held beyond ``baseline``."""
+    if runtime.stats().running_tasks:
+        return  # live runs own tasks and topics; the checks after shutdown judge them
+    current = asyncio.current_task()
+
+    def extra_tasks() -> list[asyncio.Task[Any]]:
+        return [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and t not in baseline.tasks and not t.done()
+        ]
+
+    def settled() -> bool:
+        return (
+            runtime.stats().topics == 0
+            and not extra_tasks()
+            and psutil.Process().num_fds() <= baseline.fds
+        )
+
+    try:
+        await eventually(settled, timeout=SETTLE_TIMEOUT, what="the idle runtime to let go")
+    except WaitTimeout:
+        tasks = ", ".join(sorted(t.get_name() for t in extra_tasks())) or "none"
+        fds = psutil.Process().num_fds()
+        raise HygieneError(
+            f"With no run live, the runtime still holds: stats {runtime.stats()}; tasks "
+            f"{tasks}; {fds} file descriptors where it started with {baseline.fds} "
+            f"({_describe_fds()})"
+        ) from None
 
 
 async def nothing_held(runtime: Runtime) -> None:

@@ -203,9 +203,11 @@ async def runtime(impl: Implementation) -> AsyncIterator[Runtime]:
     before = set(asyncio.all_tasks())
     with hygiene.loop_errors() as reported:
         started = await impl.start()
+        baseline = hygiene.Baseline.now()
         try:
             yield started
             await hygiene.no_subscribers(started)
+            await hygiene.idle_holds_nothing(started, baseline)
         finally:
             await started.shutdown(TEARDOWN_GRACE)
         await hygiene.nothing_held(started)

@@ -9,11 +9,11 @@ processes it starts get the same database through their environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
 import shutil
-import sqlite3
 import sys
 import tempfile
 import uuid
@@ -124,15 +124,24 @@ class ReferenceImplementation(Implementation):
         """PostgreSQL refuses connections and ends every session; SQLite is held locked."""
         url = setup_django()
         if _admin_url is None:
-            # SQLite: one write lock that nobody else can wait out; reads still work.
-            path = url.removeprefix("sqlite:///")
-            holder = sqlite3.connect(path, isolation_level=None)
+            # SQLite: a write lock nobody else can wait out (reads still work),
+            # held by a process of its own. In this one, SQLite would keep the
+            # file open after the holder closes (POSIX locks are per process).
+            holder = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _HOLD_SQLITE_LOCK,
+                url.removeprefix("sqlite:///"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert holder.stdin is not None and holder.stdout is not None
             try:
-                holder.execute("BEGIN IMMEDIATE")
+                assert await holder.stdout.readline() == b"locked\n", "the lock was not taken"
                 yield
             finally:
-                holder.execute("ROLLBACK")
-                holder.close()
+                holder.stdin.close()
+                await holder.wait()
             return
         name = url.rpartition("/")[2]
         await sync_to_async(_postgres_admin)(name, allow_connections=False)
@@ -160,6 +169,17 @@ class ReferenceImplementation(Implementation):
 
     def close(self) -> None:
         teardown_django()
+
+
+#: Takes SQLite's write lock on the file named by argv[1] until stdin closes.
+_HOLD_SQLITE_LOCK = """
+import sqlite3, sys
+holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+holder.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+holder.execute("ROLLBACK")
+"""
 
 
 def _postgres_admin(name: str, *, allow_connections: bool | None = None) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.db import connection as default_connection
 
 logger = logging.getLogger(__name__)
@@ -42,26 +43,88 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-async def recover() -> None:
-    """Close the connections an error left unusable, in the thread that owns them."""
-    await sync_to_async(close_old_connections, thread_sensitive=True)()
+#: Seconds calls fail at once after the database was found unavailable, before
+#: one is let through to see whether it is back.
+COOL_DOWN = 1.0
+
+
+class _Breaker:
+    """Fails calls at once while the database is known to be away.
+
+    Every ORM call runs in one thread, so without it each call would wait
+    out the database's own timeouts (a SQLite busy timeout, a connect
+    timeout) one after another, and a request that could be told 503 at
+    once would wait for all of them.
+    """
+
+    def __init__(self) -> None:
+        self.open_until = 0.0
+        self.error = ""
+
+    def check(self) -> None:
+        if time.monotonic() < self.open_until:
+            raise DatabaseUnavailable(self.error)
+
+    def trip(self, error: str) -> None:
+        self.error = error
+        self.open_until = time.monotonic() + COOL_DOWN
+
+    def reset(self) -> None:
+        self.open_until = 0.0
+
+
+_breaker = _Breaker()
+
+
+def _recover() -> bool:
+    """Close the connections an error left unusable; whether a second try may succeed.
+
+    It may on a database server, whose failed session is now closed or found
+    to work again (a new session is opened at the next use). On SQLite the
+    error is a lock or the file itself, and trying again at once would only
+    wait out the same busy timeout a second time.
+    """
+    retry = False
+    for connection in connections.all(initialized_only=True):
+        # Not close_if_unusable_or_obsolete(): a failed transaction's rollback
+        # clears the flag it goes by, and can leave a dead connection looking fine.
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        retry |= connection.vendor != "sqlite"
+    return retry
+
+
+async def recover() -> bool:
+    """:func:`_recover`, in the thread that owns the connections."""
+    return await sync_to_async(_recover, thread_sensitive=True)()
 
 
 async def run(operation: Callable[[], Awaitable[T]]) -> T:
-    """Await ``operation()``; after a connection error, reconnect and await it once more.
+    """Await ``operation()``; after a dropped connection, reconnect and await it once more.
 
     Meant for operations that can run twice without harm: reads, guarded
-    UPDATEs (a repeat changes nothing), inserts that ignore conflicts.
+    UPDATEs (a repeat changes nothing), inserts that ignore conflicts. While
+    the database is known to be away (see :class:`_Breaker`) it raises
+    :class:`DatabaseUnavailable` without trying.
     """
+    _breaker.check()
     try:
-        return await operation()
-    except AVAILABILITY_ERRORS:
-        await recover()
-    try:
-        return await operation()
+        result = await operation()
     except AVAILABILITY_ERRORS as exc:
+        failure: BaseException = exc
+        if await recover():
+            try:
+                result = await operation()
+            except AVAILABILITY_ERRORS as again:
+                failure = again
+            else:
+                _breaker.reset()
+                return result
         await recover()
-        raise DatabaseUnavailable(describe(exc)) from exc
+        _breaker.trip(describe(failure))
+        raise DatabaseUnavailable(describe(failure)) from failure
+    _breaker.reset()
+    return result
 
 
 async def run_until_available(
@@ -107,11 +170,16 @@ def _probe() -> None:
             cursor.execute("SELECT 1")
 
 
+async def check() -> None:
+    """Raise :class:`DatabaseUnavailable` unless the database could take a write now."""
+    await run(lambda: sync_to_async(_probe, thread_sensitive=True)())
+
+
 async def probe(timeout: float) -> str | None:
-    """None if the database answers a write-capable probe within ``timeout``; else why not."""
+    """None if the database answers :func:`check` within ``timeout``; else why not."""
     try:
         async with asyncio.timeout(timeout):
-            await run(lambda: sync_to_async(_probe, thread_sensitive=True)())
+            await check()
     except DatabaseUnavailable as exc:
         return f"database unavailable: {exc}"
     except TimeoutError:

@@ -16,8 +16,9 @@ A run's claim makes its coordinator the task's *owner* and gives it a lease
 So a run lost with its process is recorded within ``lease + lease / 3``
 seconds of its last renewal (15 + 5 s by default), by whichever live
 coordinator looks first; the guarded UPDATE lets only one of them do it.
-After the keeper's own database calls have failed (an outage), it waits a
-whole lease before it records anything: the owners could not renew either.
+After the keeper's own database calls have failed or crawled (an outage, a
+write lock), it waits a whole lease before it records anything: the owners
+could not renew either.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class Keeper:
 
     async def _keep(self) -> None:
         config = self.coordinator.config
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.tick()
@@ -78,16 +78,26 @@ class Keeper:
                     self._failing = True
             except Exception:
                 logger.exception("keeper: tick failed")
-            else:
-                if self._failing:
-                    self._failing = False
-                    self._trust_from = loop.time() + config.lease
-                    logger.info(
-                        "keeper: database back; leases are trusted again in %gs", config.lease
-                    )
             await asyncio.sleep(config.heartbeat)  # the keeper's period
 
+    def _distrust(self, why: str) -> None:
+        lease = self.coordinator.config.lease
+        self._trust_from = asyncio.get_running_loop().time() + lease
+        logger.info("keeper: %s; no lease is taken as lost for %gs", why, lease)
+
     async def tick(self) -> None:
+        # A write probe first: reads keep working on a SQLite file another
+        # process holds locked, and a keeper that only read would not notice.
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await db.check()
+        if self._failing:
+            self._failing = False
+            self._distrust("the database is back")
+        elif loop.time() - began > self.coordinator.config.heartbeat:
+            # As good as an outage: if this keeper could not write in time,
+            # the owners could not renew in time either.
+            self._distrust("the database was slow to take a write")
         await self.renew()
         if asyncio.get_running_loop().time() >= self._trust_from:
             await self.recover_lost()
