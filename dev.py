@@ -52,25 +52,47 @@ def ensure_venv() -> None:
 
 
 def test(pytest_args: list[str]) -> int:
-    """Run the suites and the reference's tests, then regenerate TEST_RESULTS.md."""
+    """Run the suites, then the reference's own tests, then regenerate TEST_RESULTS.md.
+
+    Two pytest sessions: the conformance suites and the harness's tests, and
+    the reference's tests under pytest-django (reference/pytest.ini), which
+    the suites' session keeps out. Extra arguments go to the suites' session,
+    and then only it runs.
+    """
     database = (
         "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
     )
     reports = ROOT / "reports"
     reports.mkdir(exist_ok=True)
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
-    command = [
+    coverage = reports / f"coverage-{database}-{py}.xml"
+    suites = [
         PYTHON,
         "-m",
         "pytest",
         f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
         f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
         "--cov",
-        f"--cov-report=xml:{reports / f'coverage-{database}-{py}.xml'}",
+        f"--cov-report=xml:{coverage}",
         "--cov-report=term:skip-covered",
         *pytest_args,
     ]
-    status = subprocess.run(command, cwd=ROOT).returncode
+    status = subprocess.run(suites, cwd=ROOT).returncode
+    if not pytest_args:
+        reference = [
+            PYTHON,
+            "-m",
+            "pytest",
+            "-c",
+            "reference/pytest.ini",
+            "reference/tests",
+            f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
+            "--cov",
+            "--cov-append",
+            f"--cov-report=xml:{coverage}",
+            "--cov-report=term:skip-covered",
+        ]
+        status = subprocess.run(reference, cwd=ROOT).returncode or status
     report = subprocess.run(
         [PYTHON, "-m", "conformance", "report", "--html", "reports/matrix.html"], cwd=ROOT
     )

@@ -402,7 +402,7 @@ def _record(item: pytest.Item, case_id: str, phases: dict[str, pytest.TestReport
         "reason": reason,
         "duration": round(sum(r.duration for r in phases.values()), 4),
         "python": platform.python_version(),
-        "django": env.get("django"),
+        "stack": env.get("stack"),
         "database": env.get("database"),
         "platform": env.get("platform", f"{platform.system()}-{platform.machine()}"),
         "run_id": state.run_id,

@@ -13,7 +13,8 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -23,6 +24,25 @@ from .waiting import WaitTimeout, eventually
 
 #: Seconds a server gets to answer /health after it starts.
 STARTUP_TIMEOUT = 30.0
+
+#: Sets SIGINT and SIGTERM to their defaults, then becomes ``argv[1:]`` (same pid).
+_DEFAULT_SIGNALS = (
+    "import os, signal, sys\n"
+    "for sig in (signal.SIGINT, signal.SIGTERM):\n"
+    "    signal.signal(sig, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def with_default_signals(argv: Sequence[str]) -> list[str]:
+    """``argv``, started with SIGINT and SIGTERM at their default dispositions.
+
+    A child inherits the signals its parent ignores (pytest under ``nohup``,
+    some CI runners), and a program that ignores SIGINT never sees the Ctrl+C
+    a case sends it. Resetting them in the child, before it becomes the
+    program, needs no ``preexec_fn`` (unsafe in a process with threads).
+    """
+    return [sys.executable, "-c", _DEFAULT_SIGNALS, *argv]
 
 
 def free_port() -> int:
@@ -60,7 +80,7 @@ class ServerProcess:
         spec = self.impl.server_command("127.0.0.1", self.port, grace=self.grace)
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self._process = await asyncio.create_subprocess_exec(
-            *spec.argv,
+            *with_default_signals(spec.argv),
             cwd=spec.cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -153,4 +173,10 @@ async def running_server(
         await server.stop()
 
 
-__all__ = ["STARTUP_TIMEOUT", "ServerProcess", "free_port", "running_server"]
+__all__ = [
+    "STARTUP_TIMEOUT",
+    "ServerProcess",
+    "free_port",
+    "running_server",
+    "with_default_signals",
+]

@@ -25,8 +25,8 @@ GRADES = ("pass", "fail", "non-strict", "xfail", "unsupported", "error")
 FAILING_GRADES = ("error", "fail", "non-strict")
 _BY_SEVERITY = ("pass", "xfail", "unsupported", "non-strict", "fail", "error")
 _REQUIRED_KEYS = ("case", "nodeid", "implementation", "grade", "run_id")
-_NULLABLE_KEYS = ("mode", "django")
-_ENV_HEADERS = ("Implementation", "Database", "Python", "Django")
+_NULLABLE_KEYS = ("mode", "stack")
+_ENV_HEADERS = ("Implementation", "Database", "Python", "Stack")
 _ENV_DETAILS = {  # Environment-section column -> CaseResult attribute
     "Version": "impl_version",
     "Platform": "platform",
@@ -61,7 +61,8 @@ class CaseResult:
     reason: str
     duration: float
     python: str
-    django: str | None
+    #: The framework and its version, as the implementation names it ("Django 5.2.19").
+    stack: str | None
     database: str
     platform: str
     run_id: str
@@ -69,9 +70,9 @@ class CaseResult:
 
     @property
     def environment(self) -> tuple[str, str, str, str]:
-        """Return the (implementation, database, python, django) environment."""
-        django = self.django or NOT_APPLICABLE
-        return (self.implementation, self.database, self.python, django)
+        """Return the (implementation, database, python, stack) environment."""
+        stack = self.stack or NOT_APPLICABLE
+        return (self.implementation, self.database, self.python, stack)
 
     @property
     def column(self) -> Column:
@@ -81,7 +82,7 @@ class CaseResult:
     @property
     def identity(self) -> tuple[str | None, ...]:
         """Return the key under which repeated runs replace each other."""
-        return (self.nodeid, *self.environment[:3], self.django, self.mode)
+        return (self.nodeid, *self.environment[:3], self.stack, self.mode)
 
 
 # --- loading ---------------------------------------------------------------
@@ -208,8 +209,8 @@ def _joined(values: Iterable[str]) -> str:
 
 def _label(result: CaseResult) -> str:
     """Describe a result's environment and mode in one line."""
-    implementation, database, python, django, mode = result.column
-    return f"{implementation} ({database}, Python {python}, Django {django}, {mode})"
+    implementation, database, python, stack, mode = result.column
+    return f"{implementation} ({database}, Python {python}, {stack}, {mode})"
 
 
 # --- Markdown --------------------------------------------------------------
@@ -362,7 +363,7 @@ $rows
 
 def _html_header(column: Column) -> str:
     """Render the header cell of one environment column."""
-    labels = ("", "", "Python ", "Django ", "")
+    labels = ("", "", "Python ", "", "")
     parts = (lb + html.escape(part) for lb, part in zip(labels, column, strict=True))
     return "<th>" + "<br>".join(parts) + "</th>"
 

@@ -202,7 +202,7 @@ class FullImpl(Implementation):
         return MemoryRuntime()
 
     def environment(self) -> Mapping[str, str]:
-        return {"database": "memory", "django": "none", "platform": "fake-os"}
+        return {"database": "memory", "stack": "none", "platform": "fake-os"}
 
 
 class BareImpl(FullImpl):

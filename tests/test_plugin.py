@@ -40,7 +40,7 @@ RECORD_KEYS = {
     "reason",
     "duration",
     "python",
-    "django",
+    "stack",
     "database",
     "platform",
     "run_id",
@@ -214,7 +214,7 @@ def test_results_when_case_is_graded_then_record_has_every_key(project: pytest.P
     assert record["implementation"] == FULL
     assert record["impl_version"] == "1.2.3"
     assert record["mode"] is None
-    assert (record["django"], record["database"], record["platform"]) == (
+    assert (record["stack"], record["database"], record["platform"]) == (
         "none",
         "memory",
         "fake-os",

@@ -38,7 +38,7 @@ def record(**overrides: Any) -> dict[str, Any]:
         "reason": "",
         "duration": 0.123,
         "python": "3.11.7",
-        "django": "5.2.19",
+        "stack": "Django 5.2.19",
         "database": "sqlite",
         "platform": "Linux-x86_64",
         "run_id": RUN_1,
@@ -95,7 +95,7 @@ def test_summary_when_every_grade_present_then_counts_each_grade(
             "reference",
             "sqlite",
             "3.11.7",
-            "5.2.19",
+            "Django 5.2.19",
             "2",
             "1",
             "1",
@@ -214,7 +214,7 @@ def test_suite_table_when_two_suites_then_counts_per_suite(tmp_path: Path) -> No
 def test_environment_when_rendered_then_lists_versions_run_ids_and_sources(
     tmp_path: Path,
 ) -> None:
-    path = write_jsonl(tmp_path / "results-a.jsonl", record(django=None, mode=None))
+    path = write_jsonl(tmp_path / "results-a.jsonl", record(stack=None, mode=None))
     markdown = report.render_markdown(report.load_results([path]), [str(path)])
     rows = table_rows(section(markdown, "Environment"))
     env = ["reference", "sqlite", "3.11.7", "n/a"]
@@ -349,7 +349,7 @@ def test_main_when_inputs_match_then_writes_markdown_and_html(
     markdown = (tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8")
     page = (tmp_path / "reports" / "matrix.html").read_text(encoding="utf-8")
     assert "`reports/results-reference.jsonl`" in markdown.splitlines()[0]
-    assert "| reference | sqlite | 3.11.7 | 5.2.19 | 2 | 1 | 1 | 1 | 2 | 1 | 8 |" in markdown
+    assert "| reference | sqlite | 3.11.7 | Django 5.2.19 | 2 | 1 | 1 | 1 | 2 | 1 | 8 |" in markdown
     assert page.startswith("<!DOCTYPE html>") and "FUNC-8" in page
 
 

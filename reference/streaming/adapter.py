@@ -162,7 +162,7 @@ class ReferenceImplementation(Implementation):
 
         url = os.environ.get("DATABASE_URL", "")
         return {
-            "django": django.get_version(),
+            "stack": f"Django {django.get_version()}",
             "database": "postgresql" if url.startswith("postgres") else "sqlite",
             "platform": f"{platform.system()}-{platform.machine()}",
         }

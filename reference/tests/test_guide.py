@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0
 RULE = "=" * 60
 TIMESTAMP_LINE = re.compile(r"    Timestamp: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")

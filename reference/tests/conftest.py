@@ -29,7 +29,9 @@ from typing import IO, Any, TypeVar
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conformance.processes import with_default_signals
+
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 #: Deadline for one process to start, answer, or finish a short flow.
@@ -62,7 +64,7 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            with_default_signals([sys.executable, *args]),
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -193,7 +195,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command (``manage.py ...`` or ``stream_client.py ...``) to its end."""
     return subprocess.run(
-        [sys.executable, *args],
+        with_default_signals([sys.executable, *args]),
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -448,3 +450,23 @@ def relay(server: ServerProcess) -> Iterator[RelayProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+# -- pytest-django --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Give SQLite's test database a file, not memory.
+
+    The coordinator reaches the database from the ORM's thread while a test
+    runs in another; an in-memory database shared between threads locks whole
+    tables, and those locks wait for no busy timeout. PostgreSQL keeps
+    Django's usual ``test_<name>`` database.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        test_file = tmp_path_factory.mktemp("django-db") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(test_file)

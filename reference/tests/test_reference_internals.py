@@ -19,14 +19,10 @@ import pytest_asyncio
 from asgiref.sync import sync_to_async
 
 from conformance.clients import serve_asgi
-from streaming.adapter import setup_django
 
-pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def django_db() -> None:
-    setup_django()
+# The coordinator reaches the database from the ORM's own thread, so each test
+# gets a real transaction (and a flushed database after it), not a wrapped one.
+pytestmark = [pytest.mark.timeout(30), pytest.mark.django_db(transaction=True)]
 
 
 @pytest_asyncio.fixture

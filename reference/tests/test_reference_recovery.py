@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from streaming.adapter import setup_django
-
-pytestmark = [pytest.mark.timeout(30), pytest.mark.asyncio]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def django_db() -> None:
-    setup_django()
+# The coordinator reaches the database from the ORM's own thread, so each test
+# gets a real transaction (and a flushed database after it), not a wrapped one.
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 @pytest_asyncio.fixture
