@@ -20,8 +20,10 @@ import json
 import os
 import pkgutil
 import platform
+import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -84,6 +86,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="conformance_cases",
         metavar="PREFIX",
         help="Run only cases whose requirement ID starts with PREFIX, e.g. FUNC or FUNC-3.",
+    )
+    group.addoption(
+        "--case-timeout",
+        dest="conformance_case_timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="Deadline of a case that names none itself (default: %(default)s).",
     )
     group.addoption(
         "--conformance-results",
@@ -290,7 +300,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.keywords[case_id] = True
         item.extra_keyword_matches.add(case_id)  # what -k matches; keywords alone are not
         if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+            item.add_marker(pytest.mark.timeout(config.getoption("conformance_case_timeout")))
         # Hygiene: "coroutine ... was never awaited" and unclosed resources fail
         # the case that caused them, whatever the project's own warning filters.
         item.add_marker(pytest.mark.filterwarnings("error"))
@@ -320,6 +330,56 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     needs = _needs(item)
     if name is not None and needs:
         requirements.skip_unsupported(_impl(item.config, name), needs)
+
+
+class EscapedInterrupt(AssertionError):
+    """A ``KeyboardInterrupt`` raised in the implementation's code reached the case."""
+
+
+@contextlib.contextmanager
+def _interrupts_contained(item: pytest.Item) -> Iterator[None]:
+    """Grade a KeyboardInterrupt the implementation lets escape; let a real Ctrl+C stop the run.
+
+    A task that raises KeyboardInterrupt inside an asyncio task is re-raised
+    out of the event loop: an implementation that does not catch it would
+    otherwise end the whole session, and every later case with it. A SIGINT
+    (the user's Ctrl+C) during the case is told apart by a handler of our own.
+    """
+    if _case_id(item) is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signalled = False
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal signalled
+        signalled = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if signalled:
+            raise
+        raise EscapedInterrupt(
+            "A KeyboardInterrupt raised by a task escaped the implementation into the "
+            "event loop; a task's BaseException must end its run, not its process."
+        ) from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    with _interrupts_contained(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    with _interrupts_contained(item):
+        return (yield)
 
 
 # -- grading ------------------------------------------------------------------

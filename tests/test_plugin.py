@@ -146,7 +146,8 @@ def test_impl_option_when_name_is_unknown_then_usage_error_lists_registered_name
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()
     assert "Unknown implementation 'nosuch'" in err
-    assert "Registered: reference" in err
+    registered = err.split("Registered: ", 1)[1].split(".", 1)[0].split(", ")
+    assert "reference" in registered, err
     assert "module:factory" in err
     assert records == []
 
@@ -359,6 +360,42 @@ def test_grade_when_must_or_should_breaks_or_case_hangs_then_fail_non_strict_or_
     assert "SHOULD broken" in grades["test_should_breaks"]["reason"]
     assert grades["test_hangs"]["grade"] == "error"
     assert grades["test_hangs"]["reason"].startswith("timed out")
+
+
+def test_interrupt_when_a_task_raises_keyboard_interrupt_then_graded_fail_and_run_goes_on(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_interrupt="""
+        import asyncio
+
+        import pytest
+
+
+        async def interrupts(ctx):
+            raise KeyboardInterrupt("raised by the task")
+
+
+        @pytest.mark.case("EDGE-1")
+        @pytest.mark.asyncio
+        async def test_task_interrupts(runtime):
+            ref = await runtime.create_task(interrupts)
+            assert await runtime.start_task(ref)
+            await asyncio.Event().wait()  # the fake lets the interrupt out of the loop
+
+
+        @pytest.mark.case("FUNC-1")
+        def test_after(impl):
+            pass
+        """
+    )
+    result, records = run(project, "--impl", FULL, "-p", "no:randomly")
+    # The fake never records the run the interrupt ended, so its teardown finds it held.
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    grades = by_test(records)
+    assert grades["test_task_interrupts"]["grade"] == "fail"
+    assert "KeyboardInterrupt raised by a task escaped" in grades["test_task_interrupts"]["reason"]
+    assert grades["test_after"]["grade"] == "pass"
 
 
 # -- selection ----------------------------------------------------------------

@@ -42,7 +42,7 @@ from conformance.contract import (
     TaskStatus,
 )
 from conformance.processes import ServerProcess
-from conformance.waiting import MARGIN, eventually, status_is
+from conformance.waiting import MARGIN, WaitTimeout, eventually, status_is
 
 pytestmark = pytest.mark.asyncio
 
@@ -529,10 +529,16 @@ async def test_run_when_it_ends_while_database_unavailable_then_recorded_after_a
         await stream.until("start")
         async with impl.database_outage():
             await stream.until("storage-error", timeout=STORAGE_DEADLINE)
+            # The run has returned, but its ending cannot be stored: no client
+            # may be told it yet (a client that was could not read it back).
+            with pytest.raises(WaitTimeout):
+                early = await stream.next(timeout=1.0)
+                pytest.fail(f"{early.type!r} arrived before its outcome could be stored")
         events = await stream.until(timeout=STORAGE_DEADLINE)
         await stream.expect_end()
         assert events[-1].type == "complete", stream.trace()
-    await status_is(runtime, ref, TaskStatus.SUCCESSFUL, timeout=STORAGE_DEADLINE)
+        state = await runtime.get_state(ref)
+    assert state.status is TaskStatus.SUCCESSFUL, state
 
 
 # -- reconnecting ---------------------------------------------------------------------

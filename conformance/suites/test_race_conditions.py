@@ -989,10 +989,13 @@ async def test_starts_and_cancels_when_many_callers_at_once_then_one_consistent_
             await read_to_end(stream)
         state = await finished(runtime, ref)
         kind = one_terminal_matching_status(race, streams, state)
-        assert (state.status is TaskStatus.CANCELLED) == bool(cancelled), (
-            f"{race}: cancels returned {results} for {kinds}, yet the task is {state.status}"
-        )
-        if state.status is TaskStatus.CANCELLED:
+        # Every operation ran within a few loop turns, while the work (50 ms)
+        # had not finished: each cancel found the task READY or RUNNING.
+        if "cancel" in kinds:
+            assert state.status is TaskStatus.CANCELLED and cancelled, (
+                f"{race}: {kinds} returned {results}: a cancel of a READY or RUNNING task "
+                f"must win, yet the task is {state.status}"
+            )
             assert not state.fields.get("work_done"), f"{race}: cancelled, yet its work completed"
         else:
             assert started and kind == "complete", f"{race}: {kinds} -> {results}: {state}"

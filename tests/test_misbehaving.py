@@ -1,0 +1,112 @@
+"""Implementations that break the contract on purpose get the grades the plugin promises.
+
+Each ``misbehaving-*`` implementation (``implementations/misbehaving``) is the
+reference with one fault planted. Run through the real suites in a pytest
+session of its own, each must be graded as README.md says (a hang or a crash
+is an *error*, a broken stream or a leak a *fail*), and the session must go
+on to grade the cases after it. Their graded results are written where the
+report finds them, so the matrix shows them beside the real implementations.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: implementation -> (arguments that pick its cases, case test name -> grade and reason start).
+EXPECTED: dict[str, tuple[list[str], dict[str, tuple[str, str]]]] = {
+    "misbehaving-hangs": (
+        ["--case", "FUNC-1", "--case", "HTTP-1", "--mode", "inprocess", "--case-timeout", "5"],
+        {
+            "test_started_task_when_run_then_client_gets_events_in_order_then_complete": (
+                "error",
+                "timed out",
+            ),
+            "test_health_when_server_accepts_work_then_200_ok": ("pass", ""),
+        },
+    ),
+    "misbehaving-crashes": (
+        ["--case", "FUNC-1", "--case", "HTTP-1", "--mode", "inprocess"],
+        {
+            "test_started_task_when_run_then_client_gets_events_in_order_then_complete": (
+                "error",
+                "setup failed",
+            ),
+            "test_health_when_server_accepts_work_then_200_ok": ("error", "setup failed"),
+        },
+    ),
+    "misbehaving-garbles": (
+        ["--case", "FUNC-1", "--case", "FUNC-3", "--case", "HTTP-1", "--mode", "inprocess"],
+        {
+            "test_started_task_when_run_then_client_gets_events_in_order_then_complete": (
+                "fail",
+                "",
+            ),
+            "test_events_when_streamed_then_ids_count_from_one_with_task_metadata": ("fail", ""),
+            "test_health_when_server_accepts_work_then_200_ok": ("pass", ""),
+        },
+    ),
+    "misbehaving-leaks": (
+        ["--case", "FUNC-1", "--case", "FUNC-7", "--mode", "inprocess"],
+        {
+            "test_started_task_when_run_then_client_gets_events_in_order_then_complete": (
+                "fail",
+                "hygiene",
+            ),
+            "test_one_client_leaves_when_task_runs_then_it_is_unregistered_and_others_continue": (
+                "fail",
+                "",
+            ),
+        },
+    ),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_misbehaving_implementation_when_run_then_graded_as_promised_and_run_goes_on(
+    name: str,
+) -> None:
+    selection, expected = EXPECTED[name]
+    results = (
+        ROOT
+        / "reports"
+        / f"results-{name}-sqlite-py{sys.version_info[0]}.{sys.version_info[1]}.jsonl"
+    )
+    results.parent.mkdir(exist_ok=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance/suites",
+            "--impl",
+            name,
+            *selection,
+            "-p",
+            "no:randomly",
+            f"--conformance-results={results}",
+            "-q",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    output = run.stdout[-3000:] + run.stderr[-2000:]
+    assert run.returncode in (0, 1), f"the session did not finish normally:\n{output}"
+    graded = {}
+    for line in results.read_text().splitlines():
+        record = json.loads(line)
+        graded[record["test"]] = (record["grade"], record["reason"])
+    assert set(graded) == set(expected), f"cases graded: {sorted(graded)}\n{output}"
+    for test, (grade, reason) in expected.items():
+        got_grade, got_reason = graded[test]
+        assert got_grade == grade and got_reason.startswith(reason), (test, graded[test], output)
