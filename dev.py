@@ -2,18 +2,22 @@
 """Set up and run the project with nothing but Python installed.
 
     python3 dev.py demo     the testing guide's flow, end to end, on SQLite
-    python3 dev.py test     every suite against the reference, then TEST_RESULTS.md
+    python3 dev.py test     every suite and test, against every implementation
+    python3 dev.py report   keep the latest results in results/, make TEST_RESULTS.md
 
-Both create ``.venv`` and install the project into it on first use (again
-whenever ``pyproject.toml`` changes). Extra arguments after ``test`` go to
-pytest. Set ``DATABASE_URL=postgres://...`` to run on PostgreSQL instead.
-Standard library only: this file runs before anything is installed.
+Each creates ``.venv`` and installs the project and the implementations in
+``implementations/`` into it on first use (again whenever a ``pyproject.toml``
+changes). Extra arguments after ``test`` go to the suites' pytest session.
+Set ``DATABASE_URL=postgres://...`` to run on PostgreSQL instead. ``test``
+writes only to ``reports/`` (ignored by git); ``report`` is what changes
+tracked files. Standard library only: this runs before anything is installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,22 +31,41 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+#: Implementations other than the reference, each its own package.
+IMPLEMENTATIONS = ROOT / "implementations"
+#: Each implementation besides the reference, and the cases it is graded on.
+#: The baseline is graded on the suites that name what the seed lacked and
+#: fails fast enough for CI; its expected failures are declared per case.
+OTHERS: dict[str, list[str]] = {
+    "independent": [],
+    "baseline": ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"],
+}
 
 
 def ensure_venv() -> None:
-    """Create .venv and install the project with its test extra, once per pyproject."""
-    stamp = (
-        VENV
-        / f".installed-{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:12]}"
-    )
+    """Create .venv and install the project and implementations, once per set of pyprojects."""
+    projects = [ROOT / "pyproject.toml", *sorted(IMPLEMENTATIONS.glob("*/pyproject.toml"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in projects)).hexdigest()[:12]
+    stamp = VENV / f".installed-{digest}"
     if stamp.exists():
         return
     if not PYTHON.exists():
         print(f"Creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("Installing the project and its test dependencies ...", flush=True)
+    print("Installing the project, its implementations and test dependencies ...", flush=True)
+    editable = [arg for p in projects[1:] for arg in ("-e", str(p.parent))]
     subprocess.run(
-        [PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[test]"],
+        [
+            PYTHON,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-e",
+            ".[test]",
+            *editable,
+        ],
         cwd=ROOT,
         check=True,
     )
@@ -52,12 +75,14 @@ def ensure_venv() -> None:
 
 
 def test(pytest_args: list[str]) -> int:
-    """Run the suites, then the reference's own tests, then regenerate TEST_RESULTS.md.
+    """Run the suites, the reference's own tests, and the other implementations.
 
-    Two pytest sessions: the conformance suites and the harness's tests, and
-    the reference's tests under pytest-django (reference/pytest.ini), which
-    the suites' session keeps out. Extra arguments go to the suites' session,
-    and then only it runs.
+    Separate pytest sessions: the conformance suites against the reference
+    with the harness's tests; the reference's tests under pytest-django
+    (reference/pytest.ini), which the suites' session keeps out; and the
+    suites against each other implementation (on the SQLite run only: they
+    keep their own storage). Extra arguments go to the first session, and
+    then only it runs. Nothing outside reports/ is written.
     """
     database = (
         "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
@@ -93,10 +118,39 @@ def test(pytest_args: list[str]) -> int:
             "--cov-report=term:skip-covered",
         ]
         status = subprocess.run(reference, cwd=ROOT).returncode or status
-    report = subprocess.run(
-        [PYTHON, "-m", "conformance", "report", "--html", "reports/matrix.html"], cwd=ROOT
-    )
-    return status or report.returncode
+        if database == "sqlite":
+            for name, selection in OTHERS.items():
+                other = [
+                    PYTHON,
+                    "-m",
+                    "pytest",
+                    "conformance/suites",
+                    "--impl",
+                    name,
+                    *selection,
+                    f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
+                    f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
+                ]
+                status = subprocess.run(other, cwd=ROOT).returncode or status
+    print("Results are in reports/. Keep them and remake TEST_RESULTS.md: python3 dev.py report")
+    return status
+
+
+def report() -> int:
+    """Copy the latest results from reports/ to results/, then make TEST_RESULTS.md.
+
+    results/ is tracked, so the report can be made again from the repository;
+    a run replaces the file of its implementation, database and Python only.
+    """
+    kept = ROOT / "results"
+    kept.mkdir(exist_ok=True)
+    for path in sorted((ROOT / "reports").glob("results-*.jsonl")):
+        shutil.copyfile(path, kept / path.name.removeprefix("results-"))
+    mutation = ROOT / "reports" / "mutation.json"
+    if mutation.exists():
+        shutil.copyfile(mutation, kept / "mutation.json")
+    command = [PYTHON, "-m", "conformance", "report", "--html", "reports/matrix.html"]
+    return subprocess.run(command, cwd=ROOT).returncode
 
 
 def free_port() -> int:
@@ -219,11 +273,12 @@ def demo() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    commands = {"demo": demo, "test": lambda: test(argv[1:]), "report": report}
+    if not argv or argv[0] not in commands:
         print(__doc__)
         return 2
     ensure_venv()
-    return demo() if argv[0] == "demo" else test(argv[1:])
+    return commands[argv[0]]()
 
 
 if __name__ == "__main__":

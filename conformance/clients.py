@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -233,6 +233,67 @@ def _to_event(sse: ServerSentEvent) -> Event:
     )
 
 
+async def read_raw_stream(
+    base_url: str, ref: TaskRef, *, opened: Callable[[], None] | None = None
+) -> bytes:
+    """One bare-socket SSE client: send the request, check the headers, read to EOF.
+
+    ``opened`` is called once the response headers are in, that is once the
+    server has registered this client (HTTP-4). Light enough to run by the
+    thousand in one process, where an HTTP client library would not be.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        # Connection: close, so the stream's end is the connection's, not a
+        # keep-alive timeout later.
+        request = f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise HttpStatusError(int(head[9:12]), head.decode(errors="replace"))
+        if opened is not None:
+            opened()
+        return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def raw_frames(body: bytes) -> list[dict[str, str]]:
+    """The SSE frames of a raw response body that carry data (chunked encoding removed)."""
+    text = _unchunk(body).decode(errors="replace")
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line == "":
+            if "data" in current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            current[name] = value.removeprefix(" ")
+    return frames
+
+
+def _unchunk(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (a body that is not chunked comes back whole)."""
+    out = bytearray()
+    rest = body
+    while rest:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            return body  # not chunked after all
+        if not sep or size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2 :]
+    return bytes(out)
+
+
 @contextlib.asynccontextmanager
 async def serve_asgi(app: ASGIApp) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port; yield its base URL."""
@@ -278,5 +339,7 @@ __all__ = [
     "SSEReader",
     "format_trace",
     "open_client",
+    "raw_frames",
+    "read_raw_stream",
     "serve_asgi",
 ]

@@ -1,8 +1,10 @@
 """Render conformance results (JSON lines) as TEST_RESULTS.md and an HTML matrix.
 
 The pytest plugin writes one JSON object per test outcome into
-``reports/results-*.jsonl``.  This module merges those files (for a repeated
-test the newest ``run_id`` wins) and renders deterministic reports from them.
+``reports/results-*.jsonl``; the ones a report is made from are kept, in the
+repository, in ``results/``. This module merges those files (for a repeated
+test the newest ``run_id`` wins) and renders deterministic reports from them,
+with the mutation score of ``results/mutation.json`` when there is one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ _ENV_DETAILS = {  # Environment-section column -> CaseResult attribute
 }
 REASON_LIMIT = 200
 NOT_APPLICABLE = "n/a"
-DEFAULT_GLOB = "reports/results-*.jsonl"
+DEFAULT_GLOB = "results/*.jsonl"
+DEFAULT_MUTATION = "results/mutation.json"
 DEFAULT_OUTPUT = "TEST_RESULTS.md"
 COMMAND = "python -m conformance report"
 DESCRIPTION = "Render conformance results as TEST_RESULTS.md and an HTML matrix."
@@ -243,9 +246,12 @@ def _counts(results: Sequence[CaseResult]) -> list[str]:
 
 
 def verdict(results: Sequence[CaseResult]) -> str:
-    """Return "conforms" when nothing failed or errored, else "does not conform"."""
-    broken = any(result.grade in ("fail", "error") for result in results)
-    return "does not conform" if broken else "conforms"
+    """Return "conforms", "fails as declared" (only expected failures) or "does not conform"."""
+    if any(result.grade in ("fail", "error") for result in results):
+        return "does not conform"
+    if any(result.grade == "xfail" for result in results):
+        return "fails as declared"
+    return "conforms"
 
 
 def _summary_section(results: Sequence[CaseResult]) -> list[str]:
@@ -315,7 +321,49 @@ _SECTIONS = (
 )
 
 
-def render_markdown(results: Sequence[CaseResult], sources: Sequence[str]) -> str:
+def _read_mutation(path: Path) -> dict[str, Any] | None:
+    """The mutation run's summary, or None if there is none (or it cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _warn(f"{path}: skipped: {exc}")
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _mutation_section(mutation: dict[str, Any]) -> list[str]:
+    """The score, per module, and the surviving mutants (judged equivalent or not)."""
+    total = mutation.get("total", {})
+    lines = [
+        "## Mutation score",
+        "",
+        f"{total.get('killed', 0)} of {total.get('mutants', 0)} mutants of the reference killed "
+        f"(**{total.get('score', 0):.1%}**), by `{mutation.get('command', '')}` on "
+        f"{mutation.get('date', NOT_APPLICABLE)}.",
+        "",
+    ]
+    rows = [
+        [module, str(m["mutants"]), str(m["killed"]), str(m["survived"]), f"{m['score']:.1%}"]
+        for module, m in sorted(mutation.get("modules", {}).items())
+    ]
+    lines += _md_table(["Module", "mutants", "killed", "survived", "score"], rows)
+    survivors = mutation.get("survivors", [])
+    if survivors:
+        lines += ["", "Survivors:", ""]
+        lines += _md_table(
+            ["Mutant", "Where", "Change", "Judged"],
+            [[s["id"], s["where"], s["change"], s.get("judged", "")] for s in survivors],
+        )
+    return lines
+
+
+def render_markdown(
+    results: Sequence[CaseResult],
+    sources: Sequence[str],
+    mutation: dict[str, Any] | None = None,
+) -> str:
     """Render the TEST_RESULTS.md report for results read from sources."""
     ordered = sort_results(results)
     inputs = ", ".join(f"`{source}`" for source in sorted(map(str, sources)))
@@ -329,6 +377,8 @@ def render_markdown(results: Sequence[CaseResult], sources: Sequence[str]) -> st
     ]
     for section in _SECTIONS:
         lines += ["", *section(ordered)]
+    if mutation is not None:
+        lines += ["", *_mutation_section(mutation)]
     return "\n".join(lines) + "\n"
 
 
@@ -413,6 +463,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Markdown report (default: %(default)s)",
     )
     parser.add_argument("--html", help="also write an HTML matrix to this path")
+    parser.add_argument(
+        "--mutation",
+        default=DEFAULT_MUTATION,
+        help="mutation results to show, if the file exists (default: %(default)s)",
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -429,7 +484,8 @@ def run(args: argparse.Namespace) -> int:
         _warn(f"conformance report: no input files match {args.input_glob!r}")
         return 2
     results = load_results(paths)
-    _write(Path(args.output), render_markdown(results, paths))
+    mutation = _read_mutation(Path(args.mutation)) if args.mutation else None
+    _write(Path(args.output), render_markdown(results, paths, mutation))
     written = [args.output]
     if args.html:
         _write(Path(args.html), render_html(results))

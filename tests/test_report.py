@@ -118,16 +118,13 @@ def test_summary_when_environments_differ_then_one_row_each(tmp_path: Path) -> N
     markdown = report.render_markdown(report.load_results([path]), [str(path)])
     rows = table_rows(section(markdown, "Summary"))
     assert [row[1] for row in rows] == ["postgresql", "sqlite"]
-    assert rows[0][4:] == ["1", "0", "0", "1", "0", "0", "2", "conforms"]
+    assert rows[0][4:] == ["1", "0", "0", "1", "0", "0", "2", "fails as declared"]
 
 
-def test_verdict_when_only_pass_xfail_unsupported_non_strict_then_conforms(
-    tmp_path: Path,
-) -> None:
+def test_verdict_when_only_pass_unsupported_non_strict_then_conforms(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "results-a.jsonl",
         record(case="FUNC-1", grade="pass"),
-        record(case="FUNC-2", grade="xfail", reason="declared"),
         record(case="FUNC-3", grade="unsupported", reason="capability: http"),
         record(case="FUNC-4", grade="non-strict", reason="should be faster"),
     )
@@ -137,6 +134,38 @@ def test_verdict_when_only_pass_xfail_unsupported_non_strict_then_conforms(
         table_rows(section(report.render_markdown(results, [str(path)]), "Summary"))[0][-1]
         == "conforms"
     )
+
+
+def test_verdict_when_declared_failures_and_nothing_else_broken_then_fails_as_declared(
+    tmp_path: Path,
+) -> None:
+    path = write_jsonl(
+        tmp_path / "results-a.jsonl",
+        record(case="FUNC-1", grade="pass"),
+        record(case="FUNC-2", grade="xfail", reason="declared"),
+    )
+    assert report.verdict(report.load_results([path])) == "fails as declared"
+
+
+def test_mutation_when_summary_given_then_score_modules_and_survivors_shown(
+    tmp_path: Path,
+) -> None:
+    path = write_jsonl(tmp_path / "results-a.jsonl", record())
+    summary = {
+        "command": "python3 dev.py mutate",
+        "date": "2026-12-01",
+        "total": {"mutants": 10, "killed": 9, "survived": 1, "score": 0.9},
+        "modules": {"bus.py": {"mutants": 10, "killed": 9, "survived": 1, "score": 0.9}},
+        "survivors": [
+            {"id": "bus-3", "where": "bus.py:40", "change": "< to <=", "judged": "equivalent"}
+        ],
+    }
+    results = report.load_results([path])
+    markdown = report.render_markdown(results, [str(path)], summary)
+    mutation = section(markdown, "Mutation score")
+    assert "9 of 10 mutants of the reference killed (**90.0%**)" in mutation
+    assert ["bus.py", "10", "9", "1", "90.0%"] in table_rows(mutation)
+    assert "| bus-3 | bus.py:40 | &lt; to &lt;= | equivalent |" in mutation  # cells escaped
 
 
 @pytest.mark.parametrize("grade", ["fail", "error"])
@@ -345,7 +374,10 @@ def test_main_when_inputs_match_then_writes_markdown_and_html(
 ) -> None:
     mixed_results(tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert report.main(["--html", "reports/matrix.html"]) == 0
+    assert (
+        report.main(["--input-glob", "reports/results-*.jsonl", "--html", "reports/matrix.html"])
+        == 0
+    )
     markdown = (tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8")
     page = (tmp_path / "reports" / "matrix.html").read_text(encoding="utf-8")
     assert "`reports/results-reference.jsonl`" in markdown.splitlines()[0]

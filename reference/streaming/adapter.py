@@ -18,6 +18,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -115,6 +116,7 @@ class ReferenceImplementation(Implementation):
             env={
                 "DATABASE_URL": database_url,
                 "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+                "PYTHONPATH": _import_path(),
                 **SUITE_ENVIRONMENT,
             },
         )
@@ -180,6 +182,21 @@ print("locked", flush=True)
 sys.stdin.read()
 holder.execute("ROLLBACK")
 """
+
+
+def _import_path() -> str:
+    """PYTHONPATH for a server process: the same reference and suite code as this session.
+
+    Whatever this process imported them from (an installed copy, a checkout
+    on PYTHONPATH, a mutation tool's copy), the server imports too.
+    """
+    import conformance
+
+    from . import __file__ as package
+
+    here = [str(Path(package).resolve().parents[1]), str(Path(conformance.__file__).parents[1])]
+    inherited = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(dict.fromkeys([*here, *filter(None, inherited.split(os.pathsep))]))
 
 
 def _postgres_admin(name: str, *, allow_connections: bool | None = None) -> None:
