@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conformance import report
+from conformance import bench, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     report_parser = commands.add_parser("report", help=report.DESCRIPTION)
     report.add_arguments(report_parser)
     report_parser.set_defaults(handler=report.run)
+    bench_parser = commands.add_parser("bench", help=bench.DESCRIPTION)
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(handler=bench.run)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -382,7 +382,8 @@ class Implementation(ABC):
     name: str = "unnamed"
     version: str = "0"
     capabilities: frozenset[Capability] = frozenset()
-    #: Case ID -> reason. Such cases must fail; an unexpected pass is an error.
+    #: Case ID (or ``ID:part``, for its tests whose node ID contains ``part``)
+    #: -> reason. Such cases must fail; an unexpected pass is an error.
     expected_failures: Mapping[str, str] = {}
     #: The deadlines its runtimes and servers keep under the suite.
     timings: Timings = Timings()

@@ -306,7 +306,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.filterwarnings("error"))
         name = _impl_name(item)
         if name is not None:
-            xfail = requirements.expected_failure(_impl(config, name), case_id)
+            xfail = requirements.expected_failure(_impl(config, name), case_id, item.nodeid)
             if xfail is not None:
                 item.add_marker(xfail)
         selected.append(item)

@@ -41,9 +41,17 @@ def skip_unsupported(impl: Implementation, needs: Iterable[str]) -> None:
         pytest.skip(f"{UNSUPPORTED}: {impl.name} lacks capability {', '.join(map(repr, lacking))}")
 
 
-def expected_failure(impl: Implementation, case_id: str) -> pytest.MarkDecorator | None:
-    """A strict xfail marker if ``impl`` declares ``case_id`` an expected failure."""
-    reason = impl.expected_failures.get(case_id)
-    if reason is None:
-        return None
-    return pytest.mark.xfail(strict=True, reason=f"{impl.name} declares {case_id}: {reason}")
+def expected_failure(
+    impl: Implementation, case_id: str, nodeid: str = ""
+) -> pytest.MarkDecorator | None:
+    """A strict xfail marker if ``impl`` declares this case an expected failure.
+
+    A key is a case ID (every test of the requirement) or ``ID:part``, for
+    the tests of that requirement whose node ID contains ``part`` (a mode, a
+    parameter, a test name): ``"FUNC-6:http"`` fails only over HTTP.
+    """
+    for key, reason in impl.expected_failures.items():
+        declared, _, part = key.partition(":")
+        if declared == case_id and part in nodeid:
+            return pytest.mark.xfail(strict=True, reason=f"{impl.name} declares {key}: {reason}")
+    return None

@@ -317,6 +317,23 @@ def test_expected_failure_when_case_fails_then_xfail_and_when_it_passes_then_run
     assert "fake implementation cannot start" in grades["test_undeclared_fails_in_setup"][1]
 
 
+def test_expected_failure_when_key_names_a_part_then_only_tests_containing_it_are_declared() -> (
+    None
+):
+    from tests.fake_impls import FullImpl
+
+    class Partly(FullImpl):
+        expected_failures = {"FUNC-6:http": "notices no client leaving", "FUNC-9": "no status"}
+
+    impl = Partly()
+    declared = requirements.expected_failure(impl, "FUNC-6", "test_x[partly-http]")
+    assert declared is not None and declared.kwargs["strict"] is True
+    assert "declares FUNC-6:http: notices no client leaving" in declared.kwargs["reason"]
+    assert requirements.expected_failure(impl, "FUNC-6", "test_x[partly-inprocess]") is None
+    assert requirements.expected_failure(impl, "FUNC-7", "test_x[partly-http]") is None
+    assert requirements.expected_failure(impl, "FUNC-9", "test_y[partly-inprocess]") is not None
+
+
 def test_grade_when_must_or_should_breaks_or_case_hangs_then_fail_non_strict_or_error(
     project: pytest.Pytester,
 ) -> None:

@@ -256,9 +256,10 @@ class Subscriber:
         """Everything queued, at once (a writer sends it in one write)."""
         taken = list(self._queue)
         self._queue.clear()
-        for message in taken:
+        for message in reversed(taken):
             if message.event.type not in CONTROL_TYPES:
                 self.last_id = message.event.id
+                break
         return taken
 
     async def wait(self) -> None:

@@ -99,12 +99,11 @@ class StreamWriter:
 
     async def _timed(self, loop: asyncio.AbstractEventLoop, message: dict[str, Any]) -> None:
         """Send, with the time it started where the shared timer can see a stall."""
-        self.sending_since = loop.time()
+        self.sending_since = self.last_write = loop.time()
         try:
             await self._send(message)
         finally:
             self.sending_since = None
-            self.last_write = loop.time()
 
     def abort(self) -> None:
         """Close the connection now: its client stopped reading and a write stalled."""

@@ -51,10 +51,12 @@ class BaselineImplementation(Implementation):
     def __init__(self) -> None:
         self._directory = Path(tempfile.mkdtemp(prefix="baseline-"))
         self.database = self._directory / "tasks.sqlite3"
+        #: One store for the session, as the seed's Django had one connection.
+        self._store = Store(self.database)
 
     async def start(self) -> Runtime:
-        store = await asyncio.to_thread(Store, self.database)
-        return BaselineRuntime(TaskCoordinator(store))
+        await self._store.call("SELECT 1")  # connected before the runtime counts as started
+        return BaselineRuntime(TaskCoordinator(self._store))
 
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
         # No --grace: the seed's server had no drain to give one to.
@@ -65,6 +67,7 @@ class BaselineImplementation(Implementation):
         return {"database": "sqlite", "stack": "asgineer + sqlite3 (the seed)"}
 
     def close(self) -> None:
+        self._store.close()
         shutil.rmtree(self._directory, ignore_errors=True)
 
 

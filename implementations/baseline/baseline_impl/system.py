@@ -19,8 +19,8 @@ import asyncio
 import itertools
 import json
 import sqlite3
-import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,31 +39,39 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
+        # One thread and one connection, as the seed's ORM calls had (Django
+        # runs them all in one thread): the calls wait in line, off the loop.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseline-db")
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, timeout=20, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
                 "CREATE TABLE IF NOT EXISTS task (id INTEGER PRIMARY KEY, behaviour TEXT, "
                 "fields TEXT, created_at TEXT, completed_at TEXT)"
             )
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=20, isolation_level=None)
-
-    def _db(self) -> sqlite3.Connection:
-        if not hasattr(self._local, "db"):
-            self._local.db = self._connect()
-        return self._local.db  # type: ignore[no-any-return]
+        return self._db
 
     async def call(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
-            cursor = self._db().execute(sql, params)
+            cursor = self._connection().execute(sql, params)
             rows = cursor.fetchall()
             if cursor.lastrowid and sql.startswith("INSERT"):
                 return [(cursor.lastrowid,)]
             return rows
 
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    def close(self) -> None:
+        def close_connection() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        self._thread.submit(close_connection).result()
+        self._thread.shutdown()
 
     async def create(self, behaviour: str, fields: Mapping[str, Any]) -> int:
         [(pk,)] = await self.call(
