@@ -385,6 +385,9 @@ class Implementation(ABC):
     #: Case ID (or ``ID:part``, for its tests whose node ID contains ``part``)
     #: -> reason. Such cases must fail; an unexpected pass is an error.
     expected_failures: Mapping[str, str] = {}
+    #: Cases (keyed as above) failed in some interleavings only: graded xfail
+    #: whether they fail or pass this time. Use sparingly: a race it loses.
+    racy_failures: Mapping[str, str] = {}
     #: The deadlines its runtimes and servers keep under the suite.
     timings: Timings = Timings()
     #: Events a client may fall behind before it is sent ``overflow`` and its

@@ -230,6 +230,13 @@ class XfailImpl(FullImpl):
         raise RuntimeError("fake implementation cannot start")
 
 
+class RacyImpl(FullImpl):
+    """Declares FUNC-3 failing in some interleavings only."""
+
+    name = "racy"
+    racy_failures = {"FUNC-3": "loses the race sometimes"}
+
+
 def not_an_implementation() -> object:
     """A factory that returns something other than an Implementation."""
     return object()

@@ -26,6 +26,7 @@ FULL = "tests.fake_impls:FullImpl"
 BARE = "tests.fake_impls:BareImpl"
 PARTIAL = "tests.fake_impls:PartialImpl"
 XFAIL = "tests.fake_impls:XfailImpl"
+RACY = "tests.fake_impls:RacyImpl"
 
 RECORD_KEYS = {
     "case",
@@ -332,6 +333,39 @@ def test_expected_failure_when_key_names_a_part_then_only_tests_containing_it_ar
     assert requirements.expected_failure(impl, "FUNC-6", "test_x[partly-inprocess]") is None
     assert requirements.expected_failure(impl, "FUNC-7", "test_x[partly-http]") is None
     assert requirements.expected_failure(impl, "FUNC-9", "test_y[partly-inprocess]") is not None
+
+
+def test_racy_failure_when_case_fails_or_passes_then_xfail_either_way(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_racy="""
+        import pytest
+
+        @pytest.mark.case("FUNC-3")
+        def test_lost_the_race(impl):
+            assert False, "two starts won"
+
+        @pytest.mark.case("FUNC-3")
+        def test_won_the_race(impl):
+            pass
+
+        @pytest.mark.case("FUNC-4")
+        def test_undeclared(impl):
+            assert False, "not declared"
+        """
+    )
+    result, records = run(project, "--impl", RACY)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the undeclared failure still fails
+    grades = {name: (r["grade"], r["reason"]) for name, r in by_test(records, RACY).items()}
+    assert grades["test_lost_the_race"][0] == "xfail"
+    assert (
+        "failing in some interleavings: loses the race sometimes"
+        in (grades["test_lost_the_race"][1])
+    )
+    assert grades["test_won_the_race"][0] == "xfail"
+    assert grades["test_won_the_race"][1].startswith("passed this time; racy:")
+    assert grades["test_undeclared"][0] == "fail"
 
 
 def test_grade_when_must_or_should_breaks_or_case_hangs_then_fail_non_strict_or_error(

@@ -36,7 +36,7 @@ from conformance.contract import (
     behaviour_path,
 )
 
-from .expected import EXPECTED_FAILURES
+from .expected import EXPECTED_FAILURES, RACY_FAILURES
 from .system import TERMINAL, Store, StreamTask, TaskCoordinator
 
 __all__ = ["BaselineImplementation"]
@@ -47,6 +47,7 @@ class BaselineImplementation(Implementation):
     version = "0.1.0"
     capabilities = frozenset({Capability.HTTP, Capability.PROCESS, Capability.PERSISTENCE})
     expected_failures: Mapping[str, str] = EXPECTED_FAILURES
+    racy_failures: Mapping[str, str] = RACY_FAILURES
 
     def __init__(self) -> None:
         self._directory = Path(tempfile.mkdtemp(prefix="baseline-"))
