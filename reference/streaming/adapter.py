@@ -65,10 +65,17 @@ SUITE_ENVIRONMENT: Mapping[str, str] = {
 
 
 class ReferenceImplementation(Implementation):
-    """Django models + asgineer on uvicorn: the implementation every case is built against."""
+    """Django models + asgineer on uvicorn: the implementation every case is built against.
+
+    With ``REDIS_URL`` set, every runtime and server of the session shares
+    events through Redis (under a prefix of the session's own), so its server
+    processes are workers of one deployment and it declares ``multi_worker``.
+    Without Redis the multi-worker cases are unsupported; under ``CI=true`` a
+    ``REDIS_URL`` that does not answer is an error, not a skip.
+    """
 
     name = "reference"
-    version = "0.2.0"
+    version = "0.3.0"
     capabilities = frozenset(
         {
             Capability.HTTP,
@@ -88,12 +95,22 @@ class ReferenceImplementation(Implementation):
     # rest is room for the database's clock against the process's.
     timings = Timings(keepalive=1.0, write_deadline=2.0, cancel_grace=2.0, orphan_timeout=6.0)
 
+    def __init__(self) -> None:
+        self.redis_url = _reachable_redis(os.environ.get("REDIS_URL", ""))
+        self.redis_prefix = f"conformance-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if self.redis_url:
+            self.capabilities = self.capabilities | {Capability.MULTI_WORKER}
+
+    def _config(self) -> dict[str, Any]:
+        redis = {"redis_url": self.redis_url or None, "redis_prefix": self.redis_prefix}
+        return {**SUITE_CONFIG, **redis}
+
     async def start(self) -> Runtime:
         await sync_to_async(setup_django, thread_sensitive=True)()
         from .coordinator import Coordinator
 
-        coordinator = Coordinator(**SUITE_CONFIG)
-        coordinator.open()
+        coordinator = Coordinator(**self._config())
+        await coordinator.started()
         return ReferenceRuntime(coordinator)
 
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
@@ -117,6 +134,8 @@ class ReferenceImplementation(Implementation):
                 "DATABASE_URL": database_url,
                 "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
                 "PYTHONPATH": _import_path(),
+                "STREAMING_REDIS_URL": self.redis_url,
+                "STREAMING_REDIS_PREFIX": self.redis_prefix,
                 **SUITE_ENVIRONMENT,
             },
         )
@@ -163,14 +182,17 @@ class ReferenceImplementation(Implementation):
         import django
 
         url = os.environ.get("DATABASE_URL", "")
+        bus = " + Redis" if self.redis_url else ""
         return {
-            "stack": f"Django {django.get_version()}",
+            "stack": f"Django {django.get_version()}{bus}",
             "database": "postgresql" if url.startswith("postgres") else "sqlite",
             "platform": f"{platform.system()}-{platform.machine()}",
         }
 
     def close(self) -> None:
         teardown_django()
+        if self.redis_url:
+            _forget_redis_keys(self.redis_url, self.redis_prefix)
 
 
 #: Takes SQLite's write lock on the file named by argv[1] until stdin closes.
@@ -182,6 +204,32 @@ print("locked", flush=True)
 sys.stdin.read()
 holder.execute("ROLLBACK")
 """
+
+
+def _reachable_redis(url: str) -> str:
+    """``url`` if a Redis answers there; '' if none is configured, or none answers off CI."""
+    if not url:
+        return ""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"REDIS_URL={url} does not answer ({exc}); CI needs it.") from exc
+        return ""
+    return url
+
+
+def _forget_redis_keys(url: str, prefix: str) -> None:
+    """Delete what the session left in Redis: its streams, under its own prefix."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 def _import_path() -> str:

@@ -47,6 +47,12 @@ class Config:
     event_log: bool = True
     #: Events larger than this (encoded) stay out of the database's event log.
     event_log_max_event_bytes: int = 1024 * 1024
+    #: Redis for a bus shared by several worker processes; None keeps events
+    #: in this process (one worker).
+    redis_url: str | None = None
+    #: Prefix of every Redis key and channel, so several deployments (or test
+    #: sessions) can share one Redis.
+    redis_prefix: str = "streaming"
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Config:

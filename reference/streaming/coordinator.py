@@ -34,10 +34,11 @@ from django.apps import apps
 from django.db.models.functions import Now
 
 from . import db, outcomes
-from .bus import Hub, InMemoryBus, Message, Subscriber
+from .bus import Bus, InMemoryBus
 from .config import Config
 from .eventlog import EventLog
 from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
+from .hub import Hub, Message, Subscriber
 from .leases import Keeper
 from .locks import KeyedLocks
 from .models import StreamTask
@@ -82,6 +83,21 @@ def resolve_model(name: str) -> type[StreamTask]:
     except KeyError:
         known = ", ".join(sorted(models))
         raise UnknownTask(f"Unknown task model {name!r}; known models: {known}.") from None
+
+
+def make_bus(config: Config) -> Bus:
+    """The bus the configuration asks for: Redis when it names one, else in memory."""
+    hub = Hub(
+        queue_size=config.client_queue_size,
+        history_size=config.history_size,
+        history_bytes=config.history_bytes,
+        closed_history_bytes=config.closed_history_bytes,
+    )
+    if config.redis_url:
+        from .redisbus import RedisBus
+
+        return RedisBus(hub, config.redis_url, prefix=config.redis_prefix, keep=config.history_size)
+    return InMemoryBus(hub)
 
 
 def make_owner() -> str:
@@ -179,20 +195,11 @@ class Coordinator:
     """Starts tasks by model and id, fans their events out, stops them on request."""
 
     def __init__(
-        self, *, config: Config | None = None, bus: InMemoryBus | None = None, **overrides: Any
+        self, *, config: Config | None = None, bus: Bus | None = None, **overrides: Any
     ) -> None:
         self.config = config if config is not None else Config.from_settings(**overrides)
         config = self.config
-        if bus is None:
-            bus = InMemoryBus(
-                Hub(
-                    queue_size=config.client_queue_size,
-                    history_size=config.history_size,
-                    history_bytes=config.history_bytes,
-                    closed_history_bytes=config.closed_history_bytes,
-                )
-            )
-        self.bus = bus
+        self.bus = bus if bus is not None else make_bus(config)
         self.owner = make_owner()
         self.log = EventLog(
             keep=config.history_size,
@@ -205,23 +212,27 @@ class Coordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = KeyedLocks()
         self._closed = asyncio.Event()
+        self._opened = False
 
     def __repr__(self) -> str:
         return f"<Coordinator {self._state.value} runs={len(self._runs)} owner={self.owner}>"
-
-    @property
-    def hub(self) -> Hub:
-        return self.bus.hub
 
     @property
     def accepting(self) -> bool:
         return self._state is _State.OPEN
 
     def open(self) -> None:
-        """Start the keeper (leases, lost runs) and the event log's writer. Idempotent."""
-        if self._state is _State.OPEN:
+        """Start the keeper (leases, lost runs), the event log's writer and the bus. Idempotent."""
+        if self._state is _State.OPEN and not self._opened:
+            self._opened = True
             self.keeper.start()
             self.log.start()
+            self.bus.start(self.owner, self._cancel_asked)
+
+    async def started(self) -> None:
+        """:meth:`open`, then wait until the bus is connected: the coordinator is ready."""
+        self.open()
+        await self.bus.ready()
 
     async def health(self, timeout: float = 2.0) -> str | None:
         """None while the coordinator accepts work and its database answers; else why not."""
@@ -285,7 +296,7 @@ class Coordinator:
         if not claimed:
             return False
         task._run = run
-        self.hub.open(key)
+        self.bus.open(key)
         supervisor = self._spawn(self._supervise(run), f"streaming:{key}")
         run.supervisor = supervisor
         supervisor.add_done_callback(lambda _: self._release(run))
@@ -313,6 +324,7 @@ class Coordinator:
                 completed_at=None,
                 error="",
                 final_event=None,
+                cancel_requested=None,
                 **claim,
             )
         )
@@ -444,7 +456,7 @@ class Coordinator:
             )
         except db.DatabaseUnavailable:
             logger.error("%s: outcome %s lost: the database stayed away", run.key, outcome.status)
-            self.hub.release(run.key)
+            self.bus.release(run.key)
             return
         if not recorded:
             # Someone else settled this run (a cancel from another process, a
@@ -464,14 +476,16 @@ class Coordinator:
                 stored and stored["status"],
             )
             if not (stored and stored["final_event"]):
-                self.hub.release(run.key)
+                self.bus.release(run.key)
                 return
             event = Event.from_json(stored["final_event"])
         elif outcome.status is TaskStatus.INTERRUPTED and not self.accepting:
-            # Stopped by our shutdown: its clients get the farewell, which says
-            # "reconnect"; those who do are sent this event from the database.
-            self.hub.release(run.key)
+            # Stopped by our shutdown: its clients here get the farewell, which
+            # says "reconnect"; those who do are sent this event from the
+            # database. Clients on other workers are told now.
+            self.bus.release(run.key)
             self.log.append(Message(event))
+            await self.bus.announce(run.key, event)
             logger.info("finished %s: %s", run.key, outcome.status)
             return
         await self._publish(event, final=True)
@@ -511,19 +525,20 @@ class Coordinator:
         run = self._runs.get(key)
         if run is not None:
             return self._cancel_run(run, reason)
-        # Not running here: cancel it in the database if it has not started.
-        # The start/cancel lock means no run of ours can appear meanwhile. The
-        # status and the final event go in one UPDATE, so no reader sees one
-        # without the other.
         row = await db.run(
             lambda: (
-                model._default_manager.filter(pk=pk, status=TaskStatus.READY)
-                .values("event_id_ceiling")
+                model._default_manager.filter(pk=pk)
+                .values("status", "owner", "event_id_ceiling")
                 .afirst()
             )
         )
-        if row is None:
+        if row is not None and row["status"] == TaskStatus.RUNNING:
+            return await self._cancel_elsewhere(model, key, pk, row["owner"], reason)
+        if row is None or row["status"] != TaskStatus.READY:
             return False
+        # Not started: cancel it in the database. The start/cancel lock means
+        # no run of ours can appear meanwhile. The status and the final event
+        # go in one UPDATE, so no reader sees one without the other.
         outcome = outcomes.cancelled(reason)
         event = Event(
             row["event_id_ceiling"] + 1, "cancelled", outcome.data, pk, model.__name__, now_iso()
@@ -543,6 +558,32 @@ class Coordinator:
             return False
         await self._publish(event, final=True)
         return True
+
+    async def _cancel_elsewhere(
+        self, model: type[StreamTask], key: str, pk: Any, owner: str, reason: str
+    ) -> bool:
+        """Cancel a run another coordinator owns: leave the request in its row, and tell it.
+
+        The row is the promise: its owner's keeper finds the request within a
+        heartbeat if the bus cannot tell it sooner, and a keeper that finds
+        the run lost records it CANCELLED, not INTERRUPTED. So true here means
+        the task ends CANCELLED, as it does for a run of ours.
+        """
+        asked = await db.run(
+            lambda: model._default_manager.filter(
+                pk=pk, status=TaskStatus.RUNNING, owner=owner, cancel_requested__isnull=True
+            ).aupdate(cancel_requested=reason)
+        )
+        if not asked:
+            return False
+        await self.bus.request_cancel(owner, key, reason)
+        return True
+
+    def _cancel_asked(self, key: str, reason: str) -> None:
+        """Another worker asks us to cancel a run of ours (the bus calls this)."""
+        run = self._runs.get(key)
+        if run is not None:
+            self._cancel_run(run, reason)
 
     def _cancel_run(self, run: Run, reason: str) -> bool:
         if run.cancel_reason is not None or run.finished:
@@ -584,36 +625,41 @@ class Coordinator:
         if isinstance(model, str):
             model = resolve_model(model)
         key = f"{model.__name__}:{pk}"
-        hub = self.hub
-        if key in self._runs:
-            subscriber = hub.subscribe(key, after=last_event_id)
-        else:
+        final: Event | None = None
+        if key not in self._runs:
             stored = await db.run(
                 lambda: model._default_manager.filter(pk=pk).values("final_event").afirst()
             )
             if stored is None:
                 raise UnknownTask(f"{model.__name__} {pk} does not exist.")
-            if key in self._runs or stored["final_event"] is None:
-                # Running here or elsewhere, or not started: wait for its events.
-                subscriber = hub.subscribe(key, after=last_event_id)
-            else:
+            if key not in self._runs and stored["final_event"] is not None:
                 final = Event.from_json(stored["final_event"])
                 if last_event_id is not None and last_event_id >= final.id:
                     raise NothingMissed(f"{key} ended with event {final.id}.")
-                subscriber = hub.subscribe_finished(key, final, after=last_event_id)
-        if last_event_id is not None and self.log.enabled:
-            kept = hub.kept_since(key)
-            if kept is None or kept > last_event_id + 1:
-                try:
-                    await self.log.settled(timeout=1.0)
-                    stored_events = await self.log.read(
-                        model.__name__, pk, after=last_event_id, before=kept
-                    )
-                except BaseException:
-                    subscriber.close()
-                    raise
-                subscriber.backfill(stored_events, after=last_event_id)
+        # Running here or elsewhere, or not started: wait for its events.
+        subscriber = await self.bus.subscribe(key, after=last_event_id, final=final)
+        if last_event_id is not None:
+            try:
+                await self._backfill(subscriber, model.__name__, pk, key, last_event_id)
+            except BaseException:
+                subscriber.close()
+                raise
         return subscriber
+
+    async def _backfill(
+        self, subscriber: Subscriber, model: str, pk: Any, key: str, after: int
+    ) -> None:
+        """Give a resuming client what this process no longer keeps: from the bus, then storage."""
+        kept = self.bus.kept_since(key)
+        if kept is not None and kept <= after + 1:
+            return
+        older = await self.bus.history(key, after=after, before=kept)
+        oldest = older[0].event.id if older else kept
+        stored: list[Message] = []
+        if self.log.enabled and (oldest is None or oldest > after + 1):
+            await self.log.settled(timeout=1.0)
+            stored = await self.log.read(model, pk, after=after, before=oldest)
+        subscriber.backfill([*stored, *older], after=after)
 
     # -- shutting down --------------------------------------------------------
 
@@ -646,10 +692,11 @@ class Coordinator:
                 await asyncio.wait(left, timeout=remaining)
             if left:
                 logger.error("shutdown: %d task(s) ignored cancellation", len(left))
-            told = self.hub.say_farewell(self._farewell)
+            told = self.bus.say_farewell(self._farewell)
             logger.info("shutdown: %d client(s) told", told)
             await self.keeper.stop()
             await self.log.close(timeout=self.config.cancel_grace)
+            await self.bus.close()
         finally:
             self._state = _State.CLOSED
             self._closed.set()
@@ -664,7 +711,7 @@ class Coordinator:
         for run in list(self._runs.values()):
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
-        self.hub.say_farewell(self._farewell)
+        self.bus.say_farewell(self._farewell)
 
     def _farewell(self, key: str, last_id: int) -> Event:
         model, _, pk = key.partition(":")
@@ -685,4 +732,4 @@ class Coordinator:
         await sync_to_async(connections.close_all, thread_sensitive=True)()
 
     def stats(self) -> dict[str, int]:
-        return {"running_tasks": len(self._runs), **self.hub.stats()}
+        return {"running_tasks": len(self._runs), **self.bus.stats()}

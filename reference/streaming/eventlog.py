@@ -23,8 +23,8 @@ from django.db import transaction
 from django.db.models import Max
 
 from . import db
-from .bus import Message
 from .events import Event
+from .hub import Message
 from .models import StreamEvent
 
 logger = logging.getLogger(__name__)

@@ -1,13 +1,10 @@
-"""Fan-out of task events to subscribers, with bounded queues; testable alone.
+"""Fan-out of task events to this process's subscribers, with bounded queues.
 
 :class:`Hub` is the in-process fan-out. Its methods never await, so on one
 event loop "snapshot the latest event and register" is atomic with respect to
 publishing: a late subscriber sees the latest event once, then every later
-event, with nothing missed or repeated between the two.
-
-:class:`InMemoryBus` is the default bus: publishing goes straight to the hub.
-A bus for several worker processes (Redis) keeps the same shape: ``publish``
-sends to the broker, and a reader task feeds the local hub.
+event, with nothing missed or repeated between the two. Only a bus
+(``bus.py``) uses it: the coordinator and the server go through the bus.
 
 Each subscriber's queue is bounded. A subscriber that falls ``maxsize`` events
 behind is dropped and told so in its own stream (an ``overflow`` event that
@@ -470,6 +467,14 @@ class Hub:
         if not topic.subscribers and not topic.active:
             self._topics.pop(topic.key, None)
 
+    def active_keys(self) -> set[str]:
+        """Keys a publisher of this process is attached to."""
+        return {key for key, topic in self._topics.items() if topic.active}
+
+    def has_subscribers(self, key: str) -> bool:
+        topic = self._topics.get(key)
+        return topic is not None and bool(topic.subscribers)
+
     def watched_elsewhere(self) -> list[str]:
         """Keys of topics with subscribers and no publisher here: their runs are elsewhere."""
         return [
@@ -486,16 +491,3 @@ class Hub:
             "topics": len(self._topics),
             "subscribers": sum(len(t.subscribers) for t in self._topics.values()),
         }
-
-
-class InMemoryBus:
-    """The default bus: one process, publishing straight into the local hub."""
-
-    def __init__(self, hub: Hub | None = None) -> None:
-        self.hub = hub if hub is not None else Hub()
-
-    async def publish(self, key: str, event: Event, *, final: bool = False) -> Message:
-        return self.hub.publish(key, event, final=final)
-
-    def describe(self) -> dict[str, Any]:
-        return {"bus": "memory", **self.hub.stats()}

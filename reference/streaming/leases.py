@@ -6,9 +6,11 @@ A run's claim makes its coordinator the task's *owner* and gives it a lease
 
 1. renews the leases of its own runs; a run whose row no longer names it
    (another coordinator found the lease expired) is stopped: its outcome
-   write would be refused by the attempt fence anyway;
+   write would be refused by the attempt fence anyway; a run whose row holds
+   a cancel asked for by another worker is cancelled;
 2. records INTERRUPTED every run of another owner whose lease has expired,
-   with a terminal ``interrupted`` event its waiting clients receive;
+   with a terminal ``interrupted`` event its waiting clients receive (or
+   CANCELLED, with ``cancelled``, if a cancel was asked for it);
 3. runs again INTERRUPTED tasks that have attempts left (``max_attempts``);
 4. gives clients that wait here on a task running elsewhere its terminal
    event once the database has it.
@@ -119,13 +121,16 @@ class Keeper:
                 owner=coordinator.owner,
                 status=TaskStatus.RUNNING,
             )
-            renewed = await db.run(lambda ours=ours: ours.aupdate(lease_expires_at=Now() + lease))
-            if renewed == len(runs):
-                continue
-            alive = set(await db.run(lambda ours=ours: _listed(ours.values_list("pk", flat=True))))
+            await db.run(lambda ours=ours: ours.aupdate(lease_expires_at=Now() + lease))
+            rows = await db.run(
+                lambda ours=ours: _listed(ours.values_list("pk", "cancel_requested"))
+            )
+            asked = dict(rows)
             for run in runs:
-                if run.task.pk not in alive:
+                if run.task.pk not in asked:
                     coordinator.lose(run, "its row names another owner or another status")
+                elif (reason := asked[run.task.pk]) is not None:
+                    coordinator._cancel_asked(run.key, reason)
 
     # -- 2. runs lost with their process -----------------------------------------------
 
@@ -137,7 +142,7 @@ class Keeper:
             expired = model._default_manager.filter(EXPIRED, status=TaskStatus.RUNNING)
             rows = await db.run(
                 lambda expired=expired: _listed(
-                    expired.values("pk", "attempt", "owner", "event_id_ceiling")
+                    expired.values("pk", "attempt", "owner", "event_id_ceiling", "cancel_requested")
                 )
             )
             for row in rows:
@@ -146,7 +151,13 @@ class Keeper:
 
     async def _interrupt(self, model: type[StreamTask], row: dict) -> None:
         owner = row["owner"] or "an unknown owner"
-        outcome = outcomes.interrupted(f"lost with its process ({owner}): its lease expired")
+        if row["cancel_requested"] is not None:
+            # Cancelled from another worker, which was told true: it ends so.
+            outcome = outcomes.cancelled(row["cancel_requested"]).noting(
+                f" (its process, {owner}, was lost before it stopped)"
+            )
+        else:
+            outcome = outcomes.interrupted(f"lost with its process ({owner}): its lease expired")
         event = Event(
             row["event_id_ceiling"] + 1,
             outcome.event_type,
@@ -158,7 +169,7 @@ class Keeper:
         recorded = await db.run(
             lambda: model.atransition(
                 row["pk"],
-                TaskStatus.INTERRUPTED,
+                outcome.status,
                 fence=row["attempt"],
                 where=EXPIRED,
                 completed_at=datetime.now(UTC),
@@ -198,12 +209,12 @@ class Keeper:
 
     async def tell_watchers(self) -> None:
         coordinator = self.coordinator
-        hub = coordinator.hub
+        bus = coordinator.bus
         from .coordinator import task_models
 
         models = task_models()
         by_model: dict[str, list[str]] = defaultdict(list)
-        for key in hub.watched_elsewhere():
+        for key in bus.watched_elsewhere():
             name, _, pk = key.partition(":")
             if name in models and key not in coordinator._runs:
                 by_model[name].append(pk)
@@ -214,9 +225,8 @@ class Keeper:
             )
             for stored in rows:
                 event = Event.from_json(stored)
-                latest = hub.latest_id(event.key)
-                if event.key not in coordinator._runs and (latest is None or latest < event.id):
-                    hub.publish(event.key, event, final=True)
+                if event.key not in coordinator._runs:
+                    bus.deliver(event.key, event)
 
 
 async def _listed(rows: object) -> list:

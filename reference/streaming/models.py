@@ -37,6 +37,7 @@ RUN_COLUMNS = frozenset(
         "owner",
         "lease_expires_at",
         "event_id_ceiling",
+        "cancel_requested",
     }
 )
 
@@ -66,6 +67,9 @@ class StreamTask(models.Model):
     max_attempts = models.PositiveIntegerField(null=True, blank=True)
     #: The coordinator running it (host, pid, a random part), while RUNNING.
     owner = models.CharField(max_length=200, blank=True, default="")
+    #: A cancel asked for by another worker: the reason, until the owner acts
+    #: on it (or a keeper that finds the run lost records it CANCELLED).
+    cancel_requested = models.TextField(null=True, blank=True)
     #: The owner renews this while the run lives; a live coordinator that finds
     #: it past records the run INTERRUPTED. Database time, not a host's clock.
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)

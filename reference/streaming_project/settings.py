@@ -74,6 +74,9 @@ STREAMING = {
     "MAX_ATTEMPTS": int(_env("MAX_ATTEMPTS", "1")),
     "EVENT_LOG": _env("EVENT_LOG", "1") == "1",
     "EVENT_LOG_MAX_EVENT_BYTES": int(_env("EVENT_LOG_MAX_EVENT_BYTES", str(1024 * 1024))),
+    # Several workers share events through Redis when this is set.
+    "REDIS_URL": _env("REDIS_URL", "") or None,
+    "REDIS_PREFIX": _env("REDIS_PREFIX", "streaming"),
 }
 
 LOGGING = {

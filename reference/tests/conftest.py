@@ -452,6 +452,27 @@ def relay(server: ServerProcess) -> Iterator[RelayProxy]:
         proxy.close()
 
 
+# -- Redis -----------------------------------------------------------------------
+
+#: The Redis the bus tests use; they skip without one, except under CI=true.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) if a Redis answers there."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at REDIS_URL={REDIS_URL} does not answer ({exc}); CI needs it.")
+        pytest.skip(f"needs a Redis at REDIS_URL={REDIS_URL} ({exc})")
+    return REDIS_URL
+
+
 # -- pytest-django --------------------------------------------------------------
 
 

@@ -72,7 +72,7 @@ def _event(number: int, type: str = "tick"):
 async def test_slow_subscriber_when_queue_overflows_then_told_once_and_dropped_others_intact() -> (
     None
 ):
-    from streaming.bus import Hub
+    from streaming.hub import Hub
 
     hub = Hub(queue_size=5)
     hub.open("T:1")
@@ -91,7 +91,7 @@ async def test_slow_subscriber_when_queue_overflows_then_told_once_and_dropped_o
 
 @pytest.mark.asyncio
 async def test_resume_when_task_already_finished_then_missed_events_replayed_from_history() -> None:
-    from streaming.bus import Hub
+    from streaming.hub import Hub
 
     hub = Hub()
     hub.open("T:1")
@@ -104,8 +104,8 @@ async def test_resume_when_task_already_finished_then_missed_events_replayed_fro
 
 
 def test_message_when_encoded_then_guide_wire_format_and_bytes_shared() -> None:
-    from streaming.bus import Message
     from streaming.events import Event
+    from streaming.hub import Message
 
     event = Event(7, "progress", {"step": 1}, 3, "ExampleTask", "2026-01-01T00:00:00+00:00")
     message = Message(event)

@@ -169,8 +169,8 @@ async def test_run_when_it_sends_more_than_a_block_then_ids_are_reserved_before_
 async def test_event_log_when_more_than_kept_then_last_ones_read_back_in_order(
     coordinator,
 ) -> None:
-    from streaming.bus import Message
     from streaming.eventlog import EventLog
+    from streaming.hub import Message
 
     log = EventLog(keep=5, max_event_bytes=100)
     log.start()
@@ -198,7 +198,7 @@ async def test_event_log_when_more_than_kept_then_last_ones_read_back_in_order(
 
 
 async def test_subscriber_when_ids_jump_then_stream_reset_before_the_jump() -> None:
-    from streaming.bus import Hub
+    from streaming.hub import Hub
 
     hub = Hub()
     hub.open("T:1")
@@ -213,7 +213,7 @@ async def test_subscriber_when_ids_jump_then_stream_reset_before_the_jump() -> N
 async def test_backfill_when_stored_events_older_than_queued_then_in_order_without_repeats() -> (
     None
 ):
-    from streaming.bus import Hub, Message
+    from streaming.hub import Hub, Message
 
     hub = Hub(history_size=2)
     hub.open("T:1")
@@ -227,7 +227,7 @@ async def test_backfill_when_stored_events_older_than_queued_then_in_order_witho
 
 
 async def test_finished_tasks_when_over_the_byte_budget_then_oldest_forgotten_latest_kept() -> None:
-    from streaming.bus import Hub
+    from streaming.hub import Hub
 
     hub = Hub(history_bytes=10_000, closed_history_bytes=50_000)
     for task in range(1, 11):
@@ -268,7 +268,7 @@ class _Cycle:
 
 
 async def test_writer_when_events_queued_then_one_write_and_retry_first() -> None:
-    from streaming.bus import Hub
+    from streaming.hub import Hub
     from streaming.sse import StreamWriter
 
     hub = Hub()
@@ -286,7 +286,7 @@ async def test_writer_when_events_queued_then_one_write_and_retry_first() -> Non
 
 
 async def test_writer_when_a_write_stalls_past_the_deadline_then_connection_aborted() -> None:
-    from streaming.bus import Hub
+    from streaming.hub import Hub
     from streaming.sse import StreamWriter, Writers
 
     hub = Hub()
