@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
@@ -218,7 +219,7 @@ class StreamServer(uvicorn.Server):
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self.coordinator.open()
+        await self.coordinator.started()
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -251,8 +252,19 @@ class StreamServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(host: str, port: int, *, grace: float | None = None, log_level: str = "info") -> None:
-    """Run the streaming server until SIGTERM/SIGINT, then shut down gracefully."""
+def serve(
+    host: str,
+    port: int,
+    *,
+    grace: float | None = None,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
+    """Run the streaming server until SIGTERM/SIGINT, then shut down gracefully.
+
+    With ``sock``, accept on that listening socket (one a supervisor shares
+    between workers) instead of binding ``host:port``.
+    """
     coordinator = Coordinator()
     if grace is None:
         grace = coordinator.config.shutdown_grace
@@ -270,7 +282,12 @@ def serve(host: str, port: int, *, grace: float | None = None, log_level: str = 
     # then makes a graceful shutdown exit with status 0 instead of dying of it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    run_then_close(server.serve(), loop_factory(config), leftovers=coordinator.config.cancel_grace)
+    sockets = [sock] if sock is not None else None
+    run_then_close(
+        server.serve(sockets=sockets),
+        loop_factory(config),
+        leftovers=coordinator.config.cancel_grace,
+    )
 
 
 def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import socket
+import sys
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from streaming.config import Config
 from streaming.server import serve
+from streaming.workers import Supervisor, bind
 
 
 class Command(BaseCommand):
@@ -23,10 +28,47 @@ class Command(BaseCommand):
             help="Seconds running tasks get to finish on shutdown (default: %(default)s).",
         )
         parser.add_argument("--log-level", default="info")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="Worker processes sharing the port; more than one needs STREAMING_REDIS_URL.",
+        )
+        # Internal: the listening socket a supervisor shares with its workers.
+        parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
 
     def handle(
-        self, *args: Any, host: str, port: int, grace: float, log_level: str, **options: Any
+        self,
+        *args: Any,
+        host: str,
+        port: int,
+        grace: float,
+        log_level: str,
+        workers: int,
+        fd: int | None,
+        **options: Any,
     ) -> None:
-        self.stdout.write(f"Starting streaming server on {host}:{port}")
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        if workers > 1 and not Config.from_settings().redis_url:
+            raise CommandError(
+                "--workers above 1 needs STREAMING_REDIS_URL: the workers share their tasks' "
+                "events through Redis, or a client would see only its own worker's runs."
+            )
+        if fd is not None:
+            serve(host, port, grace=grace, log_level=log_level, sock=socket.socket(fileno=fd))
+            return
+        if workers == 1:
+            self.stdout.write(f"Starting streaming server on {host}:{port}")
+            self.stdout.flush()
+            serve(host, port, grace=grace, log_level=log_level)
+            return
+        try:
+            sock = bind(host, port)
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()
+            raise CommandError(f"Cannot listen on {host}:{port}: {why}.") from None
+        self.stdout.write(f"Starting {workers} streaming workers on {host}:{port}")
         self.stdout.flush()
-        serve(host, port, grace=grace, log_level=log_level)
+        passed_on = ["--grace", str(grace), "--log-level", log_level]
+        sys.exit(Supervisor(workers, sock, passed_on).run())
