@@ -202,6 +202,9 @@ class RuntimeStats:
     """Counts the hygiene checks read after every case."""
 
     running_tasks: int
+    #: Clients registered now. A client whose stream has ended (terminal,
+    #: overflow or farewell queued) no longer counts, even before it has read
+    #: its last events.
     subscribers: int
     topics: int
 
@@ -235,7 +238,11 @@ class TaskContext(Protocol):
     def fields(self) -> Mapping[str, Any]: ...
 
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
-        """Deliver an event to every subscriber of this task."""
+        """Deliver an event to every subscriber of this task.
+
+        It may yield to the event loop, so that clients that keep up are not
+        overflowed by a task sending in a loop that never awaits anything else.
+        """
 
     async def read_fields(self) -> Mapping[str, Any]:
         """Re-read this task's fields from storage and return them.
@@ -364,7 +371,13 @@ class Runtime(ABC):
 
     @abstractmethod
     def asgi_app(self) -> ASGIApp:
-        """The HTTP interface: ``GET /stream/<model>/<id>``, ``GET /health``, ..."""
+        """The HTTP interface: ``GET /stream/<model>/<id>``, ``GET /health``, ...
+
+        The suite serves it with uvicorn on 127.0.0.1 (its httptools protocol
+        where installed). ASGI has no portable way to drop a connection whose
+        client stopped reading (EDGE-17), so an app may use what uvicorn gives
+        it for that: the transport behind ``send``.
+        """
 
     @abstractmethod
     def stats(self) -> RuntimeStats:
@@ -372,7 +385,12 @@ class Runtime(ABC):
 
     @abstractmethod
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Stop gracefully: let tasks finish within ``grace``, then interrupt them."""
+        """Stop gracefully: let tasks finish within ``grace``, then interrupt them.
+
+        Afterwards the runtime starts nothing (``start_task`` raises
+        :class:`RuntimeClosed` or returns false), but ``get_state`` and
+        ``write_fields`` still work: cases read what the shutdown recorded.
+        """
 
 
 class Implementation(ABC):

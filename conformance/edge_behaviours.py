@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from .behaviours import wait_for_field
 from .contract import TaskContext
 from .waiting import POLL_INTERVAL
 
@@ -49,6 +50,20 @@ async def raise_named(ctx: TaskContext) -> None:
     """Send ``start``, then raise ``RAISABLE[fields['raise']](fields['message'])``."""
     await ctx.send_event("start", {})
     raise RAISABLE[ctx.fields["raise"]](ctx.fields.get("message", "raised on purpose"))
+
+
+async def fail_when_released(ctx: TaskContext) -> None:
+    """Count this run in field ``runs``, send ``start``, raise once ``release`` reaches the count.
+
+    Created with ``release=1``, its first run fails at once; a run after a
+    retry waits until the case writes ``release=2``, so a client can be
+    watching before it ends.
+    """
+    run = int(ctx.fields.get("runs", 0)) + 1
+    await ctx.write_fields(runs=run)
+    await ctx.send_event("start", {"run": run})
+    await wait_for_field(ctx, lambda fields: int(fields.get("release", 0)) >= run)
+    raise ValueError(f"run {run} failed on purpose")
 
 
 async def raise_odd(ctx: TaskContext) -> None:

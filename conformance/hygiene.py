@@ -12,6 +12,11 @@ the loop must not have reported a "Task exception was never retrieved" or
 "Task was destroyed but it is pending!". "Coroutine ... was never awaited"
 surfaces as a RuntimeWarning, which the suite's warning filter turns into an
 error.
+
+Descriptors are counted for the whole process: one a case's second runtime
+keeps open after its shutdown counts against the case like any other (an
+SQLite file stays open while another connection of the process locks it, so
+runtimes of one process may have to share connections).
 """
 
 from __future__ import annotations

@@ -67,13 +67,6 @@ _MAX_ID = 2**63 - 1
 #: Seconds a closing runtime keeps trying to record an outcome while the database is away.
 _RECORD_GIVE_UP = 3.0
 _DEFAULT_CANCEL_REASON = "cancelled by request"
-#: Loop turns between a run's body ending and its outcome being recorded.
-#: A client whose request is already on its way (a few turns: accept, parse,
-#: dispatch) registers while the run is still live and sees its last event,
-#: then its end; the race is decided in loop turns, which CPU contention
-#: cannot reorder, not by how fast a database thread is (EDGE-4 over HTTP).
-#: From the recording on, a client that joins gets the terminal event only.
-_RECORD_AFTER_TURNS = 8
 
 
 def parse_task_id(model: str, task_id: str) -> int | None:
@@ -337,8 +330,7 @@ class Coordinator(Runtime):
                     outcome.error,
                     exc_info=outcome.exception,
                 )
-            for _ in range(_RECORD_AFTER_TURNS):
-                await asyncio.sleep(0)
+            # From here on, a client that joins gets the terminal event only.
             run.recording = True
             terminal = envelope(run.task_id, run.ref.model, run.next_id, outcome.type, outcome.data)
             run.next_id += 1
