@@ -117,12 +117,13 @@ class RedisBus(Bus):
             return
         self._closing = True
         self._watching.set()
+        self._wanted.set()
         if not self._tasks:  # never started
             pending: set[asyncio.Task[None]] = set()
         else:
             _, pending = await asyncio.wait(self._tasks, timeout=READ_BLOCK_MS / 1000 + 1.0)
         for task in pending:
-            task.cancel()  # the writer, waiting for work; or a read that would not end
+            task.cancel()  # a write Redis does not take, or a read that would not end
         if pending:
             _, stuck = await asyncio.wait(pending, timeout=1.0)
             for task in stuck:
@@ -167,6 +168,8 @@ class RedisBus(Bus):
                         delay = min(delay * 2, 5.0)
                 delay = 0.1
             self._idle.set()
+            if self._closing:
+                return
 
     async def _write(self, batch: list[tuple[str, Message]]) -> None:
         pipe = self._writer.pipeline(transaction=False)

@@ -247,3 +247,19 @@ async def test_entry_when_its_id_is_not_above_the_streams_last_then_refused_quie
         await client.aclose()
     assert ids == [b"5-0"]
     assert "entry refused" in caplog.text
+
+
+async def test_bus_when_closed_then_its_tasks_end_on_their_own_not_cancelled(
+    redis_url: str, prefix: str
+) -> None:
+    # Cancelling them would cost a shutdown their wait for it (and redis-py
+    # can leave a task cancelled mid-reply stuck): each must see close() itself.
+    async with worker(redis_url, prefix, "a") as a, worker(redis_url, prefix, "b") as b:
+        a.open(KEY)
+        watching = await b.subscribe(KEY)  # b's reader is blocked in a read
+        await a.publish(KEY, _event(1))
+        assert await take(watching, 1) == [(1, "tick")]
+        tasks = [*a._tasks, *b._tasks]
+        await b.close()
+        await a.close()
+    assert all(task.done() and not task.cancelled() for task in tasks), tasks
