@@ -8,11 +8,13 @@ over 127.0.0.1, and reports each figure with its ratio to the baseline:
 
 - server CPU per delivered event, and events delivered per second, with 10,
   100 and 1,000 clients (about 100,000 deliveries each, median of 3 runs);
-- server memory per idle stream (1,000 open);
+- server memory per idle stream (1,000 open, before anything has streamed);
 - connect to first event for a task that is running (p50, p99);
 - cancel to every client told, with 1,000 clients (p50, p99);
 - SIGTERM with 1,000 open streams: how many were told, and the time to exit;
-- events lost, and clients that saw them out of order, over every run.
+- events lost, and clients that saw them out of order, over every run;
+- for an implementation declaring ``multi_worker``: the CPU of both workers
+  per event delivered to 100 clients on the worker that does not run the task.
 
 The broadcaster has no late joiners, no cancel and no drain: those figures
 have no ratio. It writes ``bench.json``, ``bench.md`` and, with matplotlib
@@ -42,7 +44,7 @@ import httpx
 import psutil
 
 from . import behaviours
-from .contract import Implementation, Runtime, ServerSpec, TaskRef
+from .contract import Capability, Implementation, Runtime, ServerSpec, TaskRef
 from .processes import ServerProcess, running_server, with_default_signals
 
 DESCRIPTION = "Measure an implementation's server against a raw ASGI broadcaster."
@@ -50,6 +52,8 @@ DESCRIPTION = "Measure an implementation's server against a raw ASGI broadcaster
 FAN_OUTS = ((10, 10_000), (100, 1_000), (1000, 100))
 IDLE_STREAMS = 1000
 CANCEL_CLIENTS = 1000
+#: (clients, events) with the clients on a second worker (``multi_worker`` only).
+OTHER_WORKER = (100, 1_000)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -201,8 +205,35 @@ async def fan_out(target: Target, clients: int, events: int, repeat: int) -> dic
     }
 
 
+async def fan_out_elsewhere(
+    target: Target, other: ServerProcess, clients: int, events: int, repeat: int
+) -> dict[str, Any]:
+    """CPU of both workers per delivered event, the task on one and its clients on the other."""
+    cpu_per_event, lost = [], 0
+    for _ in range(repeat):
+        path, trigger = await target.burst(events)
+        connected = await Clients.open(other.url, path, clients)
+        before = cpu_seconds(target.server) + cpu_seconds(other)
+        await trigger()
+        streams = await connected.results()
+        spent = cpu_seconds(target.server) + cpu_seconds(other) - before
+        delivered = sum(s["events"] for s in streams)
+        lost += clients * (events + 1) - delivered
+        cpu_per_event.append(spent / delivered * 1e6)
+    return {
+        "clients": clients,
+        "events": events,
+        "cpu_us_per_event": statistics.median(cpu_per_event),
+        "lost": lost,
+    }
+
+
 async def idle_memory(target: Target) -> float:
-    """Server resident memory per open idle stream, in KB."""
+    """Server resident memory per open idle stream, in KB (on a server that has not streamed yet).
+
+    Measured before any fan-out: memory a burst left free would hold the
+    streams' allocations and hide their cost.
+    """
     if target.runtime is not None:
         path = (await target.parked()).stream_path
     else:
@@ -279,13 +310,20 @@ async def _bench(impl: Implementation, repeat: int) -> dict[str, Any]:
             await _settle(server)
             ours, base = Target(impl.name, server, runtime), Target("baseline", yardstick)
             for target in (ours, base):
+                target.figures["idle_kb_per_stream"] = await idle_memory(target)
+            for target in (ours, base):
                 await fan_out(target, 10, 100, 1)  # warm up
                 target.figures["fan_out"] = [
                     await fan_out(target, clients, events, repeat) for clients, events in FAN_OUTS
                 ]
-                target.figures["idle_kb_per_stream"] = await idle_memory(target)
             ours.figures["first_event"] = await first_event(ours, 200)
             ours.figures["cancel_to_everyone"] = await cancel_to_everyone(ours, repeat)
+            if Capability.MULTI_WORKER in impl.capabilities:
+                async with running_server(impl) as other:
+                    await fan_out_elsewhere(ours, other, 10, 100, 1)  # warm up
+                    ours.figures["other_worker"] = await fan_out_elsewhere(
+                        ours, other, *OTHER_WORKER, repeat
+                    )
         ours.figures["sigterm"] = await sigterm(impl, runtime)
     finally:
         await runtime.shutdown(2.0)
@@ -352,6 +390,15 @@ def render_markdown(figures: dict[str, Any]) -> str:
         f"{sum(r['lost'] for r in base['fan_out'])}, "
         f"{sum(r['out_of_order'] for r in base['fan_out'])} | |",
     ]
+    elsewhere = ours.get("other_worker")
+    if elsewhere is not None:
+        n = elsewhere["clients"]
+        same = next(r for r in ours["fan_out"] if r["clients"] == n)
+        lines.append(
+            f"| both workers' CPU per event, {n} clients on the other worker (us) | "
+            f"{elsewhere['cpu_us_per_event']:.1f} ({same['cpu_us_per_event']:.1f} on one "
+            f"worker; {elsewhere['lost']} lost) | n/a | |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -94,9 +94,14 @@ def make_bus(config: Config) -> Bus:
         closed_history_bytes=config.closed_history_bytes,
     )
     if config.redis_url:
-        from .redisbus import RedisBus
+        from .redisbus import STREAM_LENGTH, RedisBus
 
-        return RedisBus(hub, config.redis_url, prefix=config.redis_prefix, keep=config.history_size)
+        # The shared stream is also what another worker's reader catches up
+        # from: it keeps more than a resume needs, so a reader that falls
+        # behind a burst still finds every entry (if not, its clients are
+        # told with a stream-reset).
+        keep = max(config.history_size, STREAM_LENGTH)
+        return RedisBus(hub, config.redis_url, prefix=config.redis_prefix, keep=keep)
     return InMemoryBus(hub)
 
 

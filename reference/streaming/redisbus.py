@@ -39,6 +39,9 @@ from .hub import Hub, Message, Subscriber
 
 logger = logging.getLogger(__name__)
 
+#: Entries a task's stream keeps at least (``MAXLEN ~``): how far another
+#: worker's reader may fall behind a burst before its clients miss events.
+STREAM_LENGTH = 10_000
 #: Seconds a task's stream is kept after its final event.
 ENDED_TTL = 3600
 #: Milliseconds a read waits for new entries before it looks at what to watch again.
