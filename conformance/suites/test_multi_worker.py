@@ -86,6 +86,30 @@ async def test_client_of_another_worker_when_task_runs_then_same_events_ids_and_
     )
 
 
+@pytest.mark.case("MULTI-1")
+async def test_clients_of_another_worker_when_task_sends_a_burst_then_every_event_in_order(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    # The other worker's clients must not depend on it keeping up with the
+    # running worker: a burst sent back to back still reaches them whole.
+    count = 3000
+    runs_it, other = await two_workers(spawn_server)
+    ref = await runtime.create_task(behaviours.burst, {"count": count})
+    there = HttpClient(other.url)
+    try:
+        streams = [await there.subscribe(ref) for _ in range(5)]
+        await runs_it.start_task(ref)
+        for stream in streams:
+            events = await stream.until(timeout=60)
+            assert [e.type for e in events] == ["tick"] * count + ["complete"], (
+                f"{len(events)} events; the first that is not a tick: "
+                f"{next((e for e in events if e.type != 'tick'), None)}"
+            )
+            assert [e.data["index"] for e in events[:-1]] == list(range(count))
+    finally:
+        await there.aclose()
+
+
 @pytest.mark.case("MULTI-2")
 async def test_late_client_of_another_worker_when_task_runs_then_latest_event_first(
     runtime: Runtime, spawn_server: Spawn
