@@ -25,6 +25,7 @@ and ends) and only then lets uvicorn exit. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -224,19 +225,22 @@ class StreamServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the signal handler, between two bytecodes of the loop's thread:
-        # only flags and call_soon_threadsafe here.
+        # only flags and call_soon_threadsafe here. The interrupted frame may be
+        # a request's, in the middle of an ORM call: its context says so to
+        # asgiref (which then refuses another ORM call, "would deadlock"), so
+        # what runs from here gets a fresh context, not a copy of that one.
         name = signal.Signals(sig).name
         if self._loop is None:  # not serving yet: nothing to drain
             super().handle_exit(sig, frame)
         elif self._draining:
             logger.warning("second signal %s: exiting now", name)
             self.force_exit = True
-            self._loop.call_soon_threadsafe(self.coordinator.abandon)
+            self._loop.call_soon_threadsafe(self.coordinator.abandon, context=contextvars.Context())
             super().handle_exit(sig, frame)
         else:
             logger.info("signal %s: draining for up to %gs", name, self.grace)
             self._draining = True
-            self._loop.call_soon_threadsafe(self._begin_drain)
+            self._loop.call_soon_threadsafe(self._begin_drain, context=contextvars.Context())
 
     def _begin_drain(self) -> None:
         self._drain = asyncio.create_task(self._drain_then_exit(), name="streaming:drain")

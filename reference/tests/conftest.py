@@ -491,3 +491,21 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
     if database["ENGINE"].endswith("sqlite3"):
         test_file = tmp_path_factory.mktemp("django-db") / "test.sqlite3"
         database.setdefault("TEST", {})["NAME"] = str(test_file)
+
+
+@pytest.fixture(autouse=True)
+def _orm_thread_connections_closed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close, after each database test, the connections its async ORM calls opened.
+
+    ``sync_to_async`` runs ORM calls in one thread of asgiref's, which keeps
+    its connections between tests; pytest-django closes only the main
+    thread's. On PostgreSQL a connection left open there stops the test
+    database from being dropped at the end of the session.
+    """
+    yield
+    if request.node.get_closest_marker("django_db") is None:
+        return
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(DEADLINE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 
 import httpx
@@ -284,6 +285,39 @@ async def test_bad_input_when_sent_then_400_with_reason_and_task_untouched(
         response = await http.request(method, path.format(pk=row.pk), headers=headers, content=body)
     assert response.status_code == 400 and response.text.strip(), response.text
     assert (await ExampleTask.objects.aget(pk=row.pk)).status == "READY"
+
+
+@pytest.mark.asyncio
+async def test_signal_when_it_interrupts_an_orm_call_then_the_drain_still_reaches_the_orm(
+    coordinator,
+) -> None:
+    """A signal handler runs in whatever context it interrupted.
+
+    asgiref marks the context of a coroutine awaiting an ORM call and refuses
+    a second call from that context ("would deadlock"); a drain started with a
+    copy of it could not close the database connections.
+    """
+    import signal
+
+    import uvicorn
+    from asgiref.sync import SyncToAsync
+
+    from streaming.server import StreamServer, make_app
+
+    server = StreamServer(uvicorn.Config(make_app(coordinator)), coordinator, grace=0.1)
+    server._loop = asyncio.get_running_loop()
+
+    def interrupted_orm_call() -> None:
+        SyncToAsync.deadlock_context.set(True)
+        server.handle_exit(signal.SIGTERM, None)
+
+    contextvars.copy_context().run(interrupted_orm_call)
+    # The handler scheduled the drain's start before this task's next step.
+    await asyncio.sleep(0)
+    assert server._drain is not None
+    async with asyncio.timeout(10):
+        await server._drain
+    assert server.should_exit
 
 
 @pytest.mark.asyncio
