@@ -14,6 +14,13 @@ may both have a ``park``), so an implementation can run it in another process
 too, for the cases that start a real server. How the implementation names the
 task kind in URLs (``TaskRef.model``) is its own choice.
 
+Operations (OPS) need the implementation configured otherwise than the
+other suites, which must not be limited: :meth:`Runtime.guarded_asgi_app`
+serves the same interface with access control and the limits the
+implementation declares in :attr:`Implementation.limits`, and
+:meth:`Implementation.credentials_for` says which request headers grant an
+action on a task. ``server_command`` takes nothing new.
+
 Everything here is plain data or an abstract method; ``SPEC.md`` says what
 each operation must do, and what the events the implementation sends itself
 (terminal events, the farewell, ``overflow``, ``stream-reset``) carry.
@@ -39,6 +46,7 @@ __all__ = [
     "Capability",
     "Event",
     "Implementation",
+    "Limits",
     "Runtime",
     "RuntimeClosed",
     "RuntimeStats",
@@ -121,6 +129,20 @@ class Capability(enum.StrEnum):
     #: Implementation.database_outage() and drop_database_connections() inject
     #: real faults into the implementation's own database, so cases can watch it survive.
     FAULT_INJECTION = "fault_injection"
+    #: Runtime.guarded_asgi_app() asks for credentials (401/403 with a reason)
+    #: that Implementation.credentials_for() gives, and every HTTP interface
+    #: refuses state changes from another origin and requests for a host it
+    #: does not serve (OPS).
+    AUTHORIZATION = "authorization"
+    #: Runtime.guarded_asgi_app() enforces Implementation.limits: 429 with
+    #: Retry-After past one (OPS).
+    RATE_LIMITS = "rate_limits"
+    #: GET /metrics answers the Prometheus text format with the series SPEC.md
+    #: names, and they move as tasks run and events reach clients (OPS).
+    METRICS = "metrics"
+    #: GET /live (the process answers) and GET /ready (it can serve: accepting
+    #: work, storage reachable) are told apart (OPS).
+    READINESS = "readiness"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +217,31 @@ class Timings:
     #: A run whose process died is recorded INTERRUPTED within this
     #: (capability ``recovery``).
     orphan_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the guarded HTTP interface allows one client, declared for the suite (OPS).
+
+    A client is one address (the peer of the connection). A limit left None
+    is not enforced, and the cases that need it are graded unsupported.
+    Rates are token buckets: a client may spend ``burst`` at once, and gets
+    one more every ``1 / per_second`` seconds. Past any limit the answer is
+    429 with ``Retry-After``, at once: never a request left waiting.
+    """
+
+    #: Streams one client may hold open at once.
+    streams_per_client: int | None = None
+    #: Streams one task may have open at once, from all clients.
+    subscribers_per_task: int | None = None
+    #: New streams (``GET /stream/...``) one client may open in a burst ...
+    stream_burst: int | None = None
+    #: ... and how many more per second after that.
+    streams_per_second: float | None = None
+    #: Commands (``POST /tasks/...``) one client may send in a burst ...
+    command_burst: int | None = None
+    #: ... and how many more per second after that.
+    commands_per_second: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +426,18 @@ class Runtime(ABC):
         it for that: the transport behind ``send``.
         """
 
+    def guarded_asgi_app(self) -> ASGIApp:
+        """The same HTTP interface, with access control and the declared limits in force.
+
+        Every stream and command on a task needs the credentials
+        :meth:`Implementation.credentials_for` gives: without any, the answer
+        is 401 or 403 with a reason; credentials for another task or another
+        action get 403. It enforces :attr:`Implementation.limits` (capability
+        ``rate_limits``). ``/health`` and the probes answer without
+        credentials. Capability ``authorization`` or ``rate_limits``.
+        """
+        raise NotImplementedError("This implementation does not declare an 'authorization' app.")
+
     @abstractmethod
     def stats(self) -> RuntimeStats:
         """Current counts of running tasks, subscribers and topics."""
@@ -411,6 +470,20 @@ class Implementation(ABC):
     #: Events a client may fall behind before it is sent ``overflow`` and its
     #: stream ends; every client's queue must be bounded.
     client_queue_size: int = 1000
+    #: What :meth:`Runtime.guarded_asgi_app` allows one client (capability
+    #: ``rate_limits``); the interfaces of ``asgi_app`` and ``server_command``
+    #: may allow more, so that the other suites are not limited.
+    limits: Limits = Limits()
+
+    def credentials_for(self, ref: TaskRef, action: str) -> Mapping[str, str]:
+        """HTTP request headers that let a client do ``action`` on ``ref``, and only that.
+
+        ``action`` is ``"stream"`` (``GET /stream/...``), ``"start"``,
+        ``"cancel"`` or ``"retry"`` (``POST /tasks/.../<action>``). The
+        headers are what :meth:`Runtime.guarded_asgi_app` asks for: a token,
+        a session cookie. Capability ``authorization``.
+        """
+        raise NotImplementedError(f"{self.name} does not declare the 'authorization' capability.")
 
     @abstractmethod
     async def start(self) -> Runtime:

@@ -37,7 +37,7 @@ PUBLIC = [
     "resolve_behaviour",
 ]
 
-CONTRACT = sorted([*set(PUBLIC) - {"WaitTimeout", "eventually"}, "ASGIApp"])
+CONTRACT = sorted([*set(PUBLIC) - {"WaitTimeout", "eventually"}, "ASGIApp", "Limits"])
 
 
 def test_all_when_listed_then_exactly_the_pinned_names_once_each() -> None:

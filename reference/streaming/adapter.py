@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ from conformance.contract import (
     Capability,
     Event,
     Implementation,
+    Limits,
     Runtime,
     RuntimeClosed,
     RuntimeStats,
@@ -46,11 +48,18 @@ SETTINGS_MODULE = "streaming_project.settings"
 
 #: The coordinator's settings under the suite: short, so that a case waiting
 #: for a deadline to pass is short too. Timings below states what they give.
+#: Limits are off: the suites open a thousand streams from one address, and
+#: start a hundred tasks at once. The OPS cases reach them through the
+#: guarded app instead (GUARDED_CONFIG).
 SUITE_CONFIG: Mapping[str, Any] = {
     "cancel_grace": 2.0,
     "keepalive": 1.0,
     "write_deadline": 2.0,
     "lease": 3.0,
+    "max_connections_per_client": None,
+    "max_subscribers_per_task": None,
+    "streams_per_second": None,
+    "posts_per_second": None,
 }
 #: The same for server processes, as the environment settings.py reads.
 SUITE_ENVIRONMENT: Mapping[str, str] = {
@@ -58,9 +67,37 @@ SUITE_ENVIRONMENT: Mapping[str, str] = {
     "STREAMING_KEEPALIVE": "1",
     "STREAMING_WRITE_DEADLINE": "2",
     "STREAMING_LEASE": "3",
+    "STREAMING_MAX_CONNECTIONS_PER_CLIENT": "off",
+    "STREAMING_MAX_SUBSCRIBERS_PER_TASK": "off",
+    "STREAMING_STREAMS_PER_SECOND": "off",
+    "STREAMING_POSTS_PER_SECOND": "off",
     # A locked SQLite file (database_outage) fails a write after this many
     # seconds instead of twenty, so the outage shows within a case.
     "STREAMING_SQLITE_TIMEOUT": "3",
+}
+
+
+#: What the guarded app allows (the contract's Limits), small so that a case
+#: reaches each limit in a few requests; one stream or command more a second.
+GUARDED_LIMITS = Limits(
+    streams_per_client=4,
+    subscribers_per_task=2,
+    stream_burst=8,
+    streams_per_second=1.0,
+    command_burst=10,
+    commands_per_second=1.0,
+)
+#: The guarded app's settings: signed task tokens, and GUARDED_LIMITS. Every
+#: request in progress counts towards the connections of its client, and
+#: the cases hold streams only while they count them.
+GUARDED_CONFIG: Mapping[str, Any] = {
+    "authorization": "streaming.ops.policy.SignedTokens",
+    "max_connections_per_client": GUARDED_LIMITS.streams_per_client,
+    "max_subscribers_per_task": GUARDED_LIMITS.subscribers_per_task,
+    "stream_burst": GUARDED_LIMITS.stream_burst,
+    "streams_per_second": GUARDED_LIMITS.streams_per_second,
+    "post_burst": GUARDED_LIMITS.command_burst,
+    "posts_per_second": GUARDED_LIMITS.commands_per_second,
 }
 
 
@@ -88,8 +125,13 @@ class ReferenceImplementation(Implementation):
             Capability.RETRY,
             Capability.RECOVERY,
             Capability.FAULT_INJECTION,
+            Capability.AUTHORIZATION,
+            Capability.RATE_LIMITS,
+            Capability.METRICS,
+            Capability.READINESS,
         }
     )
+    limits = GUARDED_LIMITS
     expected_failures: Mapping[str, str] = {}
     # A lost run is found within a lease plus a keeper period (3 + 1 s); the
     # rest is room for the database's clock against the process's.
@@ -112,6 +154,13 @@ class ReferenceImplementation(Implementation):
         coordinator = Coordinator(**self._config())
         await coordinator.started()
         return ReferenceRuntime(coordinator)
+
+    def credentials_for(self, ref: TaskRef, action: str) -> Mapping[str, str]:
+        """A signed task token for ``action`` on ``ref`` only (ops.policy.SignedTokens)."""
+        setup_django()
+        from .ops.policy import task_token
+
+        return {"authorization": f"Bearer {task_token(ref.model, ref.id, [action])}"}
 
     def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
         database_url = setup_django()
@@ -371,6 +420,7 @@ class ReferenceRuntime(Runtime):
     def __init__(self, coordinator: Any) -> None:
         self.coordinator = coordinator
         self._app: ASGIApp | None = None
+        self._guarded: ASGIApp | None = None
 
     async def create_task(
         self,
@@ -456,6 +506,14 @@ class ReferenceRuntime(Runtime):
 
             self._app = make_app(self.coordinator)
         return self._app
+
+    def guarded_asgi_app(self) -> ASGIApp:
+        if self._guarded is None:
+            from .server import make_app
+
+            config = dataclasses.replace(self.coordinator.config, **GUARDED_CONFIG)
+            self._guarded = make_app(self.coordinator, config=config)
+        return self._guarded
 
     def stats(self) -> RuntimeStats:
         counts = self.coordinator.stats()

@@ -54,6 +54,39 @@ class Config:
     #: sessions) can share one Redis.
     redis_prefix: str = "streaming"
 
+    # -- operations (streaming/ops/, README "Operations") --------------------------
+    #: Who may stream, start, cancel and retry a task: a policy (a callable
+    #: given an ``ops.policy.AccessRequest``), its dotted path, or a list of
+    #: them (the first that allows wins). The default allows clients on this
+    #: machine only.
+    authorization: Any = "streaming.ops.policy.LoopbackOnly"
+    #: Seconds a signed task token (``ops.policy.task_token``) stays valid.
+    token_max_age: float = 3600.0
+    #: Origins other than the server's own that browsers may use it from
+    #: (CORS), such as ``"https://app.example.com"``; they may also send commands.
+    cors_allowed_origins: tuple[str, ...] = ()
+    #: Let those origins send cookies (``Access-Control-Allow-Credentials``).
+    cors_allow_credentials: bool = False
+    #: Seconds a browser may keep a preflight's answer.
+    cors_max_age: int = 600
+    #: Requests in progress (streams included) on this server; past it, 503.
+    #: None: no limit but the process's file descriptors.
+    max_connections: int | None = None
+    #: Requests in progress (streams included) from one client address; past it, 429.
+    max_connections_per_client: int | None = 256
+    #: Streams one task may have open on this server; past it, 429.
+    max_subscribers_per_task: int | None = 10_000
+    #: New streams (and watch pages) per second one client may open, after a
+    #: burst of ``stream_burst``; past it, 429. None: no limit.
+    streams_per_second: float | None = 20.0
+    stream_burst: int = 100
+    #: Commands (POST) per second one client may send, after a burst of
+    #: ``post_burst``; past it, 429. None: no limit.
+    posts_per_second: float | None = 10.0
+    post_burst: int = 50
+    #: Serve Prometheus metrics at ``/metrics``.
+    metrics: bool = True
+
     @classmethod
     def from_settings(cls, **overrides: Any) -> Config:
         """The configuration ``settings.STREAMING`` gives, with ``overrides`` on top."""

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -218,6 +218,8 @@ class Coordinator:
         self._serial = KeyedLocks()
         self._closed = asyncio.Event()
         self._opened = False
+        #: Told of every event this coordinator publishes (ops.metrics counts them).
+        self.on_publish: Callable[[Event], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Coordinator {self._state.value} runs={len(self._runs)} owner={self.owner}>"
@@ -428,6 +430,8 @@ class Coordinator:
     async def _publish(self, event: Event, *, final: bool = False) -> Message:
         message = await self.bus.publish(event.key, event, final=final)
         self.log.append(message)
+        if self.on_publish is not None:
+            self.on_publish(event)
         return message
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:

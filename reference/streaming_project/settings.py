@@ -17,10 +17,14 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "reference-implementation-not-for-production")
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
-ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+# The streaming server refuses any other Host (400): DNS rebinding protection.
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
+    # For the DjangoSession authorization policy (streaming.ops.policy).
+    "django.contrib.auth",
+    "django.contrib.sessions",
     "streaming",
 ]
 
@@ -58,6 +62,16 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"STREAMING_{name}", default)
 
 
+def _limit(name: str, default: str, kind: type[int] | type[float] = int) -> int | float | None:
+    """A limit from the environment; ``0``, ``off`` or nothing turn it off (None)."""
+    value = _env(name, default).strip().lower()
+    return None if value in ("", "0", "off", "none") else kind(value)
+
+
+def _list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in _env(name, default).split(",") if item.strip()]
+
+
 # Read by streaming.config.Config; each key is documented there.
 STREAMING = {
     "TASK_TIMEOUT": float(_env("TASK_TIMEOUT", "")) if _env("TASK_TIMEOUT", "") else None,
@@ -77,12 +91,38 @@ STREAMING = {
     # Several workers share events through Redis when this is set.
     "REDIS_URL": _env("REDIS_URL", "") or None,
     "REDIS_PREFIX": _env("REDIS_PREFIX", "streaming"),
+    # Operations: the README (Operations) describes each of these.
+    "AUTHORIZATION": _list("AUTHORIZATION", "streaming.ops.policy.LoopbackOnly"),
+    "TOKEN_MAX_AGE": float(_env("TOKEN_MAX_AGE", "3600")),
+    "CORS_ALLOWED_ORIGINS": tuple(_list("CORS_ALLOWED_ORIGINS")),
+    "CORS_ALLOW_CREDENTIALS": _env("CORS_ALLOW_CREDENTIALS", "0") == "1",
+    "CORS_MAX_AGE": int(_env("CORS_MAX_AGE", "600")),
+    "MAX_CONNECTIONS": _limit("MAX_CONNECTIONS", ""),
+    "MAX_CONNECTIONS_PER_CLIENT": _limit("MAX_CONNECTIONS_PER_CLIENT", "256"),
+    "MAX_SUBSCRIBERS_PER_TASK": _limit("MAX_SUBSCRIBERS_PER_TASK", "10000"),
+    "STREAMS_PER_SECOND": _limit("STREAMS_PER_SECOND", "20", float),
+    "STREAM_BURST": int(_env("STREAM_BURST", "100")),
+    "POSTS_PER_SECOND": _limit("POSTS_PER_SECOND", "10", float),
+    "POST_BURST": int(_env("POST_BURST", "50")),
+    "METRICS": _env("METRICS", "1") == "1",
 }
 
+# Every record names its task (streaming.ops.logs): "[ExampleTask:1]" in text,
+# "task_kind" and "task_id" in JSON lines (STREAMING_LOG_FORMAT=json).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"task": {"()": "streaming.ops.logs.TaskFields"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(task)s]: %(message)s"},
+        "json": {"()": "streaming.ops.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if _env("LOG_FORMAT", "plain") == "json" else "plain",
+            "filters": ["task"],
+        }
+    },
     "loggers": {"streaming": {"handlers": ["console"], "level": "INFO"}},
 }

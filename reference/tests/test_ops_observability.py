@@ -1,0 +1,289 @@
+"""What the server tells its operators: metrics (ops/metrics.py), logs (ops/logs.py), probes.
+
+The structured-log tests run the real server process and read what it
+writes to stderr; the metrics tests read real hub messages through the
+counting source the server gives each stream, and ``/metrics`` over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from conformance.clients import serve_asgi
+
+DEADLINE = 20.0
+
+
+@pytest_asyncio.fixture
+async def coordinator() -> AsyncIterator[Any]:
+    from streaming.coordinator import Coordinator
+
+    made = Coordinator(cancel_grace=1.0)
+    try:
+        yield made
+    finally:
+        await made.shutdown(1.0)
+
+
+@contextlib.asynccontextmanager
+async def served(coordinator: Any, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    from streaming.server import make_app
+
+    config = dataclasses.replace(coordinator.config, **settings)
+    async with serve_asgi(make_app(coordinator, config=config)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield http
+
+
+def sample(metrics: Any, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)  # type: ignore[no-any-return]
+
+
+# -- metrics ------------------------------------------------------------------------
+
+
+def _event(number: int, type: str = "tick", key: str = "ContinueTask:1") -> Any:
+    from streaming.events import Event
+
+    model, _, pk = key.partition(":")
+    return Event(number, type, {"n": number}, pk, model, "2026-01-01T00:00:00+00:00")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_counted_source_when_client_overflows_then_overflow_counted_not_delivered(
+    coordinator: Any,
+) -> None:
+    from streaming.hub import Hub
+    from streaming.ops.metrics import CountedSource, Metrics
+
+    metrics = Metrics.of(coordinator)
+    assert Metrics.of(coordinator) is metrics and coordinator.on_publish == metrics.published
+    hub = Hub(queue_size=2)
+    hub.open("ContinueTask:1")
+    keeping_up = CountedSource(hub.subscribe("ContinueTask:1"), metrics)
+    slow = CountedSource(hub.subscribe("ContinueTask:1"), metrics)
+    hub.publish("ContinueTask:1", _event(1))
+    assert [m.event.id for m in keeping_up.take()] == [1]
+    for number in (2, 3, 4):
+        hub.publish("ContinueTask:1", _event(number))
+    taken = slow.take()
+    assert [m.event.type for m in taken] == ["overflow"] and slow.ended
+    assert sample(metrics, "streaming_overflows_total") == 1.0
+    assert sample(metrics, "streaming_events_delivered_total") == 1.0
+    keeping_up.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_counted_source_when_cancel_reaches_a_client_then_latency_observed_once_per_client(
+    coordinator: Any,
+) -> None:
+    from streaming.hub import Hub
+    from streaming.ops.metrics import CountedSource, Metrics
+
+    metrics = Metrics.of(coordinator)
+    hub = Hub()
+    hub.open("ContinueTask:1")
+    clients = [CountedSource(hub.subscribe("ContinueTask:1"), metrics) for _ in range(2)]
+    metrics.cancel_asked("ContinueTask:1")
+    hub.publish("ContinueTask:1", _event(1, "cancelled"), final=True)
+    assert sample(metrics, "streaming_cancel_delivery_seconds_count") == 0.0
+    for client in clients:
+        assert [m.event.type for m in client.take()] == ["cancelled"]
+    assert sample(metrics, "streaming_cancel_delivery_seconds_count") == 2.0
+    assert sample(metrics, "streaming_events_delivered_total") == 2.0
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_metrics_when_scraped_then_tasks_by_kind_and_status_and_database_up(
+    coordinator: Any,
+) -> None:
+    from streaming.models import ContinueTask, ExampleTask
+
+    await ExampleTask.objects.acreate()
+    await ExampleTask.objects.acreate(status="FAILED")
+    await ContinueTask.objects.acreate()
+    async with served(coordinator) as http:
+        text = (await http.get("/metrics")).text
+    assert 'streaming_tasks{kind="ExampleTask",status="READY"} 1.0' in text
+    assert 'streaming_tasks{kind="ExampleTask",status="FAILED"} 1.0' in text
+    assert 'streaming_tasks{kind="ContinueTask",status="RUNNING"} 0.0' in text
+    assert "streaming_database_up 1.0" in text
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_metrics_when_turned_off_then_404_saying_so(coordinator: Any) -> None:
+    async with served(coordinator, metrics=False) as http:
+        response = await http.get("/metrics")
+    assert (response.status_code, response.text) == (
+        404,
+        "Metrics are off (settings STREAMING['METRICS']).",
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_drain_when_server_shuts_down_then_drains_counted_and_timed(coordinator: Any) -> None:
+    import uvicorn
+
+    from streaming.ops.metrics import Metrics
+    from streaming.server import StreamServer, make_app
+
+    server = StreamServer(uvicorn.Config(make_app(coordinator)), coordinator, grace=0.1)
+    await server._drain_then_exit()
+    metrics = Metrics.of(coordinator)
+    assert sample(metrics, "streaming_shutdown_drains_total") == 1.0
+    assert sample(metrics, "streaming_shutdown_drain_seconds_count") == 1.0
+
+
+# -- probes -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_ready_when_redis_bus_does_not_answer_then_503_naming_the_bus_while_live_200() -> (
+    None
+):
+    from streaming.coordinator import Coordinator
+
+    with socket.socket() as spare:  # a port nothing listens on
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    unreachable = Coordinator(redis_url=f"redis://127.0.0.1:{port}/0")
+    try:
+        async with served(unreachable) as http:
+            ready, live, health = [await http.get(p) for p in ("/ready", "/live", "/health")]
+    finally:
+        await unreachable.shutdown(0.1)
+    assert ready.status_code == 503, ready.text
+    assert ready.text.startswith("not ready: bus unavailable: Redis does not answer"), ready.text
+    assert (live.status_code, health.status_code) == (200, 200)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_ready_when_redis_bus_answers_then_200(redis_url: str) -> None:
+    from streaming.server import _bus_problem
+
+    assert await _bus_problem(redis_url) is None
+    assert await _bus_problem(None) is None
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def test_task_fields_when_record_names_a_task_then_kind_and_id_from_extra_task_or_args() -> None:
+    from streaming.ops.logs import TaskFields
+
+    def fields(record: logging.LogRecord) -> tuple[Any, Any, str]:
+        TaskFields().filter(record)
+        return record.task_kind, record.task_id, record.task  # type: ignore[attr-defined]
+
+    def record(message: str, *args: Any, **extra: Any) -> logging.LogRecord:
+        made = logging.LogRecord("streaming", logging.INFO, __file__, 1, message, args, None)
+        made.__dict__.update(extra)
+        return made
+
+    assert fields(record("x", task_kind="ExampleTask", task_id="4")) == (
+        "ExampleTask",
+        "4",
+        "ExampleTask:4",
+    )
+    assert fields(record("started %s", "ContinueTask:12")) == (
+        "ContinueTask",
+        "12",
+        "ContinueTask:12",
+    )
+    assert fields(record("shutdown: %d told", 3)) == (None, None, "-")
+
+    async def inside() -> tuple[Any, Any, str]:
+        return fields(record("no key here"))
+
+    async def main() -> tuple[Any, Any, str]:
+        return await asyncio.create_task(inside(), name="streaming:record:BehaviourTask:9")
+
+    assert asyncio.run(main()) == ("BehaviourTask", "9", "BehaviourTask:9")
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_server_when_task_fails_then_json_log_line_has_kind_id_and_traceback(
+    env: dict[str, str], run: Any, spawn: Any, wait_until: Callable[..., Any]
+) -> None:
+    created = run(
+        "manage.py",
+        "shell",
+        "-c",
+        "from streaming.models import BehaviourTask; print(BehaviourTask.objects.create("
+        "behaviour='conformance.behaviours:fail', fields={'message': 'boom on purpose'}).pk)",
+    )
+    assert created.returncode == 0, created.stderr
+    pk = created.stdout.strip().splitlines()[-1]  # after what the shell says it imported
+    port = free_port()
+    server = spawn(
+        "manage.py",
+        "runserver_stream",
+        "--port",
+        str(port),
+        env={**env, "STREAMING_LOG_FORMAT": "json"},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/live", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, DEADLINE, "the server to answer /live")
+    started = httpx.post(f"{url}/tasks/BehaviourTask/{pk}/start", timeout=DEADLINE)
+    assert started.status_code == 202, started.text
+
+    def failure() -> dict[str, Any] | None:
+        for line in server.lines("stderr"):
+            if line.startswith("{") and '"level": "ERROR"' in line:
+                return json.loads(line)  # type: ignore[no-any-return]
+        return None
+
+    logged = wait_until(failure, DEADLINE, "the failure's log line")
+    assert (logged["task_kind"], logged["task_id"]) == ("BehaviourTask", pk), logged
+    assert logged["message"] == f"BehaviourTask:{pk} failed (attempt 1)", logged
+    assert logged["traceback"].startswith("Traceback (most recent call last):"), logged
+    assert logged["traceback"].endswith("ValueError: boom on purpose"), logged
+    asked = [json.loads(line) for line in server.lines("stderr") if "asked by" in line]
+    assert [(a["task_kind"], a["task_id"]) for a in asked] == [("BehaviourTask", pk)], asked
+    assert server.stop(signal.SIGTERM) == 0, server.describe()
+
+
+@pytest.mark.timeout(60)
+def test_server_when_plain_logs_then_each_line_names_its_task(
+    server: Any, run: Any, wait_until: Callable[..., Any]
+) -> None:
+    created = run(
+        "manage.py", "create_task", "--type", "example", "--step-delay", "0", "--server", server.url
+    )
+    assert created.returncode == 0, created.stderr
+    finished = "[ExampleTask:1]: finished ExampleTask:1: SUCCESSFUL"
+    wait_until(lambda: finished in server.text("stderr"), DEADLINE, "the task to finish")
+    assert "INFO streaming.coordinator [ExampleTask:1]: started ExampleTask:1" in server.text(
+        "stderr"
+    )
