@@ -20,7 +20,7 @@ over 127.0.0.1, and reports each figure with its ratio to the baseline:
 The broadcaster has no late joiners, no cancel and no drain: those figures
 have no ratio. It writes ``bench.json``, ``bench.md`` and, with matplotlib
 installed, ``bench.png`` (CPU per event against clients) to ``--output``.
-A full run takes about three minutes on two cores.
+A full run takes about a minute on two cores (more with a loaded machine).
 """
 
 from __future__ import annotations
