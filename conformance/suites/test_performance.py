@@ -31,7 +31,7 @@ process_case = pytest.mark.requires(Capability.PROCESS, Capability.HTTP, Capabil
 MB = 1024 * 1024
 #: What doubling the work may cost at most: twice, plus room for noise; a cost
 #: that grows with the square of clients or events would show four times.
-LINEAR = 2.6
+LINEAR = 3.0
 
 
 def rss(server: ServerProcess) -> int:
@@ -212,11 +212,14 @@ async def test_server_cpu_when_clients_or_events_double_then_it_about_doubles(
 ) -> None:
     server = await spawn_server()
     await cpu_for(server, runtime, clients=50, events=200)  # warm up
-    # The smaller of two runs of each: noise (another process on the core)
-    # only ever adds CPU time.
-    runs = range(2)
-    base = min([await cpu_for(server, runtime, clients=100, events=1000) for _ in runs])
-    more_clients = min([await cpu_for(server, runtime, clients=200, events=1000) for _ in runs])
-    more_events = min([await cpu_for(server, runtime, clients=100, events=2000) for _ in runs])
+    # The smallest of three runs of each, taken in turns: another process on
+    # the machine only adds CPU time (cache misses, switches), and whatever
+    # load comes and goes falls on all three kinds alike.
+    shapes = {"base": (100, 1000), "more_clients": (200, 1000), "more_events": (100, 2000)}
+    spent: dict[str, list[float]] = {name: [] for name in shapes}
+    for _ in range(3):
+        for name, (clients, events) in shapes.items():
+            spent[name].append(await cpu_for(server, runtime, clients=clients, events=events))
+    base, more_clients, more_events = (min(spent[name]) for name in shapes)
     assert more_clients < LINEAR * base, f"{more_clients:.3f}s for 2x clients vs {base:.3f}s"
     assert more_events < LINEAR * base, f"{more_events:.3f}s for 2x events vs {base:.3f}s"
