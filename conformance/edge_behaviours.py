@@ -91,14 +91,17 @@ async def big_events(ctx: TaskContext) -> Mapping[str, Any]:
     """Send ``fields['count']`` (default 1) ``big`` events of ``fields['size']`` characters.
 
     Each event's body is a different string (nothing shared between them);
-    the first is ``pattern(size)``, whose digest the task returns.
+    the first is ``pattern(size)``, whose digest the task returns. Making a
+    body takes a second or more on a busy machine, so it is made in a thread:
+    a task that held the loop that long would stop the implementation from
+    renewing its lease, and be taken for lost.
     """
     size = int(ctx.fields["size"])
     count = int(ctx.fields.get("count", 1))
     for index in range(count):
-        body = pattern(size, start=index * (size // 8 + 1))
+        body = await asyncio.to_thread(pattern, size, index * (size // 8 + 1))
         await ctx.send_event("big", {"index": index, "body": body})
-    return {"digest": digest(pattern(size))}
+    return {"digest": await asyncio.to_thread(lambda: digest(pattern(size)))}
 
 
 async def storage_probe(ctx: TaskContext) -> Mapping[str, Any]:

@@ -54,12 +54,17 @@ async def status_is(
     runtime: Runtime, ref: TaskRef, status: TaskStatus, *, timeout: float = 5.0
 ) -> TaskState:
     """Wait until the task's persisted status is ``status``; return that state."""
+    seen: list[TaskStatus] = []
 
     async def check() -> TaskState | None:
         state = await runtime.get_state(ref)
+        seen[:] = [state.status]
         return state if state.status is status else None
 
-    return await eventually(check, timeout=timeout, what=f"{ref} to be {status}")
+    try:
+        return await eventually(check, timeout=timeout, what=f"{ref} to be {status}")
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc} It was {seen[0] if seen else 'never read'}.") from None
 
 
 async def finished(runtime: Runtime, ref: TaskRef, *, timeout: float = 5.0) -> TaskState:
