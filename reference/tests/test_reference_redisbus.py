@@ -59,11 +59,13 @@ class Relay:
         if self.server is None:
             return
         self.server.close()
-        await self.server.wait_closed()
-        self.server = None
         for pipe in list(self.pipes):
             pipe.cancel()
         await asyncio.gather(*self.pipes, return_exceptions=True)
+        # Since Python 3.12.1 this also waits for the server's connections to
+        # close: the pipes' ends have just aborted them.
+        await self.server.wait_closed()
+        self.server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
