@@ -48,6 +48,11 @@ ENDED_TTL = 3600
 READ_BLOCK_MS = 100
 #: Entries per pipelined write, and per read.
 BATCH = 500
+#: Seconds without a new entry of a task after which an ending found in
+#: storage is handed to its clients here. While entries still come, the
+#: reader brings the run's own terminal event after every event before it:
+#: the owner stores its outcome before its last events may have reached Redis.
+QUIET = 2.0
 
 
 class RedisBus(Bus):
@@ -78,6 +83,8 @@ class RedisBus(Bus):
         self._closing = False
         #: Stream read positions of the keys this worker watches.
         self._cursors: dict[str, str] = {}
+        #: Loop time the reader last got an entry of each watched task.
+        self._heard: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: Entries dropped because Redis stayed away while the buffer filled.
         self.dropped = 0
@@ -229,6 +236,8 @@ class RedisBus(Bus):
             # A run elsewhere (or one not started): what the stream already has
             # comes first, then the reader goes on from there.
             entries = await self._entries(key, after)
+            if entries:
+                self._heard[key] = asyncio.get_running_loop().time()
             for entry_id, fields in entries:
                 self._accept(key, _message(key, entry_id, fields), seeding=True)
                 self._cursors[key] = entry_id
@@ -237,6 +246,12 @@ class RedisBus(Bus):
         subscriber = await super().subscribe(key, after=after, final=final)
         self._watching.set()
         return subscriber
+
+    def deliver(self, key: str, event: Event) -> None:
+        heard = self._heard.get(key)
+        if heard is not None and asyncio.get_running_loop().time() - heard < QUIET:
+            return  # its events are still coming; the keeper looks again next period
+        super().deliver(key, event)
 
     def watched_here(self) -> set[str]:
         """Keys a run of this worker publishes on."""
@@ -277,6 +292,7 @@ class RedisBus(Bus):
             for key in list(self._cursors):
                 if key not in watched:
                     del self._cursors[key]
+                    self._heard.pop(key, None)
             if not self._cursors:
                 self._watching.clear()
                 await self._watching.wait()  # set by a new client, or by close()
@@ -288,8 +304,10 @@ class RedisBus(Bus):
                 logger.warning("redis bus: cannot read (%s)", exc)
                 await asyncio.sleep(1.0)  # back off while Redis is away
                 continue
+            now = asyncio.get_running_loop().time()
             for stream, entries in found:
                 key = stream.decode().removeprefix(f"{self.prefix}:events:")
+                self._heard[key] = now
                 for entry_id, fields in map(_decoded, entries):
                     if key in self._cursors:
                         self._cursors[key] = entry_id

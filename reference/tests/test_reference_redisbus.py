@@ -165,6 +165,25 @@ async def test_events_of_one_worker_when_published_then_another_workers_client_g
             assert [message async for message in remote] == []  # the final one ended it
 
 
+async def test_ending_from_storage_when_the_reader_is_still_bringing_events_then_it_waits(
+    redis_url: str, prefix: str
+) -> None:
+    # The owner stores its outcome before its last events reach Redis; a keeper
+    # that hands the stored terminal event to this worker's clients while the
+    # reader is still bringing the run's events would skip them (stream-reset).
+    async with worker(redis_url, prefix, "a") as a, worker(redis_url, prefix, "b") as b:
+        a.open(KEY)
+        remote = await b.subscribe(KEY)
+        await a.publish(KEY, _event(1))
+        assert await take(remote, 1) == [(1, "tick")]
+
+        b.deliver(KEY, _event(4, "complete"))  # what the keeper read from storage
+        await a.publish(KEY, _event(2))
+        await a.publish(KEY, _event(3))
+        await a.publish(KEY, _event(4, "complete"), final=True)
+        assert await take(remote, 3) == [(2, "tick"), (3, "tick"), (4, "complete")]
+
+
 async def test_client_of_another_worker_when_late_then_latest_first_and_when_resuming_then_rest(
     redis_url: str, prefix: str
 ) -> None:
