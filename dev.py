@@ -4,13 +4,18 @@
     python3 dev.py demo     the testing guide's flow, end to end, on SQLite
     python3 dev.py test     every suite and test, against every implementation
     python3 dev.py report   keep the latest results in results/, make TEST_RESULTS.md
+    python3 dev.py mutate   mutation-test the reference's core modules (mutmut 3)
 
 Each creates ``.venv`` and installs the project and the implementations in
 ``implementations/`` into it on first use (again whenever a ``pyproject.toml``
 changes). Extra arguments after ``test`` go to the suites' pytest session.
 Set ``DATABASE_URL=postgres://...`` to run on PostgreSQL instead. ``test``
 writes only to ``reports/`` (ignored by git); ``report`` is what changes
-tracked files. Standard library only: this runs before anything is installed.
+tracked files. ``mutate`` works in a staged copy in a temporary directory and
+writes ``reports/mutation.json`` and ``reports/mutation.md``; its options
+(``--sample N``, ``--max-children N``, ``--with-processes``, ``--rejudge``,
+``--keep``) are in ``mutation/driver.py``.
+Standard library only: this runs before anything is installed.
 """
 
 from __future__ import annotations
@@ -272,8 +277,20 @@ def demo() -> int:
     return 0
 
 
+def mutate(args: list[str]) -> int:
+    """Mutation-test the reference with mutmut 3, in a staged copy (see mutation/driver.py)."""
+    from mutation import driver
+
+    return driver.main(args, root=ROOT, bin_dir=BIN)
+
+
 def main(argv: list[str]) -> int:
-    commands = {"demo": demo, "test": lambda: test(argv[1:]), "report": report}
+    commands = {
+        "demo": demo,
+        "test": lambda: test(argv[1:]),
+        "report": report,
+        "mutate": lambda: mutate(argv[1:]),
+    }
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 2

@@ -333,25 +333,84 @@ def _read_mutation(path: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def _mutation_section(mutation: dict[str, Any]) -> list[str]:
-    """The score, per module, and the surviving mutants (judged equivalent or not)."""
+MUTATION_COMMAND = "python3 dev.py mutate"
+#: The counts of a mutation summary, in the order the report names them.
+MUTATION_COUNTS = ("killed", "timeout", "survived", "suspicious", "skipped", "no_tests")
+
+
+def _mutation_scores(counts: dict[str, Any]) -> str:
+    """The score of all the mutants, and of those not judged equivalent when it is known."""
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    mutants = counts.get("mutants", 0)
+    equivalent = counts.get("equivalent", 0)
+    score = counts.get("score", killed / mutants if mutants else 0.0)
+    line = f"{killed} of {mutants} mutants of the reference killed (**{score:.1%}**)"
+    if "score_without_equivalents" not in counts:
+        return line + "."
+    return (
+        f"{line}; without the {equivalent} judged equivalent, {killed} of "
+        f"{mutants - equivalent} (**{counts['score_without_equivalents']:.1%}**)."
+    )
+
+
+def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUTATION) -> list[str]:
+    """The mutation score: overall, per module, and the surviving mutants with their judgement.
+
+    Without a summary the section says the run has not been made, and how to make it.
+    """
+    lines = ["## Mutation score", ""]
+    if mutation is None:
+        return [
+            *lines,
+            f"Not run: there is no `{source}`. `{MUTATION_COMMAND}`, then `python3 dev.py "
+            "report`, puts one there.",
+        ]
     total = mutation.get("total", {})
-    lines = [
-        "## Mutation score",
-        "",
-        f"{total.get('killed', 0)} of {total.get('mutants', 0)} mutants of the reference killed "
-        f"(**{total.get('score', 0):.1%}**), by `{mutation.get('command', '')}` on "
-        f"{mutation.get('date', NOT_APPLICABLE)}.",
-        "",
+    lines += [
+        f"{_mutation_scores(total)} By `{mutation.get('command', MUTATION_COMMAND)}` "
+        f"({mutation.get('tool', 'mutmut')}) on {mutation.get('date', NOT_APPLICABLE)}, "
+        f"from `{source}`.",
     ]
+    counted = [name for name in MUTATION_COUNTS if name in total]
+    if counted:
+        lines += [
+            "",
+            "Killed counts mutmut's *killed* and *timeout* results, as mutmut's own score does. "
+            "Mutants tested: "
+            + ", ".join(f"{name.replace('_', ' ')} {total[name]}" for name in counted)
+            + ".",
+        ]
+    sample, estimate = mutation.get("sample", 1), mutation.get("estimate")
+    if sample > 1 and estimate:
+        lines += [
+            "",
+            f"A sample: every {sample}th mutant of each module, {total.get('mutants', 0)} of "
+            f"the {estimate['mutants']} generated. Scored module by module as their samples, "
+            f"all of them would be about {estimate['score']:.1%} killed.",
+        ]
+    lines += [""]
     rows = [
-        [module, str(m["mutants"]), str(m["killed"]), str(m["survived"]), f"{m['score']:.1%}"]
+        [
+            module,
+            str(m["mutants"]),
+            str(m["killed"] + m.get("timeout", 0)),
+            str(m["mutants"] - m["killed"] - m.get("timeout", 0)),
+            str(m.get("equivalent", 0)),
+            f"{m['score']:.1%}",
+            f"{m.get('score_without_equivalents', m['score']):.1%}",
+        ]
         for module, m in sorted(mutation.get("modules", {}).items())
     ]
-    lines += _md_table(["Module", "mutants", "killed", "survived", "score"], rows)
+    headers = ["Module", "mutants", "killed", "not killed", "equivalent", "score", "w/o equivalent"]
+    lines += _md_table(headers, rows)
     survivors = mutation.get("survivors", [])
     if survivors:
-        lines += ["", "Survivors:", ""]
+        equivalents = mutation.get("equivalents_file", "reference/mutation_equivalents.toml")
+        lines += [
+            "",
+            f"Survivors ({len(survivors)}; the judgements, with reasons, are in `{equivalents}`):",
+            "",
+        ]
         lines += _md_table(
             ["Mutant", "Where", "Change", "Judged"],
             [[s["id"], s["where"], s["change"], s.get("judged", "")] for s in survivors],
@@ -363,8 +422,13 @@ def render_markdown(
     results: Sequence[CaseResult],
     sources: Sequence[str],
     mutation: dict[str, Any] | None = None,
+    mutation_source: str = DEFAULT_MUTATION,
 ) -> str:
-    """Render the TEST_RESULTS.md report for results read from sources."""
+    """Render the TEST_RESULTS.md report for results read from sources.
+
+    ``mutation`` is the summary read from ``mutation_source``; None renders
+    the mutation section as not run.
+    """
     ordered = sort_results(results)
     inputs = ", ".join(f"`{source}`" for source in sorted(map(str, sources)))
     newest = max((r.run_id for r in ordered), default=NOT_APPLICABLE)
@@ -377,8 +441,7 @@ def render_markdown(
     ]
     for section in _SECTIONS:
         lines += ["", *section(ordered)]
-    if mutation is not None:
-        lines += ["", *_mutation_section(mutation)]
+    lines += ["", *_mutation_section(mutation, mutation_source)]
     return "\n".join(lines) + "\n"
 
 
@@ -485,7 +548,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results = load_results(paths)
     mutation = _read_mutation(Path(args.mutation)) if args.mutation else None
-    _write(Path(args.output), render_markdown(results, paths, mutation))
+    _write(
+        Path(args.output),
+        render_markdown(results, paths, mutation, args.mutation or DEFAULT_MUTATION),
+    )
     written = [args.output]
     if args.html:
         _write(Path(args.html), render_html(results))

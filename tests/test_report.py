@@ -147,25 +147,105 @@ def test_verdict_when_declared_failures_and_nothing_else_broken_then_fails_as_de
     assert report.verdict(report.load_results([path])) == "fails as declared"
 
 
-def test_mutation_when_summary_given_then_score_modules_and_survivors_shown(
+def mutation_summary() -> dict[str, Any]:
+    """A small reports/mutation.json, as ``python3 dev.py mutate`` writes it."""
+    bus = {
+        "generated": 12,
+        "mutants": 10,
+        "killed": 8,
+        "timeout": 1,
+        "survived": 1,
+        "suspicious": 0,
+        "skipped": 0,
+        "no_tests": 0,
+        "other": 0,
+        "equivalent": 1,
+        "score": 0.9,
+        "score_without_equivalents": 1.0,
+    }
+    return {
+        "command": "python3 dev.py mutate --sample 1 --max-children 2",
+        "date": "2026-12-01",
+        "tool": "mutmut 3.8.1",
+        "sample": 1,
+        "total": dict(bus),
+        "modules": {"bus.py": bus},
+        "estimate": None,
+        "equivalents_file": "reference/mutation_equivalents.toml",
+        "survivors": [
+            {
+                "id": "streaming.bus.x_f__mutmut_3",
+                "module": "bus.py",
+                "function": "f",
+                "where": "bus.py:40",
+                "status": "survived",
+                "change": "`a < b` → `a <= b`",
+                "equivalent": True,
+                "judged": "equivalent: a == b never happens",
+            }
+        ],
+    }
+
+
+def test_mutation_when_summary_given_then_scores_modules_and_survivors_shown(
     tmp_path: Path,
 ) -> None:
     path = write_jsonl(tmp_path / "results-a.jsonl", record())
-    summary = {
-        "command": "python3 dev.py mutate",
-        "date": "2026-12-01",
-        "total": {"mutants": 10, "killed": 9, "survived": 1, "score": 0.9},
-        "modules": {"bus.py": {"mutants": 10, "killed": 9, "survived": 1, "score": 0.9}},
-        "survivors": [
-            {"id": "bus-3", "where": "bus.py:40", "change": "< to <=", "judged": "equivalent"}
-        ],
-    }
     results = report.load_results([path])
-    markdown = report.render_markdown(results, [str(path)], summary)
+    markdown = report.render_markdown(results, [str(path)], mutation_summary(), "m.json")
     mutation = section(markdown, "Mutation score")
+    assert (
+        "9 of 10 mutants of the reference killed (**90.0%**); without the 1 judged "
+        "equivalent, 9 of 9 (**100.0%**). By `python3 dev.py mutate --sample 1 "
+        "--max-children 2` (mutmut 3.8.1) on 2026-12-01, from `m.json`."
+    ) in mutation
+    assert "killed 8, timeout 1, survived 1, suspicious 0, skipped 0, no tests 0." in mutation
+    assert ["bus.py", "10", "9", "1", "1", "90.0%", "100.0%"] in table_rows(mutation)
+    assert "`reference/mutation_equivalents.toml`" in mutation
+    assert (
+        "| streaming.bus.x_f__mutmut_3 | bus.py:40 | `a &lt; b` → `a &lt;= b` "
+        "| equivalent: a == b never happens |"
+    ) in mutation  # cells escaped
+    assert "A sample" not in mutation
+
+
+def test_mutation_when_sampled_then_estimate_of_all_mutants_shown(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "results-a.jsonl", record())
+    summary = mutation_summary()
+    summary["sample"] = 4
+    summary["estimate"] = {"mutants": 40, "killed": 36, "score": 0.9, "minutes": 80}
+    markdown = report.render_markdown(report.load_results([path]), [str(path)], summary)
+    assert (
+        "A sample: every 4th mutant of each module, 10 of the 40 generated. "
+        "Scored module by module as their samples, all of them would be about 90.0% killed."
+    ) in section(markdown, "Mutation score")
+
+
+def test_main_when_mutation_json_exists_then_section_rendered_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed_results(tmp_path)
+    kept = tmp_path / "results" / "mutation.json"
+    kept.parent.mkdir()
+    kept.write_text(json.dumps(mutation_summary()), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--input-glob", "reports/results-*.jsonl"]) == 0
+    mutation = section((tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8"), "Mutation score")
     assert "9 of 10 mutants of the reference killed (**90.0%**)" in mutation
-    assert ["bus.py", "10", "9", "1", "90.0%"] in table_rows(mutation)
-    assert "| bus-3 | bus.py:40 | &lt; to &lt;= | equivalent |" in mutation  # cells escaped
+    assert "from `results/mutation.json`" in mutation
+
+
+def test_main_when_no_mutation_json_then_section_says_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--input-glob", "reports/results-*.jsonl"]) == 0
+    mutation = section((tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8"), "Mutation score")
+    assert mutation.strip() == (
+        "Not run: there is no `results/mutation.json`. `python3 dev.py mutate`, "
+        "then `python3 dev.py report`, puts one there."
+    )
 
 
 @pytest.mark.parametrize("grade", ["fail", "error"])

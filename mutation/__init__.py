@@ -1,0 +1,1 @@
+"""Mutation testing of the reference: ``python3 dev.py mutate`` (see ``driver.py``)."""

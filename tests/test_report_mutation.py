@@ -1,0 +1,172 @@
+"""The mutation summary ``python3 dev.py mutate`` writes, as the report reads it.
+
+``mutation/driver.py`` writes reports/mutation.json; ``dev.py report`` keeps
+it as results/mutation.json and conformance/report.py renders it in
+TEST_RESULTS.md. These tests build a summary from mutants whose results are
+given, without running mutmut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from conformance import report  # noqa: E402
+from mutation import driver, hits  # noqa: E402
+
+CHANGE = "`if size > limit:` → `if size >= limit:`"
+
+
+def mutants() -> list[driver.Mutant]:
+    """Five mutants of bus.py and one of sse.py, one of each status the score tells apart."""
+    bus, sse = "src/streaming/bus.py", "src/streaming/sse.py"
+    return [
+        driver.Mutant("streaming.bus.xǁHubǁpublish__mutmut_1", bus, status="killed"),
+        driver.Mutant("streaming.bus.xǁHubǁpublish__mutmut_2", bus, status="timeout"),
+        driver.Mutant(
+            "streaming.bus.xǁHubǁpublish__mutmut_3",
+            bus,
+            status="survived",
+            where="bus.py:40",
+            change=CHANGE,
+        ),
+        driver.Mutant(
+            "streaming.bus.x_encode__mutmut_1",
+            bus,
+            status="suspicious",
+            where="bus.py:12",
+            change="`a` → `b`",
+        ),
+        driver.Mutant(
+            "streaming.bus.x_encode__mutmut_2",
+            bus,
+            status="no tests",
+            where="bus.py:13",
+            change="`c` → `d`",
+        ),
+        driver.Mutant("streaming.sse.x_frame__mutmut_1", sse, status="killed"),
+    ]
+
+
+def summary(tmp_path: Path, judgements: str = "") -> dict[str, Any]:
+    path = tmp_path / "judgements.toml"
+    path.write_text(judgements, encoding="utf-8")
+    tested = mutants()
+    driver._judge_on_file(tested, path)
+    return driver.summarize(
+        tool="mutmut 3.8.1",
+        command="python3 dev.py mutate --sample 1 --max-children 2",
+        tested=tested,
+        population={"bus.py": 5, "sse.py": 1},
+        phases=[],
+        seconds=60,
+        workers=2,
+        sample=1,
+        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
+    )
+
+
+EQUIVALENT = f"""
+[[survivor]]
+id = "streaming.bus.xǁHubǁpublish__mutmut_3"
+change = "{CHANGE}"
+judged = "equivalent: size never equals limit here"
+"""
+
+
+def test_summary_when_statuses_mixed_then_each_counted_and_timeouts_killed(
+    tmp_path: Path,
+) -> None:
+    made = summary(tmp_path)
+    bus = made["modules"]["bus.py"]
+    assert {k: bus[k] for k in ("mutants", "killed", "timeout", "survived")} == {
+        "mutants": 5,
+        "killed": 1,
+        "timeout": 1,
+        "survived": 1,
+    }
+    assert (bus["suspicious"], bus["no_tests"], bus["equivalent"]) == (1, 1, 0)
+    assert bus["score"] == 0.4
+    assert made["total"]["score"] == 0.5
+    survivors = made["survivors"]
+    assert [s["function"] for s in survivors] == ["encode", "encode", "Hub.publish"]
+    assert all(s["judged"].startswith("not judged yet") for s in survivors)
+
+
+def test_summary_when_survivor_judged_equivalent_then_scored_without_it(
+    tmp_path: Path,
+) -> None:
+    total = summary(tmp_path, EQUIVALENT)["total"]
+    assert total["equivalent"] == 1
+    assert (total["score"], total["score_without_equivalents"]) == (0.5, 0.6)
+
+
+def test_summary_when_judged_on_another_change_then_not_applied(tmp_path: Path) -> None:
+    stale = EQUIVALENT.replace("size >= limit", "size != limit")
+    made = summary(tmp_path, stale)
+    assert made["total"]["equivalent"] == 0
+    judged = made["survivors"][2]["judged"]
+    assert judged.startswith("not judged yet (the judgement on file was made on another change")
+
+
+def test_rejudge_when_judgement_added_then_scores_redone_without_a_run(tmp_path: Path) -> None:
+    made = json.loads(json.dumps(summary(tmp_path)))  # as read back from mutation.json
+    path = tmp_path / "judged-later.toml"
+    path.write_text(EQUIVALENT, encoding="utf-8")
+    again = driver.rejudge(made, path)
+    assert again["total"]["score_without_equivalents"] == 0.6
+    assert again["modules"]["bus.py"]["score_without_equivalents"] == 0.5
+    assert again["modules"]["sse.py"]["equivalent"] == 0
+    assert [s["equivalent"] for s in again["survivors"]] == [False, False, True]
+
+
+def test_written_summary_when_rendered_by_report_then_scores_and_modules_shown(
+    tmp_path: Path,
+) -> None:
+    driver.write_reports(tmp_path / "reports", summary(tmp_path, EQUIVALENT))
+    written = report._read_mutation(tmp_path / "reports" / "mutation.json")
+    lines = report._mutation_section(written, "results/mutation.json")
+    text = "\n".join(lines)
+    assert (
+        "3 of 6 mutants of the reference killed (**50.0%**); without the 1 judged "
+        "equivalent, 3 of 5 (**60.0%**)."
+    ) in text
+    assert "| bus.py | 5 | 2 | 3 | 1 | 40.0% | 50.0% |" in text
+    markdown = (tmp_path / "reports" / "mutation.md").read_text(encoding="utf-8")
+    assert "3 survivors: 1 judged equivalent, 0 judged not killed" in markdown
+    unjudged = (tmp_path / "reports" / "mutation-unjudged.toml").read_text(encoding="utf-8")
+    assert "x_encode__mutmut_1" in unjudged and "publish__mutmut_3" not in unjudged
+
+
+def test_hits_when_processes_wrote_names_then_collected_once_and_files_removed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "101.hits").write_text("streaming.bus.x_a\nstreaming.bus.x_b\n", encoding="utf-8")
+    (tmp_path / "102.hits").write_text("streaming.bus.x_b\n", encoding="utf-8")
+    assert hits.collect(tmp_path) == {"streaming.bus.x_a", "streaming.bus.x_b"}
+    assert hits.collect(tmp_path) == set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hits_when_not_stats_run_or_in_session_process_then_nothing_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trampoline = pytest.importorskip("mutmut.mutation.trampoline")
+    recorder = trampoline.record_trampoline_hit
+    monkeypatch.setenv(hits.DIRECTORY, str(tmp_path))
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "streaming.bus.x_a__mutmut_1")
+    hits.install()
+    assert trampoline.record_trampoline_hit is recorder
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "stats")
+    monkeypatch.setenv(hits.SESSION, str(os.getpid()))
+    hits.install()
+    assert trampoline.record_trampoline_hit is recorder
