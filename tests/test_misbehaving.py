@@ -11,6 +11,7 @@ report finds them, so the matrix shows them beside the real implementations.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,11 +75,11 @@ def test_misbehaving_implementation_when_run_then_graded_as_promised_and_run_goe
     name: str,
 ) -> None:
     selection, expected = EXPECTED[name]
-    results = (
-        ROOT
-        / "reports"
-        / f"results-{name}-sqlite-py{sys.version_info[0]}.{sys.version_info[1]}.jsonl"
-    )
+    # Named like the session's own results: under tox, after the environment,
+    # so environments running side by side (tox -p) never share a file.
+    python = f"py{sys.version_info[0]}.{sys.version_info[1]}"
+    where = os.environ.get("TOX_ENV_NAME") or f"sqlite-{python}"
+    results = ROOT / "reports" / f"results-{name}-{where}.jsonl"
     results.parent.mkdir(exist_ok=True)
     run = subprocess.run(
         [
