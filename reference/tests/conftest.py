@@ -21,13 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from conformance.processes import with_default_signals
 
@@ -509,3 +510,15 @@ def _orm_thread_connections_closed(request: pytest.FixtureRequest) -> Iterator[N
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(DEADLINE)
+
+
+@pytest_asyncio.fixture
+async def coordinator() -> AsyncIterator[Any]:
+    """A coordinator in this process whose cancelled tasks get a second; shut down after."""
+    from streaming.coordinator import Coordinator
+
+    made = Coordinator(cancel_grace=1.0)
+    try:
+        yield made
+    finally:
+        await made.shutdown(1.0)

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from conformance.clients import serve_asgi
 
@@ -23,17 +22,6 @@ pytestmark = [pytest.mark.timeout(30), pytest.mark.django_db(transaction=True)]
 
 REMOTE = {"x-forwarded-for": "203.0.113.7"}
 JSON = {"content-type": "application/json"}
-
-
-@pytest_asyncio.fixture
-async def coordinator() -> AsyncIterator[Any]:
-    from streaming.coordinator import Coordinator
-
-    made = Coordinator(cancel_grace=1.0)
-    try:
-        yield made
-    finally:
-        await made.shutdown(1.0)
 
 
 @contextlib.asynccontextmanager

@@ -19,22 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from conformance.clients import serve_asgi
 
 DEADLINE = 20.0
-
-
-@pytest_asyncio.fixture
-async def coordinator() -> AsyncIterator[Any]:
-    from streaming.coordinator import Coordinator
-
-    made = Coordinator(cancel_grace=1.0)
-    try:
-        yield made
-    finally:
-        await made.shutdown(1.0)
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 from asgiref.sync import sync_to_async
 
 from conformance.clients import serve_asgi
@@ -24,17 +23,6 @@ from conformance.clients import serve_asgi
 # The coordinator reaches the database from the ORM's own thread, so each test
 # gets a real transaction (and a flushed database after it), not a wrapped one.
 pytestmark = [pytest.mark.timeout(30), pytest.mark.django_db(transaction=True)]
-
-
-@pytest_asyncio.fixture
-async def coordinator() -> AsyncIterator[object]:
-    from streaming.coordinator import Coordinator
-
-    made = Coordinator(cancel_grace=1.0)
-    try:
-        yield made
-    finally:
-        await made.shutdown(1.0)
 
 
 async def drain(subscriber) -> list[str]:
