@@ -404,16 +404,19 @@ def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUT
     headers = ["Module", "mutants", "killed", "not killed", "equivalent", "score", "w/o equivalent"]
     lines += _md_table(headers, rows)
     survivors = mutation.get("survivors", [])
-    if survivors:
-        equivalents = mutation.get("equivalents_file", "reference/mutation_equivalents.toml")
-        lines += [
-            "",
-            f"Survivors ({len(survivors)}; the judgements, with reasons, are in `{equivalents}`):",
-            "",
-        ]
+    equivalents = mutation.get("equivalents_file", "reference/mutation_equivalents.toml")
+    gaps = [s for s in survivors if not s.get("equivalent", False)]
+    lines += [
+        "",
+        f"Survivors: {len(survivors)}. Judged equivalent: {len(survivors) - len(gaps)}, each "
+        f"with its reason in `{equivalents}`. Not killed: {len(gaps)}"
+        + (", each with the test that would kill it:" if gaps else "."),
+    ]
+    if gaps:
+        lines += [""]
         lines += _md_table(
             ["Mutant", "Where", "Change", "Judged"],
-            [[s["id"], s["where"], s["change"], s.get("judged", "")] for s in survivors],
+            [[s["id"], s["where"], s["change"], s.get("judged", "")] for s in gaps],
         )
     return lines
 

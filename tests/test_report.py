@@ -201,12 +201,25 @@ def test_mutation_when_summary_given_then_scores_modules_and_survivors_shown(
     ) in mutation
     assert "killed 8, timeout 1, survived 1, suspicious 0, skipped 0, no tests 0." in mutation
     assert ["bus.py", "10", "9", "1", "1", "90.0%", "100.0%"] in table_rows(mutation)
-    assert "`reference/mutation_equivalents.toml`" in mutation
+    assert (
+        "Survivors: 1. Judged equivalent: 1, each with its reason in "
+        "`reference/mutation_equivalents.toml`. Not killed: 0."
+    ) in mutation
+    assert "streaming.bus.x_f__mutmut_3" not in mutation
+    assert "A sample" not in mutation
+
+
+def test_mutation_when_survivor_not_equivalent_then_listed_with_its_judgement(
+    tmp_path: Path,
+) -> None:
+    path = write_jsonl(tmp_path / "results-a.jsonl", record())
+    summary = mutation_summary()
+    summary["survivors"][0].update(equivalent=False, judged="not killed: test a == b")
+    markdown = report.render_markdown(report.load_results([path]), [str(path)], summary)
     assert (
         "| streaming.bus.x_f__mutmut_3 | bus.py:40 | `a &lt; b` → `a &lt;= b` "
-        "| equivalent: a == b never happens |"
-    ) in mutation  # cells escaped
-    assert "A sample" not in mutation
+        "| not killed: test a == b |"
+    ) in section(markdown, "Mutation score")  # cells escaped
 
 
 def test_mutation_when_sampled_then_estimate_of_all_mutants_shown(tmp_path: Path) -> None:
