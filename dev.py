@@ -14,7 +14,7 @@ writes only to ``reports/`` (ignored by git); ``report`` is what changes
 tracked files. ``mutate`` works in a staged copy in a temporary directory and
 writes ``reports/mutation.json`` and ``reports/mutation.md``; its options
 (``--sample N``, ``--max-children N``, ``--with-processes``, ``--resume DIR``,
-``--rejudge``, ``--keep``) are in ``mutation/driver.py``.
+``--again``, ``--rejudge``, ``--keep``) are in ``mutation/driver.py``.
 Standard library only: this runs before anything is installed.
 """
 

@@ -45,7 +45,11 @@ function in both phases: on two shared cores the default sample (278 of 2190
 mutants) took 89 minutes, all of them would take most of a day.
 
 ``--resume DIR`` goes on with a run that stopped (its staged copies are kept
-in DIR): only the mutants without a result are tested. ``--rejudge`` tests
+in DIR): only the mutants without a result are tested. ``--again`` tests the
+last run's survivors again, with the tests as they are now, and keeps the
+others' results: adding tests cannot revive a killed mutant, so this scores
+the same sample in a fraction of the time. It refuses when the mutated
+modules changed since that run (their digest is in its summary). ``--rejudge`` tests
 nothing: it applies the judgements on file now to the last run's
 reports/mutation.json and writes the reports again.
 
@@ -60,6 +64,7 @@ import ast
 import dataclasses
 import datetime
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -266,6 +271,12 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
         "--sample, and the code it staged): only the mutants without a result are tested",
     )
     parser.add_argument(
+        "--again",
+        action="store_true",
+        help="test only the mutants the last run (reports/mutation.json, else "
+        "results/mutation.json) left alive, in its sample; the others keep their result",
+    )
+    parser.add_argument(
         "--rejudge",
         action="store_true",
         help=f"test nothing: apply {JUDGEMENTS} to the last run's reports/mutation.json "
@@ -283,6 +294,11 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
     if args.sample < 1 or args.max_children < 1:
         parser.error("--sample and --max-children take a positive number")
     config = _mutmut_config(root)
+    previous = _previous_run(root, config["only_mutate"]) if args.again else None
+    if previous is not None:
+        if args.resume is not None:
+            parser.error("--again starts a run of its own; it cannot --resume one")
+        args.sample = previous["sample"]
     tool, statuses = _mutmut_version_and_statuses(bin_dir)
     if args.resume is not None:
         work = args.resume.resolve()
@@ -305,6 +321,8 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
                 prepare(template, phase_dir, config, phase)
             if not phases:
                 chosen = names = _sample(bin_dir, phase_dir, config["only_mutate"], args.sample)
+                if previous is not None:
+                    names = _alive_before(previous, chosen, phase_dir, config["only_mutate"])
             else:
                 names = _survivors(mutants, phase, work / phases[-1]["name"], root)
                 if not names:
@@ -326,6 +344,8 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
                     return status
             results = _exit_codes(phase_dir, config["only_mutate"])
             ran = _merge(mutants, results, statuses, phase.name)
+            if previous is not None and len(phases) == 0:
+                _keep_killed(mutants, previous, chosen)
             killed = sum(1 for m in mutants.values() if m.killed_by == phase.name)
             phases.append(
                 {
@@ -346,7 +366,8 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
         summary = summarize(
             tool=tool,
             command=f"{COMMAND} --sample {args.sample} --max-children {args.max_children}"
-            + (" --with-processes" if args.with_processes else ""),
+            + (" --with-processes" if args.with_processes else "")
+            + (" --again" if previous is not None else ""),
             tested=tested,
             population=Counter(m.module for m in mutants.values()),
             phases=phases,
@@ -354,6 +375,8 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
             workers=args.max_children,
             sample=args.sample,
             only_mutate=config["only_mutate"],
+            digest=_digest(root, config["only_mutate"]),
+            previous=previous,
         )
         write_reports(root / "reports", summary)
         print(f"\n{_score_line(summary['total'])}")
@@ -579,6 +602,65 @@ def _survivors(mutants: Mapping[str, Mutant], phase: Phase, last: Path, root: Pa
         _judge(alive, last, root / JUDGEMENTS)
         alive = [m for m in alive if not m.judged.startswith("equivalent")]
     return sorted(m.id for m in alive)
+
+
+def _digest(root: Path, sources: Sequence[str]) -> str:
+    """A digest of the mutated modules' text: a run's mutants are those of this code."""
+    digest = hashlib.sha256()
+    for source in sources:
+        path = root / source.replace("src/", "reference/", 1)
+        digest.update(source.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _previous_run(root: Path, sources: Sequence[str]) -> dict[str, Any]:
+    """The summary ``--again`` goes on from, if it was made on the code as it is now."""
+    for path in (root / "reports" / "mutation.json", root / "results" / "mutation.json"):
+        if path.exists():
+            break
+    else:
+        raise SystemExit(f"Cannot test again: no earlier run's summary; run {COMMAND} first.")
+    summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if summary.get("digest") not in (None, _digest(root, sources)):
+        raise SystemExit(
+            f"Cannot test again: the mutated modules changed since the run in {path}; "
+            f"its mutants are not this code's. Run {COMMAND} for a new score."
+        )
+    summary["path"] = str(path.relative_to(root))
+    return summary
+
+
+def _alive_before(
+    previous: Mapping[str, Any], chosen: Sequence[str], phase_dir: Path, sources: Sequence[str]
+) -> list[str]:
+    """The previous run's survivors, checked to be the same mutants of the same sample."""
+    every = chosen or list(_exit_codes(phase_dir, sources))
+    alive = previous["survivors"]
+    codes = _exit_codes(phase_dir, sources)
+    for survivor in alive:
+        name = survivor["id"]
+        if name not in every:
+            raise SystemExit(f"Cannot test again: {name} is not in this run's sample.")
+        if previous.get("digest") is None:  # a summary from before digests: compare the change
+            _, change = describe(phase_dir, codes[name][0], name)
+            if not _same(change, survivor["change"]):
+                raise SystemExit(
+                    f"Cannot test again: {name} is another change now ({change}); "
+                    f"the mutated modules changed since the run in {previous['path']}."
+                )
+    return sorted(s["id"] for s in alive)
+
+
+def _keep_killed(
+    mutants: Mapping[str, Mutant], previous: Mapping[str, Any], chosen: Sequence[str]
+) -> None:
+    """Give the sample's mutants the previous run killed that result again."""
+    alive = {s["id"] for s in previous["survivors"]}
+    for name in chosen or mutants:
+        mutant = mutants[name]
+        if name not in alive and not _ran(mutant):
+            mutant.status = "killed"
+            mutant.killed_by = f"an earlier run ({previous['date']})"
 
 
 def _ran(mutant: Mutant) -> bool:
@@ -824,6 +906,8 @@ def summarize(
     workers: int,
     sample: int,
     only_mutate: Sequence[str],
+    digest: str | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary written to reports/mutation.json, which ``dev.py report`` keeps.
 
@@ -841,6 +925,8 @@ def summarize(
         "date": datetime.date.today().isoformat(),
         "tool": tool,
         "only_mutate": list(only_mutate),
+        "digest": digest,
+        "again": None,
         "sample": sample,
         "workers": workers,
         "seconds": seconds,
@@ -872,6 +958,18 @@ def summarize(
             "score": round(expected / generated, 4) if generated else 0.0,
             "minutes": round(seconds / 60 * generated / max(1, len(tested))),
         }
+    if previous is not None:
+        # Only the survivors were tested: the time of a whole run is the earlier one's.
+        kept = sum(1 for m in tested if m.killed_by and m.killed_by.startswith("an earlier"))
+        summary["again"] = {
+            "of": previous["command"],
+            "date": previous["date"],
+            "seconds": previous["seconds"],
+            "kept_killed": kept,
+            "tested": len(previous["survivors"]),
+        }
+        if summary["estimate"] is not None and previous.get("estimate"):
+            summary["estimate"]["minutes"] = previous["estimate"]["minutes"]
     return summary
 
 
@@ -946,6 +1044,15 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         for p in summary["phases"]
     ]
     lines += _table(["Phase", "Tests", "mutants tested", "killed", "minutes"], rows)
+    again = summary.get("again")
+    if again:
+        lines += [
+            "",
+            f"This run tested again only the {again['tested']} survivors of `{again['of']}` "
+            f"({again['date']}, {again['seconds'] / 60:.0f} min), with the tests as they are "
+            f"now; the {again['kept_killed']} mutants that run killed keep that result (adding "
+            "tests cannot revive them, and the mutated modules are unchanged).",
+        ]
     lines += ["", "## Score by module", ""]
     rows = [
         [

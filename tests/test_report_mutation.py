@@ -129,6 +129,50 @@ def test_rejudge_when_judgement_added_then_scores_redone_without_a_run(tmp_path:
     assert [s["equivalent"] for s in again["survivors"]] == [False, False, True]
 
 
+def test_again_when_survivors_retested_then_killed_ones_keep_their_result(tmp_path: Path) -> None:
+    before = json.loads(json.dumps(summary(tmp_path)))
+    now = {m.id: driver.Mutant(m.id, m.source) for m in mutants()}  # none tested yet
+    # This run tested only the survivors: one of them is killed now.
+    now["streaming.bus.x_encode__mutmut_1"].status = "killed"
+    for name in ("streaming.bus.xǁHubǁpublish__mutmut_3", "streaming.bus.x_encode__mutmut_2"):
+        now[name].status = "survived"
+    driver._keep_killed(now, before, chosen=[])
+    statuses = [m.status for m in now.values()]
+    assert statuses == ["killed", "killed", "survived", "killed", "survived", "killed"]
+    earlier = now["streaming.sse.x_frame__mutmut_1"].killed_by
+    assert earlier == f"an earlier run ({before['date']})"
+    made = driver.summarize(
+        tool="mutmut 3.8.1",
+        command="python3 dev.py mutate --sample 1 --max-children 2 --again",
+        tested=list(now.values()),
+        population={"bus.py": 5, "sse.py": 1},
+        phases=[],
+        seconds=6,
+        workers=2,
+        sample=1,
+        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
+        previous=before,
+    )
+    assert made["total"]["killed"] == 4
+    assert made["again"]["kept_killed"] == 3
+    assert made["again"]["tested"] == len(before["survivors"]) == 3
+    assert "tested again only the 3 survivors" in driver.render_markdown(made)
+
+
+def test_again_when_mutated_modules_changed_since_then_refused(tmp_path: Path) -> None:
+    module = tmp_path / "reference" / "streaming" / "bus.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("LIMIT = 1\n", encoding="utf-8")
+    sources = ["src/streaming/bus.py"]
+    (tmp_path / "reports").mkdir()
+    made = {"digest": driver._digest(tmp_path, sources), "survivors": [], "sample": 8}
+    (tmp_path / "reports" / "mutation.json").write_text(json.dumps(made), encoding="utf-8")
+    assert driver._previous_run(tmp_path, sources)["path"] == "reports/mutation.json"
+    module.write_text("LIMIT = 2\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="mutated modules changed since the run"):
+        driver._previous_run(tmp_path, sources)
+
+
 def test_written_summary_when_rendered_by_report_then_scores_and_modules_shown(
     tmp_path: Path,
 ) -> None:
