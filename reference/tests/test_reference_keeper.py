@@ -1,0 +1,417 @@
+"""The lease keeper and the cross-coordinator paths, white-box: two coordinators, one database.
+
+What another process would do is done here by a second coordinator in this
+process, or written straight into the task's row: a run another coordinator
+ended, a lease that expired, a cancel asked for by another worker. Races
+between processes are not raced: the other process's write is made to land
+at the exact point in question (just before this coordinator's UPDATE), so
+each case is a state, not a timing guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asgiref.sync import sync_to_async
+
+# The coordinator reaches the database from the ORM's own thread, so each test
+# gets a real transaction (and a flushed database after it), not a wrapped one.
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+]
+
+PARK = "conformance.behaviours:park"
+STEPS = "conformance.behaviours:steps"
+
+
+async def _quiet(**overrides: Any) -> Any:
+    """An open coordinator whose keeper only ticks when the test says so."""
+    from streaming.coordinator import Coordinator
+
+    made = Coordinator(cancel_grace=1.0, **overrides)
+    made.open()
+    await made.keeper.stop()  # cancelled before its first tick
+    return made
+
+
+@pytest_asyncio.fixture
+async def here() -> AsyncIterator[Any]:
+    made = await _quiet()
+    try:
+        yield made
+    finally:
+        await made.shutdown(1.0)
+
+
+@pytest_asyncio.fixture
+async def there() -> AsyncIterator[Any]:
+    made = await _quiet()
+    try:
+        yield made
+    finally:
+        await made.shutdown(1.0)
+
+
+async def _until_ended(subscriber: Any) -> list[Any]:
+    messages = []
+    async with asyncio.timeout(5):
+        async for message in subscriber:
+            messages.append(message)
+    return messages
+
+
+async def _next(subscriber: Any) -> Any:
+    return await asyncio.wait_for(subscriber.get(), 5)
+
+
+def _running_elsewhere(**fields: Any) -> dict[str, Any]:
+    """A row as another live coordinator's claim leaves it."""
+    from streaming.states import TaskStatus
+
+    return {
+        "behaviour": PARK,
+        "status": TaskStatus.RUNNING,
+        "attempt": 1,
+        "owner": "elsewhere:1:alive",
+        "lease_expires_at": datetime.now(UTC) + timedelta(seconds=60),
+        "event_id_ceiling": 1000,
+        **fields,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _lands_before_update(
+    setting: str, write: Callable[[], None]
+) -> AsyncIterator[list[bool]]:
+    """Run ``write`` (another process's write) just before our next UPDATE to status ``setting``.
+
+    Installed on the connection of the ORM's thread, where the coordinator's
+    queries run; yields a list that holds True once the write has landed.
+    """
+    from django.db import connections
+
+    landed: list[bool] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not landed and sql.startswith("UPDATE") and params and params[0] == setting:
+            landed.append(True)
+            write()
+        return execute(sql, params, many, context)
+
+    def install() -> None:
+        connections["default"].execute_wrappers.append(wrapper)
+
+    def remove() -> None:
+        connections["default"].execute_wrappers.remove(wrapper)
+
+    await sync_to_async(install, thread_sensitive=True)()
+    try:
+        yield landed
+    finally:
+        await sync_to_async(remove, thread_sensitive=True)()
+
+
+# -- 4. clients here of a run elsewhere ------------------------------------------------------
+
+
+async def test_client_of_a_run_elsewhere_when_it_ended_there_then_keeper_gives_it_the_ending(
+    here, there
+) -> None:
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour=STEPS, fields={"steps": 1})
+    client = await here.subscribe(BehaviourTask, task.pk)
+    own = await there.subscribe(BehaviourTask, task.pk)
+    assert await there.start_task(BehaviourTask, task.pk)
+    ending = (await _until_ended(own))[-1]
+    assert ending.event.type == "complete"
+    assert not client.ended  # this coordinator's hub never heard of that run
+    await here.keeper.tell_watchers()
+    told = await _next(client)
+    assert (told.event.type, told.event.id, told.final) == ("complete", ending.event.id, True)
+    assert told.event.data["total_steps"] == 1 and client.ended
+
+
+# -- 2. runs lost with their process ---------------------------------------------------------
+
+
+async def test_expired_lease_when_keeper_recovers_it_then_client_stream_ends_on_a_dated_ending(
+    here,
+) -> None:
+    from streaming.events import Event
+    from streaming.models import BehaviourTask
+
+    dead = await BehaviourTask.objects.acreate(
+        **_running_elsewhere(
+            owner="elsewhere:1:dead", lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)
+        )
+    )
+    client = await here.subscribe(BehaviourTask, dead.pk)
+    before = datetime.now(UTC)
+    await here.keeper.recover_lost()
+    messages = await _until_ended(client)
+    assert [(m.event.type, m.event.id, m.final) for m in messages] == [("interrupted", 1001, True)]
+    stamped = datetime.fromisoformat(messages[0].event.timestamp)
+    assert before <= stamped <= datetime.now(UTC)
+    row = await BehaviourTask.objects.aget(pk=dead.pk)
+    assert Event.from_json(row.final_event) == messages[0].event
+
+
+# -- 3. interrupted runs with attempts left ------------------------------------------------
+
+
+async def test_interrupted_task_with_attempts_left_when_keeper_ticks_then_it_runs_again_here(
+    here, there
+) -> None:
+    from streaming.events import Event, now_iso
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(
+        behaviour=PARK, status=TaskStatus.INTERRUPTED, attempt=1, max_attempts=3
+    )
+    # How a keeper leaves a run lost with its process (see Keeper._interrupt).
+    old = Event(1001, "interrupted", {"reason": "lost"}, task.pk, "BehaviourTask", now_iso())
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(
+        event_id_ceiling=old.id, final_event=old.to_json()
+    )
+    spent = await BehaviourTask.objects.acreate(
+        behaviour=PARK, status=TaskStatus.INTERRUPTED, attempt=3, max_attempts=3
+    )
+    await here.keeper.rerun()
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.attempt, row.owner) == (TaskStatus.RUNNING, 2, here.owner)
+    # A client on another worker must wait for this run, not be handed the old ending.
+    assert row.final_event is None and row.cancel_requested is None
+    watcher = await there.subscribe(BehaviourTask, task.pk)
+    assert not watcher.ended
+    assert (await BehaviourTask.objects.aget(pk=spent.pk)).status == TaskStatus.INTERRUPTED
+    client = await here.subscribe(BehaviourTask, task.pk)
+    assert (await _next(client)).event.type == "start"
+    assert await here.cancel_task(BehaviourTask, task.pk, "done here")
+    assert [m.event.type for m in await _until_ended(client)] == ["cancelled"]
+    watcher.close()
+
+
+# -- cancelling a run another coordinator owns --------------------------------------------
+
+
+async def test_cancel_of_a_run_elsewhere_when_its_owner_renews_then_it_ends_cancelled_so(
+    here, there
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    client = await there.subscribe(BehaviourTask, task.pk)
+    assert await there.start_task(BehaviourTask, task.pk)
+    assert (await _next(client)).event.type == "start"
+    assert await here.cancel_task(BehaviourTask, task.pk, "asked from here")
+    assert not await here.cancel_task(BehaviourTask, task.pk, "asked twice")
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.owner, row.cancel_requested) == (
+        TaskStatus.RUNNING,
+        there.owner,
+        "asked from here",
+    )
+    await there.keeper.renew()  # the owner finds the request in its row
+    ending = (await _until_ended(client))[-1]
+    assert (ending.event.type, ending.event.data["reason"]) == ("cancelled", "asked from here")
+    assert (await BehaviourTask.objects.aget(pk=task.pk)).status == TaskStatus.CANCELLED
+
+
+class _LinkedBus:
+    """In-memory buses that reach one another's coordinators, as Redis links workers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[str, str], None]] = {}
+
+    def bus(self) -> Any:
+        from streaming.bus import InMemoryBus
+
+        handlers = self.handlers
+
+        class Linked(InMemoryBus):
+            def start(self, owner: str, on_cancel: Callable[[str, str], None]) -> None:
+                handlers[owner] = on_cancel
+
+            async def request_cancel(self, owner: str, key: str, reason: str) -> None:
+                handlers[owner](key, reason)
+
+        return Linked()
+
+
+async def test_cancel_of_a_run_elsewhere_when_the_bus_tells_its_owner_then_cancelled_at_once() -> (
+    None
+):
+    from streaming.models import BehaviourTask
+
+    linked = _LinkedBus()
+    made = [await _quiet(bus=linked.bus()) for _ in range(2)]
+    asker, owner = made
+    try:
+        task = await BehaviourTask.objects.acreate(behaviour=PARK)
+        client = await owner.subscribe(BehaviourTask, task.pk)
+        assert await owner.start_task(BehaviourTask, task.pk)
+        assert (await _next(client)).event.type == "start"
+        assert await asker.cancel_task(BehaviourTask, task.pk, "over the bus")
+        ending = (await _until_ended(client))[-1]  # no keeper tick: the bus told the owner
+        assert (ending.event.type, ending.event.data["reason"]) == ("cancelled", "over the bus")
+    finally:
+        for coordinator in made:
+            await coordinator.shutdown(1.0)
+
+
+async def test_run_here_when_its_owner_finds_a_cancel_in_its_row_then_it_ends_cancelled_so(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    client = await here.subscribe(BehaviourTask, task.pk)
+    assert await here.start_task(BehaviourTask, task.pk)
+    assert (await _next(client)).event.type == "start"
+    # What another worker's cancel_task leaves in the row of a run it does not own.
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(cancel_requested="from the row")
+    await here.keeper.renew()
+    ending = (await _until_ended(client))[-1]
+    assert (ending.event.type, ending.event.data["reason"]) == ("cancelled", "from the row")
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.error) == (TaskStatus.CANCELLED, "cancelled: from the row")
+
+
+async def test_run_here_when_another_coordinator_recorded_it_cancelled_then_clients_get_that(
+    here,
+) -> None:
+    from streaming.events import Event, now_iso
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    client = await here.subscribe(BehaviourTask, task.pk)
+    assert await here.start_task(BehaviourTask, task.pk)
+    assert (await _next(client)).event.type == "start"
+    # Another keeper found the lease expired and a cancel asked for: it recorded CANCELLED.
+    theirs = Event(1001, "cancelled", {"reason": "theirs"}, task.pk, "BehaviourTask", now_iso())
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(
+        status=TaskStatus.CANCELLED, owner="", final_event=theirs.to_json()
+    )
+    await here.keeper.renew()
+    ending = (await _until_ended(client))[-1]
+    assert (ending.event, ending.final) == (theirs, True)
+
+
+# -- races across processes, made states --------------------------------------------------
+
+
+async def test_start_when_a_cancel_lands_between_its_read_and_its_claim_then_false_and_cancelled(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+
+    def cancelled_elsewhere() -> None:
+        BehaviourTask.objects.filter(pk=task.pk).update(
+            status=TaskStatus.CANCELLED, error="cancelled: elsewhere"
+        )
+
+    async with _lands_before_update(TaskStatus.RUNNING, cancelled_elsewhere) as landed:
+        assert not await here.start_task(BehaviourTask, task.pk)
+    assert landed
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.attempt, row.owner) == (TaskStatus.CANCELLED, 0, "")
+    assert here.stats()["running_tasks"] == 0
+
+
+async def test_cancel_when_a_start_elsewhere_lands_before_its_update_then_false(here) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+
+    def started_elsewhere() -> None:
+        BehaviourTask.objects.filter(pk=task.pk).update(**_running_elsewhere(behaviour=PARK))
+
+    async with _lands_before_update(TaskStatus.CANCELLED, started_elsewhere) as landed:
+        assert not await here.cancel_task(BehaviourTask, task.pk, "too late")
+    assert landed
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.final_event, row.cancel_requested) == (TaskStatus.RUNNING, None, None)
+
+
+# -- the hub's side of it -------------------------------------------------------------------
+
+
+def _event(number: int, type: str = "tick") -> Any:
+    from streaming.events import Event
+
+    return Event(number, type, {"n": number}, 1, "T", "2026-01-01T00:00:00+00:00")
+
+
+async def test_hub_when_a_client_subscribes_then_it_has_subscribers_until_it_leaves() -> None:
+    from streaming.hub import Hub
+
+    hub = Hub()
+    assert not hub.has_subscribers("T:1")
+    client = hub.subscribe("T:1")
+    assert hub.has_subscribers("T:1") and not hub.has_subscribers("T:2")
+    client.close()
+    assert not hub.has_subscribers("T:1")
+
+
+async def test_hub_when_events_published_then_latest_id_is_the_last_one() -> None:
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open("T:1")
+    assert hub.latest_id("T:1") is None
+    for number in (1, 2, 3):
+        hub.publish("T:1", _event(number))
+    assert hub.latest_id("T:1") == 3 and hub.latest_id("T:2") is None
+    hub.release("T:1")
+
+
+async def test_deliver_when_the_client_already_has_that_id_then_nothing_more_is_sent() -> None:
+    from streaming.bus import InMemoryBus
+
+    bus = InMemoryBus()
+    client = bus.hub.subscribe("T:1")
+    bus.hub.publish("T:1", _event(3))  # as a bus's reader hands over another worker's event
+    bus.deliver("T:1", _event(3, "complete"))
+    assert [(m.event.type, m.event.id) for m in client.take()] == [("tick", 3)]
+    bus.deliver("T:1", _event(4, "complete"))
+    assert [(m.event.type, m.final) for m in client.take()] == [("complete", True)]
+
+
+async def test_client_resuming_a_task_that_ended_here_when_events_kept_then_it_gets_them() -> None:
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open("T:1")
+    for number in (1, 2, 3):
+        hub.publish("T:1", _event(number))
+    hub.publish("T:1", _event(4, "complete"), final=True)
+    resumed = hub.subscribe_finished("T:1", _event(4, "complete"), after=1)
+    assert [(m.event.id, m.final) for m in resumed.take()] == [(2, False), (3, False), (4, True)]
+
+
+async def test_client_of_a_task_that_ended_elsewhere_when_subscribed_then_its_ending_is_final() -> (
+    None
+):
+    from streaming.hub import Hub
+
+    hub = Hub()
+    client = hub.subscribe_finished("T:1", _event(7, "complete"))
+    assert [(m.event.type, m.final) for m in client.take()] == [("complete", True)]
+    assert client.ended
