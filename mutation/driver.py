@@ -499,7 +499,8 @@ def _sample(bin_dir: Path, phase_dir: Path, sources: Sequence[str], every: int) 
     """
     if every == 1:
         return []
-    if not (phase_dir / "mutants").exists():  # else made already, by the run being resumed
+    # Made already by the run being resumed? (mutants/ itself exists from prepare())
+    if not all((phase_dir / "mutants" / f"{source}.meta").exists() for source in sources):
         python = bin_dir / ("python.exe" if os.name == "nt" else "python")
         subprocess.run([python, "-c", _GENERATE], cwd=phase_dir, check=True, capture_output=True)
     names = []
