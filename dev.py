@@ -13,7 +13,7 @@ Set ``DATABASE_URL=postgres://...`` to run on PostgreSQL instead. ``test``
 writes only to ``reports/`` (ignored by git); ``report`` is what changes
 tracked files. ``mutate`` works in a staged copy in a temporary directory and
 writes ``reports/mutation.json`` and ``reports/mutation.md``; its options
-(``--sample N``, ``--max-children N``, ``--with-processes``, ``--resume DIR``,
+(``--sample N``, ``--offset K``, ``--max-children N``, ``--with-processes``, ``--resume DIR``,
 ``--again``, ``--rejudge``, ``--keep``) are in ``mutation/driver.py``.
 Standard library only: this runs before anything is installed.
 """

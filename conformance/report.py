@@ -353,6 +353,13 @@ def _mutation_scores(counts: dict[str, Any]) -> str:
     )
 
 
+def _ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffixes = {1: "st", 2: "nd", 3: "rd"}
+    suffix = "th" if 10 <= number % 100 <= 20 else suffixes.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
 def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUTATION) -> list[str]:
     """The mutation score: overall, per module, and the surviving mutants with their judgement.
 
@@ -382,11 +389,21 @@ def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUT
         ]
     sample, estimate = mutation.get("sample", 1), mutation.get("estimate")
     if sample > 1 and estimate:
+        offset = mutation.get("offset", 0)
+        start = f", starting from its {_ordinal(offset + 1)}" if offset else ""
         lines += [
             "",
-            f"A sample: every {sample}th mutant of each module, {total.get('mutants', 0)} of "
-            f"the {estimate['mutants']} generated. Scored module by module as their samples, "
-            f"all of them would be about {estimate['score']:.1%} killed.",
+            f"A sample: every {sample}th mutant of each module{start}, "
+            f"{total.get('mutants', 0)} of the {estimate['mutants']} generated. Scored module "
+            f"by module as their samples, all of them would be about {estimate['score']:.1%} "
+            "killed.",
+        ]
+    again = mutation.get("again")
+    if again:
+        lines += [
+            "",
+            f"Only the {again['tested']} survivors of `{again['of']}` ({again['date']}) were "
+            f"tested again; the {again['kept_killed']} mutants that run killed keep that result.",
         ]
     lines += [""]
     rows = [

@@ -38,8 +38,9 @@ unexpected exit status) and mutants no test ran do not. Survivors are judged
 in ``reference/mutation_equivalents.toml``: each judgement names the change it
 was made on, and one whose change no longer matches is reported stale.
 
-``--sample N`` tests every N-th mutant of each module, in mutmut's order,
-and extrapolates the full score module by module; ``--sample 1`` tests them
+``--sample N`` tests every N-th mutant of each module, in mutmut's order
+(from the first, or the ``--offset``-th counting from 0), and extrapolates
+the full score module by module; ``--sample 1`` tests them
 all. Most of the time goes to survivors, which run every test of their
 function in both phases: on two shared cores the default sample (278 of 2190
 mutants) took 89 minutes, all of them would take most of a day.
@@ -248,6 +249,14 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
         "(default: %(default)s, about 90 minutes on two cores)",
     )
     parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        metavar="K",
+        help="start each module's sample at its K-th mutant (counting from 0; default: "
+        "%(default)s): a fresh sample for a score the tests were not written against",
+    )
+    parser.add_argument(
         "--max-children",
         type=int,
         default=min(2, os.cpu_count() or 1),
@@ -293,20 +302,22 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
         return 0
     if args.sample < 1 or args.max_children < 1:
         parser.error("--sample and --max-children take a positive number")
+    if not 0 <= args.offset < args.sample:
+        parser.error("--offset takes a number from 0 to the sample's step less one")
     config = _mutmut_config(root)
     previous = _previous_run(root, config["only_mutate"]) if args.again else None
     if previous is not None:
         if args.resume is not None:
             parser.error("--again starts a run of its own; it cannot --resume one")
-        args.sample = previous["sample"]
+        args.sample, args.offset = previous["sample"], previous.get("offset", 0)
     tool, statuses = _mutmut_version_and_statuses(bin_dir)
     if args.resume is not None:
         work = args.resume.resolve()
-        ledger = _read_ledger(work, args.sample)
+        ledger = _read_ledger(work, args.sample, args.offset)
         print(f"Resuming the run staged in {work}", flush=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="mutation-"))
-        ledger = {"sample": args.sample, "seconds": {}}
+        ledger = {"sample": args.sample, "offset": args.offset, "seconds": {}}
         print(f"Staging a copy of the repository in {work}", flush=True)
     try:
         template = work / "tree"
@@ -320,7 +331,9 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
             if not phase_dir.exists():
                 prepare(template, phase_dir, config, phase)
             if not phases:
-                chosen = names = _sample(bin_dir, phase_dir, config["only_mutate"], args.sample)
+                chosen = names = _sample(
+                    bin_dir, phase_dir, config["only_mutate"], args.sample, args.offset
+                )
                 if previous is not None:
                     names = _alive_before(previous, chosen, phase_dir, config["only_mutate"])
             else:
@@ -339,7 +352,7 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
                 if status != 0:
                     print(f"mutmut run failed in phase {phase.name} (status {status}).")
                     print(f"The staged copies are kept: {work}. To go on where it stopped:")
-                    print(f"  {COMMAND} --resume {work} --sample {args.sample}")
+                    print(f"  {COMMAND} --resume {work} {_sampling(args.sample, args.offset)}")
                     args.keep = True
                     return status
             results = _exit_codes(phase_dir, config["only_mutate"])
@@ -365,7 +378,8 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
         seconds = sum(ledger["seconds"].values())
         summary = summarize(
             tool=tool,
-            command=f"{COMMAND} --sample {args.sample} --max-children {args.max_children}"
+            command=f"{COMMAND} {_sampling(args.sample, args.offset)} "
+            f"--max-children {args.max_children}"
             + (" --with-processes" if args.with_processes else "")
             + (" --again" if previous is not None else ""),
             tested=tested,
@@ -374,6 +388,7 @@ def main(argv: Sequence[str], *, root: Path, bin_dir: Path) -> int:
             seconds=seconds,
             workers=args.max_children,
             sample=args.sample,
+            offset=args.offset,
             only_mutate=config["only_mutate"],
             digest=_digest(root, config["only_mutate"]),
             previous=previous,
@@ -490,8 +505,16 @@ create_mutants(1)
 """
 
 
-def _sample(bin_dir: Path, phase_dir: Path, sources: Sequence[str], every: int) -> list[str]:
-    """Every ``every``-th mutant of each module, in mutmut's order (none: all of them).
+def _sampling(every: int, offset: int) -> str:
+    """The command-line options of a sample."""
+    return f"--sample {every}" + (f" --offset {offset}" if offset else "")
+
+
+def _sample(
+    bin_dir: Path, phase_dir: Path, sources: Sequence[str], every: int, offset: int = 0
+) -> list[str]:
+    """Every ``every``-th mutant of each module from its ``offset``-th, in mutmut's order
+    (none: all of them).
 
     Systematic within each module: its functions are represented in
     proportion to their mutants, so a module's sample score estimates its
@@ -505,7 +528,7 @@ def _sample(bin_dir: Path, phase_dir: Path, sources: Sequence[str], every: int) 
         subprocess.run([python, "-c", _GENERATE], cwd=phase_dir, check=True, capture_output=True)
     names = []
     for source in sources:
-        names += list(_exit_codes(phase_dir, [source]))[::every]
+        names += list(_exit_codes(phase_dir, [source]))[offset::every]
     return names
 
 
@@ -513,15 +536,15 @@ def _sample(bin_dir: Path, phase_dir: Path, sources: Sequence[str], every: int) 
 LEDGER = "run.json"
 
 
-def _read_ledger(work: Path, sample: int) -> dict[str, Any]:
+def _read_ledger(work: Path, sample: int, offset: int) -> dict[str, Any]:
     try:
         ledger: dict[str, Any] = json.loads((work / LEDGER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise SystemExit(f"Cannot resume: {work} holds no run of {COMMAND}.") from None
-    if ledger["sample"] != sample:
+    if (ledger["sample"], ledger.get("offset", 0)) != (sample, offset):
         raise SystemExit(
-            f"Cannot resume: the run in {work} tests a sample of every {ledger['sample']}th "
-            f"mutant, not every {sample}th; pass --sample {ledger['sample']}."
+            f"Cannot resume: the run in {work} tests another sample; pass "
+            f"{_sampling(ledger['sample'], ledger.get('offset', 0))}."
         )
     return ledger
 
@@ -907,6 +930,7 @@ def summarize(
     workers: int,
     sample: int,
     only_mutate: Sequence[str],
+    offset: int = 0,
     digest: str | None = None,
     previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -929,6 +953,7 @@ def summarize(
         "digest": digest,
         "again": None,
         "sample": sample,
+        "offset": offset,
         "workers": workers,
         "seconds": seconds,
         "total": _counts(tested, sum(population.values())),
@@ -1090,7 +1115,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
 
 def _extrapolation(summary: Mapping[str, Any]) -> list[str]:
     estimate = summary["estimate"]
-    every = summary["sample"]
+    every, first = summary["sample"], summary.get("offset", 0) + 1
     rows = [
         [module, str(m["generated"]), str(m["mutants"]), f"{m['score']:.1%}"]
         for module, m in summary["modules"].items()
@@ -1098,8 +1123,9 @@ def _extrapolation(summary: Mapping[str, Any]) -> list[str]:
     return [
         "## A sample, extrapolated",
         "",
-        f"Every {every}th mutant of each module was tested (mutants 1, {every + 1}, "
-        f"{2 * every + 1}, ... in mutmut's order). Of all {estimate['mutants']} mutants, about "
+        f"Every {every}th mutant of each module was tested (mutants {first}, "
+        f"{first + every}, {first + 2 * every}, ... in mutmut's order). "
+        f"Of all {estimate['mutants']} mutants, about "
         f"{estimate['killed']} would be killed (**{estimate['score']:.1%}**), each module "
         f"scored as its sample; a full run would take about {estimate['minutes']} min.",
         "",

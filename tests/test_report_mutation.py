@@ -173,6 +173,26 @@ def test_again_when_mutated_modules_changed_since_then_refused(tmp_path: Path) -
         driver._previous_run(tmp_path, sources)
 
 
+def test_fresh_sample_when_offset_given_then_named_in_both_reports(tmp_path: Path) -> None:
+    tested = mutants()
+    made = driver.summarize(
+        tool="mutmut 3.8.1",
+        command="python3 dev.py mutate --sample 8 --offset 4 --max-children 2",
+        tested=tested,
+        population={"bus.py": 40, "sse.py": 8},
+        phases=[],
+        seconds=60,
+        workers=2,
+        sample=8,
+        offset=4,
+        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
+    )
+    assert made["offset"] == 4
+    assert "(mutants 5, 13, 21, ... in mutmut's order)" in driver.render_markdown(made)
+    section = "\n".join(report._mutation_section(json.loads(json.dumps(made))))
+    assert "every 8th mutant of each module, starting from its 5th, 6 of the 48" in section
+
+
 def test_written_summary_when_rendered_by_report_then_scores_and_modules_shown(
     tmp_path: Path,
 ) -> None:
