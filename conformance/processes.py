@@ -4,6 +4,12 @@
 127.0.0.1 port, keeps everything it prints, waits until ``/health`` answers,
 and sends it real signals. Whatever happens in the case, the process is gone
 when the context exits (SIGKILL as the last resort) and its pipes are closed.
+
+A free port is only free until someone binds it: on a busy machine another
+test run's server can take it between our choice and our server's bind. So a
+server counts as ready only when /health answers *and* the listening socket
+belongs to its process (or a child of it, for servers that fork workers); a
+server that lost its port to another process is started again on a new one.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+import psutil
 
 from .contract import Implementation, TaskRef
 from .waiting import WaitTimeout, eventually
 
 #: Seconds a server gets to answer /health after it starts.
 STARTUP_TIMEOUT = 30.0
+#: Starts on a new port after another process took the one chosen.
+PORT_ATTEMPTS = 3
 
 #: Sets SIGINT and SIGTERM to their defaults, then becomes ``argv[1:]`` (same pid).
 _DEFAULT_SIGNALS = (
@@ -49,6 +58,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its descendants listens on TCP ``port``."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for process in family:
+        try:
+            sockets = process.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets):
+            return True
+    return False
+
+
+def _taken(port: int) -> bool:
+    """Whether some process listens on 127.0.0.1:``port`` (it cannot be bound)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+class PortTaken(Exception):
+    """Another process bound the port chosen for a server before the server did."""
 
 
 class ServerProcess:
@@ -77,6 +117,21 @@ class ServerProcess:
         return self._process.returncode if self._process else None
 
     async def start(self) -> None:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return await self._start()
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise AssertionError(
+                        f"Another process took the server's port {PORT_ATTEMPTS} times."
+                    ) from None
+                await self.stop()
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                self.stdout.clear()
+                self.stderr.clear()
+
+    async def _start(self) -> None:
         spec = self.impl.server_command("127.0.0.1", self.port, grace=self.grace)
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self._process = await asyncio.create_subprocess_exec(
@@ -103,14 +158,19 @@ class ServerProcess:
 
     async def _healthy(self, path: str) -> bool:
         if self.returncode is not None:
+            if _taken(self.port):  # by someone else: ours has exited
+                raise PortTaken(self.port)
             raise AssertionError(
                 f"The server exited with {self.returncode} before it was ready.\n{self.output()}"
             )
         try:
             async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
-                return (await http.get(path)).status_code == 200
+                if (await http.get(path)).status_code != 200:
+                    return False
         except httpx.TransportError:
             return False
+        # An answer, but maybe from another process's server on this port.
+        return listens_on(self.pid, self.port)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request to the server, on a connection of its own."""
@@ -175,8 +235,10 @@ async def running_server(
 
 __all__ = [
     "STARTUP_TIMEOUT",
+    "PortTaken",
     "ServerProcess",
     "free_port",
+    "listens_on",
     "running_server",
     "with_default_signals",
 ]

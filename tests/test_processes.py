@@ -1,4 +1,4 @@
-"""The suite's child processes start with SIGINT and SIGTERM at their defaults.
+"""The suite's child processes: signal dispositions, and ports another process took.
 
 Whatever this process ignores (pytest under ``nohup``, a CI runner that
 ignores SIGINT), a server or stream client the suite starts must still take
@@ -7,14 +7,18 @@ the Ctrl+C and SIGTERM that cases send it.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import cast
 
+import httpx
 import pytest
 
-from conformance.processes import with_default_signals
+from conformance.contract import Implementation, ServerSpec
+from conformance.processes import ServerProcess, listens_on, with_default_signals
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,3 +62,53 @@ def test_child_when_started_with_default_signals_then_it_is_the_same_process() -
     )
     out, _ = child.communicate(timeout=20)
     assert int(out) == child.pid  # signals sent to the pid reach the program itself
+
+
+#: A server that answers 200 on every path, on the port in argv[1]; exits 1 if it cannot bind.
+HEALTHY_SERVER = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"OK")
+    def log_message(self, *args): pass
+try:
+    server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+except OSError as exc:
+    sys.exit(f"cannot bind: {exc}")
+server.serve_forever()
+"""
+
+
+class StdlibServer:
+    """An implementation whose server is HEALTHY_SERVER: only ServerProcess's needs."""
+
+    name = "stdlib-server"
+
+    def server_command(self, host: str, port: int, *, grace: float) -> ServerSpec:
+        return ServerSpec(argv=[sys.executable, "-c", HEALTHY_SERVER, str(port)])
+
+
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.asyncio
+async def test_server_when_another_process_took_its_port_then_started_on_another() -> None:
+    server = ServerProcess(cast(Implementation, StdlibServer()), grace=1.0)
+    taken = server.port
+    # Someone else answers /health on that port first, as another test run's server may.
+    squatter = await asyncio.start_server(_answer_ok, "127.0.0.1", taken)
+    try:
+        await server.start()
+        assert server.port != taken
+        assert listens_on(server.pid, server.port)
+        assert not listens_on(server.pid, taken)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.get("/health")).text == "OK"
+    finally:
+        await server.stop()
+        squatter.close()
+        await squatter.wait_closed()
