@@ -20,6 +20,8 @@ import psutil
 import pytest
 import redis
 
+from streaming.workers import MIN_UPTIME
+
 DEADLINE = 20.0
 
 
@@ -145,8 +147,18 @@ def test_worker_when_killed_after_it_started_then_supervisor_starts_another(
     supervisor = start_server("--workers", "2", env=redis_env)
     victim, survivor = workers_of(supervisor, 2, wait_until)
     # A worker that dies at once is taken to be misconfigured and left dead;
-    # one that has served a while is started again.
-    wait_until(lambda: time.time() - victim.create_time() > 5.5, DEADLINE, "the worker to settle")
+    # one that has served MIN_UPTIME is started again. The supervisor counts
+    # from its log line saying the worker started (the process's create_time
+    # comes from a boot time in whole seconds, and a loaded machine may take a
+    # while from fork to that line): time since we saw the line is a lower
+    # bound of the supervisor's count, on the same monotonic clock.
+    wait_until(
+        lambda: f"started (pid {victim.pid})" in supervisor.text("stderr"),
+        DEADLINE,
+        "the supervisor to log the worker's start",
+    )
+    seen = time.monotonic()
+    wait_until(lambda: time.monotonic() - seen > MIN_UPTIME, DEADLINE, "the worker to settle")
     victim.send_signal(signal.SIGKILL)
     wait_until(
         lambda: victim.pid not in {w.pid for w in workers_of(supervisor, 2, wait_until)},
