@@ -403,7 +403,9 @@ def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUT
         lines += [
             "",
             f"Only the {again['tested']} survivors of `{again['of']}` ({again['date']}) were "
-            f"tested again; the {again['kept_killed']} mutants that run killed keep that result.",
+            f"tested again; the {again['kept_killed']} mutants that run killed keep that result. "
+            "Tests written against those survivors flatter this sample's score; a sample at "
+            "another `--offset` estimates the whole without that bias.",
         ]
     lines += [""]
     rows = [

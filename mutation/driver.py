@@ -1077,7 +1077,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"This run tested again only the {again['tested']} survivors of `{again['of']}` "
             f"({again['date']}, {again['seconds'] / 60:.0f} min), with the tests as they are "
             f"now; the {again['kept_killed']} mutants that run killed keep that result (adding "
-            "tests cannot revive them, and the mutated modules are unchanged).",
+            "tests cannot revive them, and the mutated modules are unchanged). Tests written "
+            "against those survivors flatter this sample's score: a sample at another "
+            "`--offset` estimates the whole without that bias.",
         ]
     lines += ["", "## Score by module", ""]
     rows = [
