@@ -62,17 +62,22 @@ def summary(tmp_path: Path, judgements: str = "") -> dict[str, Any]:
     path.write_text(judgements, encoding="utf-8")
     tested = mutants()
     driver._judge_on_file(tested, path)
-    return driver.summarize(
-        tool="mutmut 3.8.1",
-        command="python3 dev.py mutate --sample 1 --max-children 2",
-        tested=tested,
-        population={"bus.py": 5, "sse.py": 1},
-        phases=[],
-        seconds=60,
-        workers=2,
-        sample=1,
-        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
-    )
+    return summarize(tested)
+
+
+def summarize(tested: list[driver.Mutant], **given: Any) -> dict[str, Any]:
+    """driver.summarize() of ``tested``, as a whole run of mutants() unless ``given`` differs."""
+    arguments: dict[str, Any] = {
+        "tool": "mutmut 3.8.1",
+        "command": "python3 dev.py mutate --sample 1 --max-children 2",
+        "population": {"bus.py": 5, "sse.py": 1},
+        "phases": [],
+        "seconds": 60,
+        "workers": 2,
+        "sample": 1,
+        "only_mutate": ["src/streaming/bus.py", "src/streaming/sse.py"],
+    }
+    return driver.summarize(tested=tested, **{**arguments, **given})
 
 
 EQUIVALENT = f"""
@@ -141,16 +146,10 @@ def test_again_when_survivors_retested_then_killed_ones_keep_their_result(tmp_pa
     assert statuses == ["killed", "killed", "survived", "killed", "survived", "killed"]
     earlier = now["streaming.sse.x_frame__mutmut_1"].killed_by
     assert earlier == f"an earlier run ({before['date']})"
-    made = driver.summarize(
-        tool="mutmut 3.8.1",
+    made = summarize(
+        list(now.values()),
         command="python3 dev.py mutate --sample 1 --max-children 2 --again",
-        tested=list(now.values()),
-        population={"bus.py": 5, "sse.py": 1},
-        phases=[],
         seconds=6,
-        workers=2,
-        sample=1,
-        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
         previous=before,
     )
     assert made["total"]["killed"] == 4
@@ -175,17 +174,12 @@ def test_again_when_mutated_modules_changed_since_then_refused(tmp_path: Path) -
 
 def test_fresh_sample_when_offset_given_then_named_in_both_reports(tmp_path: Path) -> None:
     tested = mutants()
-    made = driver.summarize(
-        tool="mutmut 3.8.1",
+    made = summarize(
+        tested,
         command="python3 dev.py mutate --sample 8 --offset 4 --max-children 2",
-        tested=tested,
         population={"bus.py": 40, "sse.py": 8},
-        phases=[],
-        seconds=60,
-        workers=2,
         sample=8,
         offset=4,
-        only_mutate=["src/streaming/bus.py", "src/streaming/sse.py"],
     )
     assert made["offset"] == 4
     assert "(mutants 5, 13, 21, ... in mutmut's order)" in driver.render_markdown(made)

@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from conformance.clients import serve_asgi
-from conformance.processes import listens_on
 
 DEADLINE = 20.0
 
@@ -209,14 +208,9 @@ def test_task_fields_when_record_names_a_task_then_kind_and_id_from_extra_task_o
     assert asyncio.run(main()) == ("BehaviourTask", "9", "BehaviourTask:9")
 
 
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.timeout(60)
 def test_server_when_task_fails_then_json_log_line_has_kind_id_and_traceback(
-    env: dict[str, str], run: Any, spawn: Any, wait_until: Callable[..., Any]
+    env: dict[str, str], run: Any, start_server: Any, wait_until: Callable[..., Any]
 ) -> None:
     created = run(
         "manage.py",
@@ -227,32 +221,8 @@ def test_server_when_task_fails_then_json_log_line_has_kind_id_and_traceback(
     )
     assert created.returncode == 0, created.stderr
     pk = created.stdout.strip().splitlines()[-1]  # after what the shell says it imported
-    for _ in range(3):  # a free port is free until another test run's server binds it
-        port = free_port()
-        server = spawn(
-            "manage.py",
-            "runserver_stream",
-            "--port",
-            str(port),
-            env={**env, "STREAMING_LOG_FORMAT": "json"},
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def answering(server: Any = server, url: str = url, port: int = port) -> str | None:
-            if server.popen.poll() is not None:
-                return "exited"
-            try:
-                live = httpx.get(f"{url}/live", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return None
-            # An answer, but maybe from the process that took the port.
-            return "ours" if live and listens_on(server.popen.pid, port) else None
-
-        if wait_until(answering, DEADLINE, "the server to answer /live") == "ours":
-            break
-        assert "address already in use" in server.describe(), server.describe()
-    else:
-        raise AssertionError("another process took the server's port three times")
+    server = start_server(env={**env, "STREAMING_LOG_FORMAT": "json"}, logs_tracebacks=True)
+    url = server.url
     started = httpx.post(f"{url}/tasks/BehaviourTask/{pk}/start", timeout=DEADLINE)
     assert started.status_code == 202, started.text
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -435,33 +434,34 @@ def _orm_backend_pid() -> int:
         return int(cursor.fetchone()[0])
 
 
-def _terminate(pid: int) -> None:
+def _terminate(pid: int, wait_until: Callable[..., Any]) -> None:
     from django.db import connections
 
     # Another thread's connection: the server ends the ORM's session, as a restart would.
     try:
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-            deadline = time.monotonic() + 5
-            while True:  # the backend ends a moment after it is told to
+
+            def gone() -> bool:  # the backend ends a moment after it is told to
                 cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
-                if not cursor.fetchone()[0]:
-                    break
-                assert time.monotonic() < deadline, f"backend {pid} still there"
-                time.sleep(0.01)  # the poll interval
+                return not cursor.fetchone()[0]
+
+            wait_until(gone, 5, f"backend {pid} to end")
     finally:
         connections["default"].close()
 
 
 @pytest.mark.usefixtures("database_server")
 @pytest.mark.asyncio
-async def test_run_when_server_dropped_the_connection_then_reconnects_and_succeeds() -> None:
+async def test_run_when_server_dropped_the_connection_then_reconnects_and_succeeds(
+    wait_until: Callable[..., Any],
+) -> None:
     from streaming import db
     from streaming.models import BehaviourTask
 
     await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
     dropped = await sync_to_async(_orm_backend_pid, thread_sensitive=True)()
-    await asyncio.to_thread(_terminate, dropped)
+    await asyncio.to_thread(_terminate, dropped, wait_until)
     assert await db.run(lambda: BehaviourTask.objects.acount()) == 1
     assert await sync_to_async(_orm_backend_pid, thread_sensitive=True)() != dropped
 

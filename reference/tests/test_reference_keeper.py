@@ -72,6 +72,15 @@ async def _next(subscriber: Any) -> Any:
     return await asyncio.wait_for(subscriber.get(), 5)
 
 
+async def _watched_run(model: Any, coordinator: Any) -> tuple[Any, Any]:
+    """A parked task started on ``coordinator``, and a client there that has seen its start."""
+    task = await model.objects.acreate(behaviour=PARK)
+    client = await coordinator.subscribe(model, task.pk)
+    assert await coordinator.start_task(model, task.pk)
+    assert (await _next(client)).event.type == "start"
+    return task, client
+
+
 def _running_elsewhere(**fields: Any) -> dict[str, Any]:
     """A row as another live coordinator's claim leaves it."""
     from streaming.states import TaskStatus
@@ -210,10 +219,7 @@ async def test_cancel_of_a_run_elsewhere_when_its_owner_renews_then_it_ends_canc
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
-    task = await BehaviourTask.objects.acreate(behaviour=PARK)
-    client = await there.subscribe(BehaviourTask, task.pk)
-    assert await there.start_task(BehaviourTask, task.pk)
-    assert (await _next(client)).event.type == "start"
+    task, client = await _watched_run(BehaviourTask, there)
     assert await here.cancel_task(BehaviourTask, task.pk, "asked from here")
     assert not await here.cancel_task(BehaviourTask, task.pk, "asked twice")
     row = await BehaviourTask.objects.aget(pk=task.pk)
@@ -258,10 +264,7 @@ async def test_cancel_of_a_run_elsewhere_when_the_bus_tells_its_owner_then_cance
     made = [await _quiet(bus=linked.bus()) for _ in range(2)]
     asker, owner = made
     try:
-        task = await BehaviourTask.objects.acreate(behaviour=PARK)
-        client = await owner.subscribe(BehaviourTask, task.pk)
-        assert await owner.start_task(BehaviourTask, task.pk)
-        assert (await _next(client)).event.type == "start"
+        task, client = await _watched_run(BehaviourTask, owner)
         assert await asker.cancel_task(BehaviourTask, task.pk, "over the bus")
         ending = (await _until_ended(client))[-1]  # no keeper tick: the bus told the owner
         assert (ending.event.type, ending.event.data["reason"]) == ("cancelled", "over the bus")
@@ -276,10 +279,7 @@ async def test_run_here_when_its_owner_finds_a_cancel_in_its_row_then_it_ends_ca
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
-    task = await BehaviourTask.objects.acreate(behaviour=PARK)
-    client = await here.subscribe(BehaviourTask, task.pk)
-    assert await here.start_task(BehaviourTask, task.pk)
-    assert (await _next(client)).event.type == "start"
+    task, client = await _watched_run(BehaviourTask, here)
     # What another worker's cancel_task leaves in the row of a run it does not own.
     await BehaviourTask.objects.filter(pk=task.pk).aupdate(cancel_requested="from the row")
     await here.keeper.renew()
@@ -296,10 +296,7 @@ async def test_run_here_when_another_coordinator_recorded_it_cancelled_then_clie
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
-    task = await BehaviourTask.objects.acreate(behaviour=PARK)
-    client = await here.subscribe(BehaviourTask, task.pk)
-    assert await here.start_task(BehaviourTask, task.pk)
-    assert (await _next(client)).event.type == "start"
+    task, client = await _watched_run(BehaviourTask, here)
     # Another keeper found the lease expired and a cancel asked for: it recorded CANCELLED.
     theirs = Event(1001, "cancelled", {"reason": "theirs"}, task.pk, "BehaviourTask", now_iso())
     await BehaviourTask.objects.filter(pk=task.pk).aupdate(
