@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 
 from conformance import behaviours
 from conformance import edge_behaviours as eb
-from conformance.clients import Client, HttpClient
+from conformance.clients import Client, HttpClient, raw_frames
 from conformance.contract import (
     STREAM_RESET_EVENT,
     Capability,
@@ -798,6 +799,49 @@ async def test_client_when_it_stops_reading_then_its_connection_is_closed_and_ot
         await eventually(lambda: runtime.stats().subscribers == 0, what="it unregistered")
     finally:
         stalled.transport.abort()
+
+
+async def read_slowly(reader: asyncio.StreamReader, *, rate: float, until: bytes) -> bytes:
+    """Read at about ``rate`` bytes a second until ``until`` has arrived; return it all.
+
+    The pauses pace a slow client; they synchronise nothing.
+    """
+    body = bytearray()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while until not in body[-len(until) - 65536 :]:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the stream after {len(body)} bytes")
+        body += chunk
+        ahead = len(body) / rate - (loop.time() - began)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    return bytes(body)
+
+
+@pytest.mark.case("EDGE-17")
+@pytest.mark.requires(Capability.HTTP)
+@pytest.mark.timeout(180)
+async def test_client_when_reading_slowly_but_steadily_then_never_cut_off(
+    runtime: Runtime, server_url: str, impl: Implementation
+) -> None:
+    # One event whose single write takes about three write deadlines to drain:
+    # a deadline on the whole write, rather than on a write that stopped
+    # moving, closes this client.
+    size = 8 * 1024 * 1024
+    ref = await runtime.create_task(eb.big_events, {"size": size})
+    reader, writer = await open_raw_stream(server_url, ref, receive_buffer=4096)
+    try:
+        await runtime.start_task(ref)
+        body = await read_slowly(
+            reader, rate=size / (3 * impl.timings.write_deadline), until=b"event: complete"
+        )
+    finally:
+        writer.transport.abort()
+    frames = raw_frames(body + b"\n\n")
+    big = next(frame for frame in frames if frame.get("event") == "big")
+    assert eb.digest(json.loads(big["data"])["body"]) == eb.digest(eb.pattern(size))
 
 
 # -- big and odd payloads --------------------------------------------------------------

@@ -8,7 +8,9 @@ stream that has been idle for ``keepalive`` seconds (it sends a comment, so
 proxies keep it open and a vanished client is noticed) and aborts the
 connection of a stream whose write has stalled for ``write_deadline``
 seconds (a client that stopped reading: closing is the only way to free
-what the server holds for it).
+what the server holds for it). A write is stalled while its transport's
+buffer does not shrink: a slow client still draining a 10 MB event is
+making progress, however long that takes on a busy machine.
 
 The frames themselves are encoded once per event by ``bus.Message``.
 """
@@ -62,10 +64,15 @@ class Source(Protocol):
 class StreamWriter:
     """Writes one subscriber's events to one SSE response."""
 
-    __slots__ = ("_send", "aborted", "last_write", "sending_since", "source")
+    __slots__ = ("_buffered", "_send", "_transport", "aborted", "last_write", "sending_since", "source")
 
     def __init__(self, send: Send, source: Source) -> None:
         self._send = send
+        # uvicorn's send is a method of the object that holds the connection's
+        # transport; an ASGI app has no other way to see a stalled write, or to
+        # drop a connection whose buffers are full (a close would wait to flush).
+        self._transport = getattr(getattr(send, "__self__", None), "transport", None)
+        self._buffered: int | None = None
         self.source = source
         #: Loop time of the last completed write.
         self.last_write = 0.0
@@ -100,10 +107,20 @@ class StreamWriter:
     async def _timed(self, loop: asyncio.AbstractEventLoop, message: dict[str, Any]) -> None:
         """Send, with the time it started where the shared timer can see a stall."""
         self.sending_since = self.last_write = loop.time()
+        self._buffered = None
         try:
             await self._send(message)
         finally:
             self.sending_since = None
+
+    def drained(self) -> bool:
+        """Whether the pending write's buffer shrank since the last look (False if unseen)."""
+        size = getattr(self._transport, "get_write_buffer_size", None)
+        if size is None:
+            return False
+        now, before = size(), self._buffered
+        self._buffered = now
+        return before is not None and now < before
 
     def abort(self) -> None:
         """Close the connection now: its client stopped reading and a write stalled."""
@@ -111,12 +128,8 @@ class StreamWriter:
             return
         self.aborted = True
         self.source.close()
-        # uvicorn's send is a method of the object that holds the connection's
-        # transport; an ASGI app has no other way to drop a connection whose
-        # buffers are full (a close would wait to flush them).
-        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
-        if transport is not None:
-            transport.abort()
+        if self._transport is not None:
+            self._transport.abort()
         else:
             logger.warning(
                 "cannot close a stalled stream: the server does not expose its transport"
@@ -164,7 +177,9 @@ class Writers:
         now = loop.time()
         for writer in tuple(self._open):
             if writer.sending_since is not None:
-                if now - writer.sending_since > self.write_deadline:
+                if writer.drained():
+                    writer.sending_since = now  # slow, not stalled
+                elif now - writer.sending_since > self.write_deadline:
                     writer.abort()
             elif now - writer.last_write >= self.keepalive:
                 writer.source.wake()

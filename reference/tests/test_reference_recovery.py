@@ -248,9 +248,13 @@ async def test_finished_tasks_when_over_the_byte_budget_then_oldest_forgotten_la
 class _Transport:
     def __init__(self) -> None:
         self.aborted = False
+        self.buffered = 0
 
     def abort(self) -> None:
         self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
 
 class _Cycle:
@@ -283,6 +287,41 @@ async def test_writer_when_events_queued_then_one_write_and_retry_first() -> Non
     assert len(bodies) == 1 and bodies[0]["more_body"] is False
     body = bodies[0]["body"]
     assert body.startswith(b"retry: 1500\n\n") and body.count(b"event: ") == 4
+
+
+async def test_writer_when_a_long_write_keeps_draining_then_not_aborted_until_it_stops() -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter, Writers
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+    cycle = _Cycle()
+    cycle.unblock.clear()  # one write that takes many deadlines to drain
+    cycle.transport.buffered = 10_000_000
+    aborted = asyncio.Event()
+    cycle.transport.abort = aborted.set  # type: ignore[method-assign]
+    writers = Writers(keepalive=60, write_deadline=0.2)
+    writer = StreamWriter(cycle.send, subscriber)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never sends anything
+        return {"type": "http.disconnect"}
+
+    serving = asyncio.create_task(writers.serve(writer, receive, 10))
+    hub.publish("T:1", _event(1))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while loop.time() - began < 5 * writers.write_deadline:  # the client drains, slowly
+        cycle.transport.buffered -= 1000
+        await asyncio.sleep(writers.period / 4)
+    assert not aborted.is_set() and writer.sending_since is not None
+    stopped = loop.time()  # the client stops reading
+    await asyncio.wait_for(aborted.wait(), 5)
+    assert loop.time() - stopped >= writers.write_deadline
+    cycle.unblock.set()
+    await asyncio.wait_for(serving, 5)
+    hub.release("T:1")
 
 
 async def test_writer_when_a_write_stalls_past_the_deadline_then_connection_aborted() -> None:
