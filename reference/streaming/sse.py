@@ -64,7 +64,15 @@ class Source(Protocol):
 class StreamWriter:
     """Writes one subscriber's events to one SSE response."""
 
-    __slots__ = ("_buffered", "_send", "_transport", "aborted", "last_write", "sending_since", "source")
+    __slots__ = (
+        "_buffered",
+        "_send",
+        "_transport",
+        "aborted",
+        "last_write",
+        "sending_since",
+        "source",
+    )
 
     def __init__(self, send: Send, source: Source) -> None:
         self._send = send
