@@ -444,3 +444,112 @@ async def test_writers_when_last_stream_ended_then_their_timer_stops() -> None:
     await asyncio.wait_for(writers.serve(StreamWriter(send, subscriber), _never_disconnects, 10), 5)
     assert len(writers) == 0 and sent[-1]["more_body"] is False
     await eventually(lambda: writers._timer is None, timeout=1.0, what="the timer to stop")
+
+
+# -- what the sample of 2026-12-04 found unpinned ---------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_event_log_when_events_read_back_then_each_keeps_its_timestamp() -> None:
+    from streaming.eventlog import EventLog
+    from streaming.events import Event
+    from streaming.hub import Message
+
+    stamps = ["2026-01-01T00:00:01+00:00", "2026-01-02T00:00:02+00:00"]
+    log = EventLog(keep=10, max_event_bytes=1000)
+    log.start()
+    try:
+        for number, stamp in enumerate(stamps, 1):
+            log.append(Message(Event(number, "tick", {"n": number}, 1, "LogStamp", stamp)))
+        await log.settled(timeout=5)
+        stored = await log.read("LogStamp", 1, after=0, before=None)
+    finally:
+        await log.close(timeout=5)
+    assert [m.event.timestamp for m in stored] == stamps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_event_log_when_a_batch_is_written_twice_then_no_error_and_stored_once() -> None:
+    # A batch written again (its first commit's answer lost with the
+    # connection) must not fail on the rows the first write stored.
+    from streaming.eventlog import _write
+    from streaming.hub import Message
+    from streaming.models import StreamEvent
+
+    batch = [Message(_event(number, model="LogTwice")) for number in (1, 2)]
+    _write(batch, keep=10)
+    _write(batch, keep=10)
+    stored = StreamEvent.objects.filter(model="LogTwice").order_by("event_id")
+    assert list(stored.values_list("event_id", flat=True)) == [1, 2]
+
+
+def test_control_event_when_made_for_a_key_then_it_names_model_and_task() -> None:
+    from streaming.hub import control_event
+
+    event = control_event("BehaviourTask:17", "overflow", 5, {"reason": "slow"})
+    assert (event.model, event.task_id, event.id, event.type) == (
+        "BehaviourTask",
+        "17",
+        5,
+        "overflow",
+    )
+
+
+@pytest.mark.asyncio
+async def test_hub_when_farewell_said_to_a_running_task_then_its_topic_goes_with_its_clients() -> (
+    None
+):
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+    hub.publish("T:1", _event(1))
+    assert hub.say_farewell(lambda key, last: _event(last + 1, "shutdown")) == 1
+    assert [e.type for e in await _drain(subscriber)] == ["tick", "shutdown"]
+    subscriber.close()
+    assert hub.active_keys() == set() and hub.stats()["topics"] == 0
+
+
+def test_bus_when_described_then_it_names_its_kind_beside_its_counts() -> None:
+    from streaming.bus import InMemoryBus
+
+    description = InMemoryBus().describe()
+    assert description["bus"] == "InMemoryBus" and "topics" in description
+
+
+def test_error_outcome_when_groups_are_nested_then_every_leaf_is_listed() -> None:
+    from streaming.outcomes import failed
+
+    inner = ExceptionGroup("inner", [KeyError("k"), OSError("disk")])
+    outcome = failed(ExceptionGroup("outer", [ValueError("v"), inner]))
+    assert [e["error_type"] for e in outcome.data["errors"]] == [
+        "ValueError",
+        "KeyError",
+        "OSError",
+    ]
+
+
+def test_stream_writer_when_aborted_twice_then_connection_aborted_once() -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.transport = self
+            self.aborts = 0
+
+        def abort(self) -> None:
+            self.aborts += 1
+
+        async def send(self, message: dict[str, Any]) -> None:
+            pass
+
+    hub = Hub()
+    hub.open("T:1")
+    cycle = Cycle()
+    writer = StreamWriter(cycle.send, hub.subscribe("T:1"))
+    writer.abort()
+    writer.abort()
+    assert cycle.aborts == 1 and writer.aborted is True

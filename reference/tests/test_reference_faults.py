@@ -140,7 +140,7 @@ async def test_run_when_database_locked_then_unavailable_and_refused_at_once_say
 
 @pytest.mark.asyncio
 async def test_run_until_available_when_database_comes_back_then_retries_and_returns_result(
-    write_lock: WriteLock,
+    write_lock: WriteLock, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streaming import db
     from streaming.models import BehaviourTask
@@ -163,6 +163,11 @@ async def test_run_until_available_when_database_comes_back_then_retries_and_ret
         )
     assert updated == 1 and told
     assert (await BehaviourTask.objects.aget(pk=task.pk)).fields == {"written": True}
+    # The outage is logged once, when it is first met, and so is its end.
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "streaming.db"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert said[0][1].startswith("test write: database unavailable (")
+    assert said[1][1] == "test write: done once the database was back"
 
 
 @pytest.mark.asyncio

@@ -20,6 +20,8 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
 
+from conformance.waiting import eventually
+
 # The coordinator reaches the database from the ORM's own thread, so each test
 # gets a real transaction (and a flushed database after it), not a wrapped one.
 pytestmark = [
@@ -172,6 +174,7 @@ async def test_expired_lease_when_keeper_recovers_it_then_client_stream_ends_on_
     assert before <= stamped <= datetime.now(UTC)
     row = await BehaviourTask.objects.aget(pk=dead.pk)
     assert Event.from_json(row.final_event) == messages[0].event
+    assert row.completed_at is not None and before <= row.completed_at <= datetime.now(UTC)
 
 
 # -- 3. interrupted runs with attempts left ------------------------------------------------
@@ -412,3 +415,76 @@ async def test_client_of_a_task_that_ended_elsewhere_when_subscribed_then_its_en
     client = hub.subscribe_finished("T:1", _event(7, "complete"))
     assert [(m.event.type, m.final) for m in client.take()] == [("complete", True)]
     assert client.ended
+
+
+# -- the coordinator's own edges ------------------------------------------------------------
+
+
+async def test_rerun_when_the_task_has_no_attempts_left_then_false_and_still_interrupted(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    spent = await BehaviourTask.objects.acreate(
+        behaviour=PARK, status=TaskStatus.INTERRUPTED, attempt=3, max_attempts=3
+    )
+    assert not await here.rerun(BehaviourTask, spent.pk)
+    assert (await BehaviourTask.objects.aget(pk=spent.pk)).status == TaskStatus.INTERRUPTED
+
+
+async def test_start_when_shutdown_begins_while_it_waits_for_the_task_then_false_and_ready(
+    here,
+) -> None:
+    from streaming.coordinator import _State
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    key = f"BehaviourTask:{task.pk}"
+    async with here._serial.hold(key):  # the start waits here, past its own state check
+        starting = asyncio.create_task(here.start_task(BehaviourTask, task.pk))
+        await eventually(lambda: here._serial._users.get(key) == 2, what="the start waiting")
+        stopping = asyncio.create_task(here.shutdown(1.0))
+        await eventually(lambda: here._state is not _State.OPEN, what="the shutdown begun")
+    assert await asyncio.wait_for(starting, 5) is False
+    await asyncio.wait_for(stopping, 5)
+    assert (await BehaviourTask.objects.aget(pk=task.pk)).status == TaskStatus.READY
+
+
+async def test_lose_when_the_run_has_no_supervisor_yet_then_marked_lost_without_error(
+    here,
+) -> None:
+    from streaming.coordinator import Run
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    run = Run(here, task, attempt=1)  # as a claim in flight leaves it
+    here.lose(run, "lease expired")
+    assert run.lost and run.supervisor is None
+
+
+async def test_keeper_renew_when_our_run_row_was_taken_over_then_its_lease_is_left_alone(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+
+    task, client = await _watched_run(BehaviourTask, here)
+    theirs = datetime.now(UTC) + timedelta(seconds=600)
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(
+        owner="elsewhere:1:alive", lease_expires_at=theirs
+    )
+    await here.keeper.renew()
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.owner, row.lease_expires_at) == ("elsewhere:1:alive", theirs)
+    client.close()
+
+
+async def test_run_when_process_sends_a_terminal_type_then_value_error_says_why(here) -> None:
+    from streaming.models import BehaviourTask
+
+    task, client = await _watched_run(BehaviourTask, here)
+    run = here._runs[f"BehaviourTask:{task.pk}"]
+    with pytest.raises(ValueError, match=r"sends terminal events itself when process\(\) returns"):
+        await run.send("complete", {})
+    client.close()
