@@ -407,6 +407,11 @@ def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUT
             "Tests written against those survivors flatter this sample's score; a sample at "
             "another `--offset` estimates the whole without that bias.",
         ]
+        if again.get("first_pass"):
+            lines += [
+                "",
+                "Before those tests, as first run: " + _mutation_scores(again["first_pass"]),
+            ]
     lines += [""]
     rows = [
         [

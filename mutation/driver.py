@@ -993,6 +993,8 @@ def summarize(
             "seconds": previous["seconds"],
             "kept_killed": kept,
             "tested": len(previous["survivors"]),
+            # The sample's score before any test was written against it.
+            "first_pass": (previous.get("again") or {}).get("first_pass") or previous["total"],
         }
         if summary["estimate"] is not None and previous.get("estimate"):
             summary["estimate"]["minutes"] = previous["estimate"]["minutes"]

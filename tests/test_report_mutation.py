@@ -156,6 +156,10 @@ def test_again_when_survivors_retested_then_killed_ones_keep_their_result(tmp_pa
     assert made["again"]["kept_killed"] == 3
     assert made["again"]["tested"] == len(before["survivors"]) == 3
     assert "tested again only the 3 survivors" in driver.render_markdown(made)
+    # The score the sample had before tests were written against it stays in view.
+    assert made["again"]["first_pass"] == before["total"]
+    section = "\n".join(report._mutation_section(json.loads(json.dumps(made))))
+    assert "Before those tests, as first run: 3 of 6 mutants of the reference killed" in section
 
 
 def test_again_when_mutated_modules_changed_since_then_refused(tmp_path: Path) -> None:
