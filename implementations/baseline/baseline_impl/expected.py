@@ -49,7 +49,7 @@ EXPECTED_FAILURES: dict[str, str] = {
     "EDGE-8": "the database is called on the loop; a slow one stalls everything",
     "EDGE-15": "no retry: field is sent",
     "EDGE-16": "a reset connection is not noticed while the task is quiet (no keepalive)",
-    "EDGE-17": _UNBOUNDED,
+    "EDGE-17:stops_reading": _UNBOUNDED,
     "EDGE-19": _NO_FAILED,
     "EDGE-22": "ids are parsed with int(): ' 1', '+1' and Arabic-Indic digits reach a task",
     "EDGE-23": _WHOLE_ROW,

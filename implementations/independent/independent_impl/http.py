@@ -214,7 +214,9 @@ class _Pump:
     One timer per stream, every second, does what a timeout around every
     wait and every write would (those cost as much as the writes): it sends
     a keep-alive on a stream idle for ``keepalive``, and stops a write that
-    has stalled for ``write_deadline`` by cancelling the pump (EDGE-17).
+    has stalled for ``write_deadline`` by cancelling the pump (EDGE-17). A
+    write whose transport buffer shrank since the last tick is slow, not
+    stalled: its deadline starts again.
     """
 
     def __init__(self, sub: Subscription, send: Send, settings: Settings) -> None:
@@ -225,6 +227,9 @@ class _Pump:
         self._loop = asyncio.get_running_loop()
         self._last_write = self._loop.time()
         self._writing_since: float | None = None
+        self._unsent: int | None = None
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        self._buffered: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
         self._stalled = False
         self._task = asyncio.current_task()
         self._timer = self._loop.call_later(self._tick_every, self._tick)
@@ -232,6 +237,10 @@ class _Pump:
     def _tick(self) -> None:
         now = self._loop.time()
         if self._writing_since is not None:
+            unsent = self._buffered() if self._buffered is not None else None
+            if unsent is not None and self._unsent is not None and unsent < self._unsent:
+                self._writing_since = now  # the client is reading, slowly
+            self._unsent = unsent
             if now - self._writing_since >= self._settings.write_deadline - self._tick_every:
                 self._stalled = True
                 if self._task is not None:
@@ -243,6 +252,7 @@ class _Pump:
 
     async def _write(self, message: Message) -> None:
         self._writing_since = self._loop.time()
+        self._unsent = None
         try:
             await self._send(message)
         finally:
