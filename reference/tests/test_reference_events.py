@@ -553,3 +553,34 @@ def test_stream_writer_when_aborted_twice_then_connection_aborted_once() -> None
     writer.abort()
     writer.abort()
     assert cycle.aborts == 1 and writer.aborted is True
+
+
+def test_hub_when_closed_tasks_evicted_then_bytes_counted_are_those_of_the_tasks_kept() -> None:
+    from streaming.hub import Hub, Message
+
+    hub = Hub(remember_closed=2)
+    for task in range(1, 5):
+        key = f"T:{task}"
+        hub.open(key)
+        hub.publish(key, _event(1, size=100 * task))
+        hub.publish(key, _event(2, "complete"), final=True)
+    kept = [m for messages in hub._closed.values() for m in messages]
+    assert list(hub._closed) == ["T:3", "T:4"]
+    assert hub._closed_bytes == sum(Message(m.event).size for m in kept)
+
+
+def test_event_log_when_its_buffer_is_full_then_each_event_over_is_counted_dropped() -> None:
+    from streaming.eventlog import EventLog
+    from streaming.hub import Message
+
+    log = EventLog(keep=10, max_event_bytes=1000, buffer_limit=3)  # no writer: all pend
+    for number in range(1, 6):
+        log.append(Message(_event(number, model="LogFull")))
+    assert log.dropped == 2
+
+
+def test_timeout_outcome_when_made_then_its_event_says_the_limit_and_why() -> None:
+    from streaming.outcomes import timed_out
+
+    outcome = timed_out(1.5)
+    assert outcome.data == {"message": "Task exceeded its timeout of 1.5s", "timeout": 1.5}

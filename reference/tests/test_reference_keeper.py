@@ -488,3 +488,52 @@ async def test_run_when_process_sends_a_terminal_type_then_value_error_says_why(
     with pytest.raises(ValueError, match=r"sends terminal events itself when process\(\) returns"):
         await run.send("complete", {})
     client.close()
+
+
+async def test_start_when_claimed_then_the_row_holds_a_lease_of_the_configured_length(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+
+    before = datetime.now(UTC)
+    task, client = await _watched_run(BehaviourTask, here)
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    lease = timedelta(seconds=here.config.lease)
+    assert row.owner == here.owner
+    assert before + lease <= row.lease_expires_at <= datetime.now(UTC) + lease
+    client.close()
+
+
+async def test_retry_when_the_task_failed_before_then_the_new_run_starts_without_its_error(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    task = await BehaviourTask.objects.acreate(
+        behaviour=PARK, status=TaskStatus.FAILED, attempt=1, error="ValueError: before"
+    )
+    assert await here.retry_task(BehaviourTask, task.pk)
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.attempt, row.error) == (TaskStatus.RUNNING, 2, "")
+    assert await here.cancel_task(BehaviourTask, task.pk)
+
+
+async def test_resume_of_a_run_elsewhere_when_nothing_is_kept_here_then_read_from_the_log(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask, StreamEvent
+
+    task = await BehaviourTask.objects.acreate(**_running_elsewhere())
+    for number in (1001, 1002, 1003):
+        await StreamEvent.objects.acreate(
+            model="BehaviourTask",
+            task_id=task.pk,
+            event_id=number,
+            type="tick",
+            data=f'{{"n": {number}}}',
+            timestamp="2026-01-01T00:00:00+00:00",
+        )
+    client = await here.subscribe(BehaviourTask, task.pk, last_event_id=1001)
+    assert [(await _next(client)).event.id for _ in range(2)] == [1002, 1003]
+    client.close()
