@@ -126,9 +126,9 @@ class StreamWriter:
         size = getattr(self._transport, "get_write_buffer_size", None)
         if size is None:
             return False
-        now, before = size(), self._buffered
-        self._buffered = now
-        return before is not None and now < before
+        unsent, before = size(), self._buffered
+        self._buffered = unsent
+        return before is not None and unsent < before
 
     def abort(self) -> None:
         """Close the connection now: its client stopped reading and a write stalled."""

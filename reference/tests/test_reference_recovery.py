@@ -289,6 +289,21 @@ async def test_writer_when_events_queued_then_one_write_and_retry_first() -> Non
     assert body.startswith(b"retry: 1500\n\n") and body.count(b"event: ") == 4
 
 
+async def test_writer_when_aborted_twice_then_connection_aborted_once() -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter
+
+    hub = Hub()
+    hub.open("T:1")
+    cycle = _Cycle()
+    aborts: list[bool] = []
+    cycle.transport.abort = lambda: aborts.append(True)  # type: ignore[method-assign]
+    writer = StreamWriter(cycle.send, hub.subscribe("T:1"))
+    writer.abort()
+    writer.abort()
+    assert len(aborts) == 1 and writer.aborted is True
+
+
 async def test_writer_when_a_long_write_keeps_draining_then_not_aborted_until_it_stops() -> None:
     from streaming.hub import Hub
     from streaming.sse import StreamWriter, Writers

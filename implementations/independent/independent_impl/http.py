@@ -228,8 +228,9 @@ class _Pump:
         self._last_write = self._loop.time()
         self._writing_since: float | None = None
         self._unsent: int | None = None
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        self._buffered: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
+        self._buffered: Callable[[], int] | None = getattr(
+            _transport(send), "get_write_buffer_size", None
+        )
         self._stalled = False
         self._task = asyncio.current_task()
         self._timer = self._loop.call_later(self._tick_every, self._tick)
@@ -305,11 +306,14 @@ async def _until_disconnect(receive: Receive, sub: Subscription) -> None:
             return
 
 
+def _transport(send: Send) -> Any:
+    """The connection's transport behind a server's ``send``, if the server exposes it."""
+    return getattr(getattr(send, "__self__", None), "transport", None)
+
+
 def _abort(send: Send) -> None:
     """Drop the connection at once (RST), unsent data and all, if the server lets us."""
-    raw = getattr(send, "raw", send)
-    transport = getattr(getattr(raw, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
+    abort = getattr(_transport(getattr(send, "raw", send)), "abort", None)
     if callable(abort):
         abort()
 
