@@ -48,6 +48,8 @@ class EventLog:
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        #: Events of the batch being written: no longer pending, not yet stored.
+        self._writing = 0
         #: Events dropped because the buffer was full while the database was away.
         self.dropped = 0
 
@@ -85,7 +87,8 @@ class EventLog:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            logger.warning("event log: %d event(s) not written at shutdown", len(self._pending))
+            unwritten = self._writing + len(self._pending)
+            logger.warning("event log: %d event(s) not written at shutdown", unwritten)
         self._closing = True
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
@@ -99,6 +102,7 @@ class EventLog:
                 # Taken off the buffer first: if the buffer overflows while this
                 # batch waits for the database, what is dropped is newer events.
                 batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                self._writing = len(batch)
                 await db.run_until_available(
                     lambda batch=batch: sync_to_async(_write, thread_sensitive=True)(
                         batch, self.keep
@@ -106,6 +110,7 @@ class EventLog:
                     what=f"event log ({len(batch)} events)",
                     keep_trying=lambda: not self._closing,
                 )
+                self._writing = 0
             self._idle.set()
 
     async def read(

@@ -352,6 +352,25 @@ async def test_abandon_when_already_shut_down_then_coordinator_stays_closed() ->
     assert await coordinator.health() == "draining"
 
 
+@pytest.mark.asyncio
+async def test_event_log_when_database_away_at_shutdown_then_it_says_how_many_were_not_written(
+    write_lock: WriteLock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streaming.eventlog import EventLog
+    from streaming.events import Event
+    from streaming.hub import Message
+
+    log = EventLog(keep=10, max_event_bytes=1000)
+    log.start()
+    write_lock.take()
+    for number in (1, 2, 3):
+        log.append(Message(Event(number, "tick", {}, 1, "T", "2026-01-01T00:00:00+00:00")))
+    # The writer takes all three as one batch, which then waits for the database.
+    await eventually(lambda: not log._pending, what="the writer to take the batch")
+    await log.close(timeout=0.2)
+    assert "event log: 3 event(s) not written at shutdown" in caplog.messages
+
+
 # -- the keeper --------------------------------------------------------------------------------
 
 
