@@ -170,6 +170,71 @@ async def test_run_until_available_when_database_comes_back_then_retries_and_ret
     assert said[1][1] == "test write: done once the database was back"
 
 
+def test_describe_when_the_message_is_long_then_cut_to_one_short_line() -> None:
+    from django.db import OperationalError
+
+    from streaming.db import describe
+
+    said = describe(OperationalError("x" * 400))
+    assert said == "OperationalError: " + "x" * (300 - len("OperationalError: "))
+
+
+def test_breaker_when_tripped_then_calls_refused_for_the_cool_down_saying_why() -> None:
+    import time
+
+    from streaming import db
+
+    breaker = db._Breaker()
+    breaker.check()  # closed: nothing raised
+    before = time.monotonic()
+    breaker.trip("OperationalError: gone")
+    assert before < breaker.open_until <= time.monotonic() + db.COOL_DOWN
+    assert breaker.open_until >= before + db.COOL_DOWN
+    with pytest.raises(db.DatabaseUnavailable, match=r"^OperationalError: gone$"):
+        breaker.check()
+    breaker.reset()
+    breaker.check()
+
+
+@pytest.mark.asyncio
+async def test_run_until_available_when_told_to_stop_trying_then_first_failure_raised_unlogged(
+    write_lock: WriteLock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streaming import db
+    from streaming.models import BehaviourTask
+
+    write_lock.take()
+    with pytest.raises(db.DatabaseUnavailable, match="database is locked"):
+        await db.run_until_available(
+            lambda: BehaviourTask.objects.filter(pk=1).aupdate(fields={}),
+            what="test write",
+            keep_trying=lambda: False,
+        )
+    assert not [r for r in caplog.records if r.name == "streaming.db"]
+
+
+@pytest.mark.asyncio
+async def test_probe_when_the_orm_thread_is_busy_past_the_timeout_then_it_says_no_answer() -> None:
+    import threading
+
+    from streaming import db
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold_the_thread() -> None:
+        started.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(sync_to_async(hold_the_thread, thread_sensitive=True)())
+    try:
+        await eventually(started.is_set, what="the ORM's thread to be held")
+        assert await db.probe(0.05) == "database unavailable: no answer within 0.05s"
+    finally:
+        release.set()
+        await busy
+    assert await db.probe(5) is None
+
+
 @pytest.mark.asyncio
 async def test_health_when_another_connection_holds_the_write_lock_then_unavailable(
     write_lock: WriteLock,
