@@ -1,0 +1,150 @@
+"""The coordinator's interface at its edges: what a caller is told, and what it is built from.
+
+The suites drive the coordinator through the conformance adapter and judge
+outcomes; these tests pin what the adapter, the server and the commands rely
+on and repeat to people: the wording of each refusal, who a coordinator says
+it is, how it counts, and that its settings reach the parts they configure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+]
+
+
+@pytest_asyncio.fixture
+async def coordinator() -> AsyncIterator[Any]:
+    from streaming.coordinator import Coordinator
+
+    made = Coordinator(cancel_grace=1.0, lease=3.0)
+    try:
+        yield made
+    finally:
+        await made.shutdown(1.0)
+
+
+async def test_coordinator_when_made_then_it_names_its_host_process_and_itself(
+    coordinator,
+) -> None:
+    from streaming.coordinator import Coordinator
+
+    host, pid, mine = coordinator.owner.split(":")
+    assert (host, pid) == (socket.gethostname(), str(os.getpid()))
+    assert re.fullmatch(r"[0-9a-f]{8}", mine)
+    assert Coordinator().owner != coordinator.owner  # two in one process are two owners
+    assert repr(coordinator) == f"<Coordinator open runs=0 owner={coordinator.owner}>"
+
+
+async def test_coordinator_when_configured_then_its_hub_and_event_log_take_the_settings() -> None:
+    from streaming.bus import InMemoryBus
+    from streaming.coordinator import Coordinator
+
+    coordinator = Coordinator(
+        client_queue_size=3,
+        history_size=4,
+        history_bytes=5000,
+        closed_history_bytes=6000,
+        event_log_max_event_bytes=700,
+        event_log=False,
+    )
+    hub = coordinator.bus.hub
+    assert isinstance(coordinator.bus, InMemoryBus)
+    assert (hub.queue_size, hub.history_size, hub.history_bytes) == (3, 4, 5000)
+    assert hub._closed_max_bytes == 6000
+    log = coordinator.log
+    assert (log.keep, log.max_event_bytes, log.enabled) == (4, 700, False)
+
+
+async def test_start_when_model_or_task_unknown_then_error_names_what_is_known(
+    coordinator,
+) -> None:
+    from streaming.coordinator import UnknownTask, task_models
+    from streaming.models import BehaviourTask
+
+    known = ", ".join(sorted(task_models()))
+    assert "BehaviourTask" in known and "ExampleTask" in known
+    with pytest.raises(UnknownTask) as unknown_model:
+        await coordinator.start_task("Nope", 1)
+    assert str(unknown_model.value) == f"Unknown task model 'Nope'; known models: {known}."
+    with pytest.raises(UnknownTask) as unknown_task:
+        await coordinator.start_task("BehaviourTask", 999)
+    assert str(unknown_task.value) == "BehaviourTask 999 does not exist."
+    with pytest.raises(UnknownTask) as unknown_subscription:
+        await coordinator.subscribe(BehaviourTask, 999)
+    assert str(unknown_subscription.value) == "BehaviourTask 999 does not exist."
+    assert not await coordinator.cancel_task("Nope", 1)
+    assert not await coordinator.cancel_task(BehaviourTask, 999)
+
+
+async def test_start_when_running_or_finished_then_false_and_when_draining_then_refused(
+    coordinator,
+) -> None:
+    from streaming.coordinator import CoordinatorClosed
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    assert await coordinator.start_task("BehaviourTask", task.pk)
+    assert repr(coordinator._runs[f"BehaviourTask:{task.pk}"]) == (
+        f"<Run BehaviourTask:{task.pk} attempt=1 next_id=1>"
+    )
+    assert not await coordinator.start_task(BehaviourTask, task.pk)  # running here
+    assert not await coordinator.retry_task(BehaviourTask, task.pk)  # not ended
+    assert coordinator.stats() == {"running_tasks": 1, "topics": 1, "subscribers": 0}
+    assert repr(coordinator).startswith("<Coordinator open runs=1 ")
+    await coordinator.shutdown(0)
+    with pytest.raises(CoordinatorClosed) as refused:
+        await coordinator.start_task(BehaviourTask, task.pk)
+    assert str(refused.value) == f"Cannot start BehaviourTask:{task.pk}: the coordinator is closed."
+    assert coordinator.stats() == {"running_tasks": 0, "topics": 0, "subscribers": 0}
+    assert await coordinator.health() == "draining"
+
+
+async def test_subscribe_when_resuming_at_or_past_the_ending_then_nothing_missed_says_where(
+    coordinator,
+) -> None:
+    from streaming.coordinator import NothingMissed
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(
+        behaviour="conformance.behaviours:steps", fields={"steps": 1}
+    )
+    watching = await coordinator.subscribe(BehaviourTask, task.pk)
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    async with asyncio.timeout(5):
+        ids = [m.event.id async for m in watching]
+    assert ids == [1, 2, 3]
+    fresh = type(coordinator)()  # knows the task only from the database
+    for after in (3, 4):
+        with pytest.raises(NothingMissed) as missed:
+            await fresh.subscribe(BehaviourTask, task.pk, last_event_id=after)
+        assert str(missed.value) == f"BehaviourTask:{task.pk} ended with event 3."
+    resumed = await fresh.subscribe(BehaviourTask, task.pk, last_event_id=2)
+    async with asyncio.timeout(5):
+        assert [(m.event.id, m.event.type) async for m in resumed] == [(3, "complete")]
+
+
+async def test_run_when_it_sends_after_being_given_up_on_then_each_send_is_a_cancellation(
+    coordinator,
+) -> None:
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run.finished = True  # what a give-up marks before it records
+    with pytest.raises(asyncio.CancelledError, match=f"^BehaviourTask:{task.pk} was stopped$"):
+        await run.send("tick", {})
+    run.finished = False
