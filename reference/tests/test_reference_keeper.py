@@ -537,3 +537,114 @@ async def test_resume_of_a_run_elsewhere_when_nothing_is_kept_here_then_read_fro
     client = await here.subscribe(BehaviourTask, task.pk, last_event_id=1001)
     assert [(await _next(client)).event.id for _ in range(2)] == [1002, 1003]
     client.close()
+
+
+# -- the keeper's loop ---------------------------------------------------------------------
+
+
+async def test_keeper_when_ticks_fail_then_an_outage_logged_once_an_error_with_its_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streaming import db
+    from streaming.coordinator import Coordinator
+    from streaming.leases import Keeper
+
+    failures: list[BaseException] = [
+        db.DatabaseUnavailable("gone"),
+        db.DatabaseUnavailable("still gone"),
+        RuntimeError("boom"),
+    ]
+    ticks = 0
+
+    class Scripted(Keeper):
+        """Its first ticks fail as scripted; the later ones are the real tick."""
+
+        async def tick(self) -> None:
+            nonlocal ticks
+            ticks += 1
+            if failures:
+                raise failures.pop(0)
+            await super().tick()
+
+    coordinator = Coordinator(lease=0.3)  # a tick every 0.1 s
+    keeper = coordinator.keeper = Scripted(coordinator)
+    keeper.start()
+    try:
+        await eventually(lambda: ticks >= 5, what="five ticks")
+    finally:
+        await keeper.stop()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "streaming.leases"]
+    assert said[:3] == [
+        ("WARNING", "keeper: database unavailable (gone)"),
+        ("ERROR", "keeper: tick failed"),
+        ("INFO", "keeper: the database is back; no lease is taken as lost for 0.3s"),
+    ]
+    failed = next(r for r in caplog.records if r.getMessage() == "keeper: tick failed")
+    assert failed.exc_info is not None and str(failed.exc_info[1]) == "boom"
+    assert keeper._task is None
+    await keeper.stop()  # stopped twice: nothing to do
+
+
+async def test_keeper_when_a_write_took_longer_than_a_heartbeat_then_no_lease_taken_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    lost = await BehaviourTask.objects.acreate(
+        behaviour=PARK,
+        status=TaskStatus.RUNNING,
+        attempt=1,
+        owner="elsewhere:1:dead",
+        lease_expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    coordinator = Coordinator(lease=0.3)  # not opened: only the test ticks its keeper
+    loop = asyncio.get_running_loop()
+    started, release = threading.Event(), threading.Event()
+
+    def hold_the_thread() -> None:
+        started.set()
+        release.wait(10)
+
+    # The ORM's one thread is busy: the keeper's write probe waits behind it.
+    busy = asyncio.ensure_future(sync_to_async(hold_the_thread, thread_sensitive=True)())
+    await eventually(started.is_set, what="the ORM's thread to be held")
+    ticking = asyncio.create_task(coordinator.keeper.tick())
+    held_from = loop.time()
+    await eventually(
+        lambda: loop.time() - held_from > 2 * coordinator.config.heartbeat,
+        what="the probe to wait past a heartbeat",
+    )
+    release.set()
+    await busy
+    await asyncio.wait_for(ticking, 5)
+    assert (
+        "keeper: the database was slow to take a write; no lease is taken as lost for 0.3s"
+        in caplog.messages
+    )
+    assert (await BehaviourTask.objects.aget(pk=lost.pk)).status == TaskStatus.RUNNING
+    await BehaviourTask.objects.filter(pk=lost.pk).aupdate(status=TaskStatus.INTERRUPTED)
+
+
+async def test_keeper_rerun_when_its_coordinator_has_closed_then_it_stops_asking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    coordinator = Coordinator(max_attempts=3)
+    await coordinator.shutdown(0)
+    rows = [
+        await BehaviourTask.objects.acreate(
+            behaviour=STEPS, status=TaskStatus.INTERRUPTED, attempt=1
+        )
+        for _ in range(2)
+    ]
+    await coordinator.keeper.rerun()
+    for row in rows:
+        assert (await BehaviourTask.objects.aget(pk=row.pk)).status == TaskStatus.INTERRUPTED
+    assert not [r for r in caplog.records if r.name == "streaming.leases"]
