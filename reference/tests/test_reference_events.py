@@ -270,6 +270,56 @@ async def test_event_log_when_read_right_after_append_then_settled_waits_for_the
     assert [m.event.id for m in stored] == [1, 2, 3]
 
 
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_event_log_when_disabled_then_it_keeps_nothing_and_reads_nothing() -> None:
+    from streaming.eventlog import EventLog
+    from streaming.hub import Message
+
+    on = EventLog(keep=10, max_event_bytes=1000)
+    on.start()
+    try:
+        on.append(Message(_event(1, model="LogOff")))
+        await on.settled(timeout=5)
+    finally:
+        await on.close(timeout=5)
+    off = EventLog(keep=10, max_event_bytes=1000, enabled=False)
+    off.start()
+    assert off._writer is None
+    off.append(Message(_event(2, model="LogOff")))
+    assert not off._pending
+    await off.settled(timeout=5)  # no writer: nothing to wait for
+    await off.close(timeout=5)
+    assert await off.read("LogOff", 1, after=0, before=None) == []
+    assert [m.event.id for m in await on.read("LogOff", 1, after=0, before=None)] == [1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_event_log_when_read_between_ids_then_only_those_oldest_first_as_sent() -> None:
+    from streaming.eventlog import EventLog
+    from streaming.hub import Message
+
+    log = EventLog(keep=10, max_event_bytes=1000)
+    log.start()
+    try:
+        for number in (3, 1, 2, 5, 4):
+            log.append(Message(_event(number, model="LogRange")))
+        log.append(Message(_event(1, model="LogOther")))
+        await log.settled(timeout=5)
+    finally:
+        await log.close(timeout=5)
+    between = await log.read("LogRange", 1, after=1, before=5)
+    assert [m.event.id for m in between] == [2, 3, 4]
+    assert [(m.event.model, m.event.task_id, m.event.type) for m in between] == [
+        ("LogRange", 1, "tick")
+    ] * 3
+    assert between[0].event.data == {"n": 2, "pad": ""}
+    assert between[0].json == json.dumps({"n": 2, "pad": ""})
+    assert [m.event.id for m in await log.read("LogRange", 1, after=3, before=None)] == [4, 5]
+    assert await log.read("LogRange", 2, after=0, before=None) == []
+
+
 # -- the coordinator's own events ------------------------------------------------------
 
 
