@@ -298,3 +298,28 @@ async def test_run_when_ended_then_the_tasks_recording_it_are_named_for_it(coord
     await eventually(lambda: seen[-1][0] == "interrupted", what="the stopped run recorded")
     assert seen[-1][1] == f"streaming:record:{run.key}"
     assert f"streaming:stopped:{run.key}" in seen[-1][2]
+
+
+async def test_run_when_it_reserves_more_event_ids_then_the_reserving_task_is_named_for_it(
+    coordinator,
+) -> None:
+    from streaming.coordinator import ID_BLOCK
+    from streaming.models import BehaviourTask
+
+    names_at: dict[int, set[str]] = {}
+
+    def on_publish(event: Any) -> None:
+        names_at[event.id] = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+
+    coordinator.on_publish = on_publish
+    task = await BehaviourTask.objects.acreate(
+        behaviour="conformance.behaviours:burst", fields={"count": ID_BLOCK // 2 + 1}
+    )
+    subscriber = await coordinator.subscribe(BehaviourTask, task.pk)
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    async with asyncio.timeout(10):
+        assert [m.event.type async for m in subscriber][-1] == "complete"
+    # The send of the first id past half the block asks for the next block.
+    first = ID_BLOCK // 2 + 1
+    assert f"streaming:reserve:BehaviourTask:{task.pk}" in names_at[first]
+    assert not any(name.startswith("streaming:reserve:") for name in names_at[first - 1])
