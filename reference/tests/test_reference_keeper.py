@@ -648,3 +648,57 @@ async def test_keeper_rerun_when_its_coordinator_has_closed_then_it_stops_asking
     for row in rows:
         assert (await BehaviourTask.objects.aget(pk=row.pk)).status == TaskStatus.INTERRUPTED
     assert not [r for r in caplog.records if r.name == "streaming.leases"]
+
+
+async def test_keeper_rerun_when_a_listed_task_is_deleted_then_the_next_still_runs_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    asked: list[int] = []
+
+    class DeletedMeanwhile(Coordinator):
+        """The first task the keeper asks for is deleted just before it is asked."""
+
+        async def rerun(self, model: Any, pk: Any) -> bool:
+            asked.append(pk)
+            if len(asked) == 1:
+                await model._default_manager.filter(pk=pk).adelete()
+            return await super().rerun(model, pk)
+
+    rows = [
+        await BehaviourTask.objects.acreate(
+            behaviour=STEPS, fields={"steps": 1}, status=TaskStatus.INTERRUPTED, attempt=1
+        )
+        for _ in range(2)
+    ]
+    coordinator = DeletedMeanwhile(max_attempts=2, cancel_grace=1.0)
+    try:
+        await coordinator.keeper.rerun()
+        assert sorted(asked) == sorted(row.pk for row in rows)
+        survivor = asked[1]
+        assert f"BehaviourTask:{survivor}: interrupted, run again" in caplog.messages, (
+            caplog.messages
+        )
+    finally:
+        await coordinator.shutdown(5.0)
+    assert (await BehaviourTask.objects.aget(pk=survivor)).status == TaskStatus.SUCCESSFUL
+
+
+async def test_keeper_renew_when_a_run_is_still_being_claimed_then_it_is_left_alone(here) -> None:
+    from streaming.coordinator import Run
+    from streaming.models import BehaviourTask
+
+    # Between _launch's registering a run and its claim's UPDATE, the run has
+    # no supervisor and its row is still READY: a renewal then must not take
+    # the missing RUNNING row for a lost lease.
+    task = await BehaviourTask.objects.acreate(behaviour=PARK)
+    run = Run(here, task, attempt=1)
+    here._runs[run.key] = run
+    try:
+        await here.keeper.renew()
+        assert not run.lost
+    finally:
+        del here._runs[run.key]

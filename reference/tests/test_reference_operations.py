@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from asgiref.sync import sync_to_async
 
 from conformance.behaviours import park_forever
 from conformance.waiting import eventually
@@ -323,3 +324,35 @@ async def test_run_when_it_reserves_more_event_ids_then_the_reserving_task_is_na
     first = ID_BLOCK // 2 + 1
     assert f"streaming:reserve:BehaviourTask:{task.pk}" in names_at[first]
     assert not any(name.startswith("streaming:reserve:") for name in names_at[first - 1])
+
+
+async def reserve_then_park(ctx: Any) -> None:
+    """Send half a block of events, wait for ``go``, send one more (a reservation), park."""
+    from conformance.behaviours import wait_for_field
+    from streaming.coordinator import ID_BLOCK
+
+    for index in range(ID_BLOCK // 2):
+        await ctx.send_event("tick", {"index": index})
+    await wait_for_field(ctx, lambda fields: bool(fields.get("go")))
+    await ctx.send_event("tick", {"index": ID_BLOCK // 2})
+    await told_cancel(ctx)
+
+
+async def test_run_when_its_task_is_taken_while_it_reserves_ids_then_stopped_as_lost(
+    coordinator, logs
+) -> None:
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour=f"{__name__}:reserve_then_park")
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    key = f"BehaviourTask:{task.pk}"
+    run = coordinator._runs[key]
+    await eventually(lambda: run.next_id > 500, what="half a block sent")
+    # Another coordinator took the task (its keeper found the lease expired).
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(attempt=2, owner="elsewhere")
+    await sync_to_async(BehaviourTask.merge_fields, thread_sensitive=True)(task.pk, {"go": True})
+    why = "its task was taken over while it reserved event ids"
+    assert await eventually(lambda: _stored(task.pk, "cancelled_with")) == [f"lease lost: {why}"]
+    assert ("WARNING", f"{key} lost its lease ({why}); stopping it") in said(
+        logs, "streaming.coordinator"
+    )
