@@ -534,9 +534,25 @@ def test_event_log_when_a_batch_is_written_twice_then_no_error_and_stored_once()
     assert list(stored.values_list("event_id", flat=True)) == [1, 2]
 
 
+@pytest.mark.django_db
+def test_event_log_when_one_task_is_trimmed_then_other_tasks_of_its_kind_keep_theirs() -> None:
+    from streaming.eventlog import _write
+    from streaming.events import Event
+    from streaming.hub import Message
+    from streaming.models import StreamEvent
+
+    _write([Message(_event(number, model="LogTrim")) for number in (1, 2, 3)], keep=10)
+    busy = [Message(Event(n, "tick", {}, 2, "LogTrim", TIMESTAMP)) for n in range(1, 21)]
+    _write(busy, keep=10)
+    stored = StreamEvent.objects.filter(model="LogTrim").order_by("event_id")
+    assert list(stored.filter(task_id=1).values_list("event_id", flat=True)) == [1, 2, 3]
+    assert list(stored.filter(task_id=2).values_list("event_id", flat=True)) == list(range(11, 21))
+
+
 def test_control_event_when_made_for_a_key_then_it_names_model_and_task() -> None:
     from streaming.hub import control_event
 
+    before = datetime.now(UTC)
     event = control_event("BehaviourTask:17", "overflow", 5, {"reason": "slow"})
     assert (event.model, event.task_id, event.id, event.type) == (
         "BehaviourTask",
@@ -544,6 +560,8 @@ def test_control_event_when_made_for_a_key_then_it_names_model_and_task() -> Non
         5,
         "overflow",
     )
+    assert event.data == {"reason": "slow"} and event.retry is None
+    assert before <= datetime.fromisoformat(event.timestamp) <= datetime.now(UTC)
 
 
 @pytest.mark.asyncio
@@ -574,10 +592,10 @@ def test_error_outcome_when_groups_are_nested_then_every_leaf_is_listed() -> Non
 
     inner = ExceptionGroup("inner", [KeyError("k"), OSError("disk")])
     outcome = failed(ExceptionGroup("outer", [ValueError("v"), inner]))
-    assert [e["error_type"] for e in outcome.data["errors"]] == [
-        "ValueError",
-        "KeyError",
-        "OSError",
+    assert outcome.data["errors"] == [
+        {"error_type": "ValueError", "message": "v"},
+        {"error_type": "KeyError", "message": "'k'"},
+        {"error_type": "OSError", "message": "disk"},
     ]
 
 

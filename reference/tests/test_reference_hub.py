@@ -87,14 +87,6 @@ def test_frame_when_data_has_metadata_keys_then_the_events_own_metadata_wins() -
     }
 
 
-def test_control_event_when_made_for_a_key_then_it_names_the_task_and_the_last_id() -> None:
-    from streaming.hub import control_event
-
-    event = control_event("Kind:42", "overflow", 9, {"reason": "r"})
-    assert (event.model, event.task_id, event.id, event.type) == ("Kind", "42", 9, "overflow")
-    assert event.data == {"reason": "r"} and event.retry is None
-
-
 # -- History ---------------------------------------------------------------------------------
 
 
@@ -252,6 +244,9 @@ def test_backfill_when_nothing_queued_then_every_stored_event_after_the_id() -> 
     subscriber = hub.subscribe(KEY, after=1)
     subscriber.backfill([_message(n) for n in (1, 2, 3)], after=1)
     assert _ids(subscriber.take()) == [("tick", 2), ("tick", 3)]
+    gone = hub.subscribe(KEY, after=1)  # the stored events begin past the id asked for
+    gone.backfill([_message(n) for n in (4, 5)], after=1)
+    assert _ids(gone.take()) == [("stream-reset", 1), ("tick", 4), ("tick", 5)]
 
 
 @pytest.mark.asyncio

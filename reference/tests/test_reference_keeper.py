@@ -145,7 +145,10 @@ async def test_client_of_a_run_elsewhere_when_it_ended_there_then_keeper_gives_i
     ending = (await _until_ended(own))[-1]
     assert ending.event.type == "complete"
     assert not client.ended  # this coordinator's hub never heard of that run
-    await here.keeper.tell_watchers()
+    still_running = await BehaviourTask.objects.acreate(**_running_elsewhere())
+    waiting = await here.subscribe(BehaviourTask, still_running.pk)
+    await here.keeper.tell_watchers()  # one of the two runs elsewhere has ended
+    assert not waiting.ended and waiting.take() == []
     told = await _next(client)
     assert (told.event.type, told.event.id, told.final) == ("complete", ending.event.id, True)
     assert told.event.data["total_steps"] == 1 and client.ended
