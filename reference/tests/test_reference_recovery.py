@@ -363,3 +363,49 @@ async def test_writer_when_a_write_stalls_past_the_deadline_then_connection_abor
     await asyncio.wait_for(serving, 5)
     assert subscriber.ended and len(writers) == 0
     hub.release("T:1")
+
+
+async def test_writer_when_it_starts_then_headers_say_event_stream_uncached_unbuffered() -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+    hub.publish("T:1", _event(1, "complete"), final=True)
+    cycle = _Cycle()
+    await StreamWriter(cycle.send, subscriber).run(retry_ms=1000, keepalive=60)
+    assert cycle.sent[0] == {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ],
+    }
+
+
+async def test_writer_when_its_server_hides_the_transport_then_abort_ends_the_stream_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter, Writers
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+
+    async def send(message: dict[str, Any]) -> None:  # a plain function: no transport
+        pass
+
+    writer = StreamWriter(send, subscriber)
+    assert not writer.drained()  # nothing to look at: never counted as progress
+    writer.abort()
+    assert writer.aborted and subscriber.ended
+    assert caplog.messages == [
+        "cannot close a stalled stream: the server does not expose its transport"
+    ]
+    assert Writers(keepalive=8, write_deadline=2).period == 0.5
+    assert Writers(keepalive=1, write_deadline=2).period == 0.25
+    hub.release("T:1")
