@@ -628,3 +628,55 @@ def test_timeout_outcome_when_made_then_its_event_says_the_limit_and_why() -> No
 
     outcome = timed_out(1.5)
     assert outcome.data == {"message": "Task exceeded its timeout of 1.5s", "timeout": 1.5}
+
+
+def test_outcomes_when_made_then_each_ending_has_its_status_event_data_and_error() -> None:
+    from streaming import outcomes
+    from streaming.states import TaskStatus
+
+    def whole(outcome: Any) -> tuple[Any, ...]:
+        return (outcome.status, outcome.event_type, dict(outcome.data), outcome.error)
+
+    assert whole(outcomes.completed({"rows": 3})) == (
+        TaskStatus.SUCCESSFUL,
+        "complete",
+        {"message": "Task completed successfully", "rows": 3},
+        "",
+    )
+    assert whole(outcomes.completed("not a mapping")) == (
+        TaskStatus.SUCCESSFUL,
+        "complete",
+        {"message": "Task completed successfully"},
+        "",
+    )
+    assert whole(outcomes.cancelled("by the user")) == (
+        TaskStatus.CANCELLED,
+        "cancelled",
+        {"message": "Task was cancelled", "reason": "by the user"},
+        "cancelled: by the user",
+    )
+    assert whole(outcomes.interrupted("shutdown")) == (
+        TaskStatus.INTERRUPTED,
+        "interrupted",
+        {"message": "Task was interrupted; it may be run again", "reason": "shutdown"},
+        "interrupted: shutdown",
+    )
+    assert whole(outcomes.failed(KeyError("k"))) == (
+        TaskStatus.FAILED,
+        "error",
+        {"error_type": "KeyError", "message": "'k'"},
+        "KeyError: 'k'",
+    )
+    noted = outcomes.cancelled("r").noting(" (late)", forced=True)
+    assert whole(noted) == (
+        TaskStatus.CANCELLED,
+        "cancelled",
+        {"message": "Task was cancelled", "reason": "r", "forced": True},
+        "cancelled: r (late)",
+    )
+    assert whole(outcomes.timed_out(2)) == (
+        TaskStatus.TIMED_OUT,
+        "timeout",
+        {"message": "Task exceeded its timeout of 2s", "timeout": 2},
+        "timed out after 2s",
+    )
