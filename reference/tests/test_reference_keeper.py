@@ -513,12 +513,24 @@ async def test_retry_when_the_task_failed_before_then_the_new_run_starts_without
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
+    before = datetime.now(UTC)
     task = await BehaviourTask.objects.acreate(
-        behaviour=PARK, status=TaskStatus.FAILED, attempt=1, error="ValueError: before"
+        behaviour=PARK,
+        status=TaskStatus.FAILED,
+        attempt=1,
+        error="ValueError: before",
+        started_at=before - timedelta(minutes=2),
+        completed_at=before - timedelta(minutes=1),
+        final_event='{"id": 1, "type": "error"}',
+        cancel_requested="asked once, too late",
+        event_id_ceiling=1001,
     )
     assert await here.retry_task(BehaviourTask, task.pk)
     row = await BehaviourTask.objects.aget(pk=task.pk)
     assert (row.status, row.attempt, row.error) == (TaskStatus.RUNNING, 2, "")
+    assert (row.completed_at, row.final_event, row.cancel_requested) == (None, None, None)
+    assert row.started_at >= before and row.owner == here.owner
+    assert row.event_id_ceiling == 2001  # the new run's ids follow the old run's
     assert await here.cancel_task(BehaviourTask, task.pk)
 
 
