@@ -68,6 +68,21 @@ async def test_coordinator_when_configured_then_its_hub_and_event_log_take_the_s
     assert (log.keep, log.max_event_bytes, log.enabled) == (4, 700, False)
 
 
+async def test_hub_when_made_without_settings_then_it_has_the_default_configurations_bounds() -> (
+    None
+):
+    from streaming.config import Config
+    from streaming.hub import Hub
+
+    hub, config = Hub(), Config()
+    assert (hub.queue_size, hub.history_size, hub.history_bytes, hub._closed_max_bytes) == (
+        config.client_queue_size,
+        config.history_size,
+        config.history_bytes,
+        config.closed_history_bytes,
+    )
+
+
 async def test_start_when_model_or_task_unknown_then_error_names_what_is_known(
     coordinator,
 ) -> None:

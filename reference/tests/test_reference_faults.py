@@ -436,6 +436,32 @@ async def test_event_log_when_database_away_at_shutdown_then_it_says_how_many_we
     assert "event log: 3 event(s) not written at shutdown" in caplog.messages
 
 
+@pytest.mark.asyncio
+async def test_event_log_when_database_away_then_back_then_the_batch_is_written_after_all(
+    write_lock: WriteLock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streaming.eventlog import EventLog
+    from streaming.events import Event
+    from streaming.hub import Message
+
+    log = EventLog(keep=10, max_event_bytes=1000)
+    log.start()
+    try:
+        write_lock.take()
+        for number in (1, 2):
+            log.append(Message(Event(number, "tick", {}, 1, "Away", "2026-01-01T00:00:00+00:00")))
+        said = "event log (2 events): database unavailable (OperationalError: database is locked)"
+        await eventually(
+            lambda: f"{said}; retrying" in caplog.messages, what="the writer to meet the outage"
+        )
+        write_lock.release()
+        await log.settled(timeout=10)
+        assert "event log (2 events): done once the database was back" in caplog.messages
+    finally:
+        await log.close(timeout=5)
+    assert [m.event.id for m in await log.read("Away", 1, after=0, before=None)] == [1, 2]
+
+
 # -- the keeper --------------------------------------------------------------------------------
 
 
