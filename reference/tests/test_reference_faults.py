@@ -402,8 +402,55 @@ async def test_shutdown_when_database_stays_away_then_outcome_given_up_and_no_ta
         lambda: not coordinator._tasks, timeout=5, what="the outcome's writer to give up"
     )
     assert f"{run.key}: outcome INTERRUPTED lost: the database stayed away" in caplog.messages
+    assert (
+        f"{run.key}: recording INTERRUPTED: database unavailable "
+        "(OperationalError: database is locked); retrying"
+    ) in caplog.messages
     write_lock.release()
     assert await _status(run.task.pk) == "RUNNING"  # its lease expires; a keeper takes it
+
+
+#: Lets ``_reserving`` send the event that needs the next block of ids.
+_GO_ON = asyncio.Event()
+
+
+async def _reserving(ctx: Any) -> None:
+    """Send half a block of events; once ``_GO_ON`` is set, one more (a reservation); park."""
+    from conformance.behaviours import park_forever
+    from streaming.coordinator import ID_BLOCK
+
+    for index in range(ID_BLOCK // 2):
+        await ctx.send_event("tick", {"index": index})
+    await _GO_ON.wait()
+    await ctx.send_event("tick", {"index": ID_BLOCK // 2})
+    await park_forever()
+
+
+@pytest.mark.asyncio
+async def test_reservation_when_database_away_then_it_waits_it_out_saying_for_which_run(
+    coordinator, write_lock: WriteLock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streaming.coordinator import ID_BLOCK
+    from streaming.models import BehaviourTask
+
+    _GO_ON.clear()
+    task = await BehaviourTask.objects.acreate(behaviour=f"{__name__}:_reserving")
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    await eventually(lambda: run.next_id > ID_BLOCK // 2, what="half a block sent")
+    write_lock.take()
+    _GO_ON.set()
+    said = (
+        f"{run.key}: reserving event ids: database unavailable "
+        "(OperationalError: database is locked); retrying"
+    )
+    await eventually(lambda: said in caplog.messages, what="the reservation to meet the outage")
+    write_lock.release()
+    await eventually(lambda: run.reserved == 2 * ID_BLOCK, what="the block reserved")
+    assert not run.lost
+    stored = await BehaviourTask.objects.aget(pk=task.pk)
+    assert stored.event_id_ceiling == 2 * ID_BLOCK
+    assert await coordinator.cancel_task(BehaviourTask, task.pk)
 
 
 @pytest.mark.asyncio

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from conformance.waiting import eventually
+
 # The coordinator reaches the database from the ORM's own thread, so each test
 # gets a real transaction (and a flushed database after it), not a wrapped one.
 pytestmark = [
@@ -408,4 +410,31 @@ async def test_writer_when_its_server_hides_the_transport_then_abort_ends_the_st
     ]
     assert Writers(keepalive=8, write_deadline=2).period == 0.5
     assert Writers(keepalive=1, write_deadline=2).period == 0.25
+    hub.release("T:1")
+
+
+async def test_writers_when_serving_a_stream_then_its_disconnect_listener_is_named() -> None:
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter, Writers
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    writers = Writers(keepalive=60, write_deadline=10)
+    writer = StreamWriter(_Cycle().send, subscriber)
+    serving = asyncio.create_task(writers.serve(writer, receive, 10))
+    name = "streaming:disconnect-listener"
+    await eventually(
+        lambda: any(t.get_name() == name and not t.done() for t in asyncio.all_tasks()),
+        what=f"a task named {name}",
+    )
+    left.set()  # the client goes: the listener closes the stream
+    await asyncio.wait_for(serving, 5)
+    assert subscriber.ended and len(writers) == 0
     hub.release("T:1")
