@@ -142,9 +142,17 @@ async def test_cancel_when_task_ignores_it_then_log_says_for_how_long_and_cancel
 ) -> None:
     from streaming.models import BehaviourTask
 
-    task, _ = await _started(coordinator, "conformance.behaviours:swallow_once")
+    task, subscriber = await _started(coordinator, "conformance.behaviours:swallow_once")
     key = f"BehaviourTask:{task.pk}"
     assert await coordinator.cancel_task(BehaviourTask, task.pk, "enough")
+    async with asyncio.timeout(5):
+        ending = [m.event async for m in subscriber][-1]
+    assert (ending.type, dict(ending.data)) == (
+        "cancelled",
+        {"message": "Task was cancelled", "reason": "enough", "forced": True},
+    )
+    stored = await BehaviourTask.objects.aget(pk=task.pk)
+    assert stored.error == "cancelled: enough (did not stop within 0.3s)"
     given_up = ("ERROR", f"{key} ignored cancellation for 0.3s; recording it as cancelled")
     await eventually(
         lambda: given_up in said(logs, "streaming.coordinator"), what="the give-up's line"
