@@ -12,6 +12,8 @@ registered once its response has begun. :class:`RelayProxy` sits between
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -516,6 +518,37 @@ def _orm_thread_connections_closed(request: pytest.FixtureRequest) -> Iterator[N
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(DEADLINE)
+
+
+@pytest.fixture
+def hold_orm_thread() -> Callable[[], contextlib.AbstractAsyncContextManager[None]]:
+    """Keep the ORM's one thread busy, as a slow query would, for the ``async with`` block.
+
+    Every async ORM call waits behind it: a way to make a database call slow
+    without a slow database.
+    """
+
+    @contextlib.asynccontextmanager
+    async def held() -> AsyncIterator[None]:
+        from asgiref.sync import sync_to_async
+
+        from conformance.waiting import eventually
+
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            started.set()
+            release.wait(DEADLINE)
+
+        busy = asyncio.ensure_future(sync_to_async(hold, thread_sensitive=True)())
+        try:
+            await eventually(started.is_set, what="the ORM's thread to be held")
+            yield
+        finally:
+            release.set()
+            await busy
+
+    return held
 
 
 @pytest_asyncio.fixture

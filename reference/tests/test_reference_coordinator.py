@@ -12,28 +12,14 @@ import asyncio
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-import pytest_asyncio
 
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.asyncio,
     pytest.mark.django_db(transaction=True),
 ]
-
-
-@pytest_asyncio.fixture
-async def coordinator() -> AsyncIterator[Any]:
-    from streaming.coordinator import Coordinator
-
-    made = Coordinator(cancel_grace=1.0, lease=3.0)
-    try:
-        yield made
-    finally:
-        await made.shutdown(1.0)
 
 
 async def test_coordinator_when_made_then_it_names_its_host_process_and_itself(

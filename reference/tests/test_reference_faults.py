@@ -214,24 +214,13 @@ async def test_run_until_available_when_told_to_stop_trying_then_first_failure_r
 
 
 @pytest.mark.asyncio
-async def test_probe_when_the_orm_thread_is_busy_past_the_timeout_then_it_says_no_answer() -> None:
-    import threading
-
+async def test_probe_when_the_orm_thread_is_busy_past_the_timeout_then_it_says_no_answer(
+    hold_orm_thread: Callable[[], Any],
+) -> None:
     from streaming import db
 
-    started, release = threading.Event(), threading.Event()
-
-    def hold_the_thread() -> None:
-        started.set()
-        release.wait(10)
-
-    busy = asyncio.ensure_future(sync_to_async(hold_the_thread, thread_sensitive=True)())
-    try:
-        await eventually(started.is_set, what="the ORM's thread to be held")
+    async with hold_orm_thread():
         assert await db.probe(0.05) == "database unavailable: no answer within 0.05s"
-    finally:
-        release.set()
-        await busy
     assert await db.probe(5) is None
 
 

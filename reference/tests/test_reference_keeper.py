@@ -601,10 +601,8 @@ async def test_keeper_when_ticks_fail_then_an_outage_logged_once_an_error_with_i
 
 
 async def test_keeper_when_a_write_took_longer_than_a_heartbeat_then_no_lease_taken_as_lost(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, hold_orm_thread: Callable[[], Any]
 ) -> None:
-    import threading
-
     from streaming.coordinator import Coordinator
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
@@ -618,23 +616,14 @@ async def test_keeper_when_a_write_took_longer_than_a_heartbeat_then_no_lease_ta
     )
     coordinator = Coordinator(lease=0.3)  # not opened: only the test ticks its keeper
     loop = asyncio.get_running_loop()
-    started, release = threading.Event(), threading.Event()
-
-    def hold_the_thread() -> None:
-        started.set()
-        release.wait(10)
-
     # The ORM's one thread is busy: the keeper's write probe waits behind it.
-    busy = asyncio.ensure_future(sync_to_async(hold_the_thread, thread_sensitive=True)())
-    await eventually(started.is_set, what="the ORM's thread to be held")
-    ticking = asyncio.create_task(coordinator.keeper.tick())
-    held_from = loop.time()
-    await eventually(
-        lambda: loop.time() - held_from > 2 * coordinator.config.heartbeat,
-        what="the probe to wait past a heartbeat",
-    )
-    release.set()
-    await busy
+    async with hold_orm_thread():
+        ticking = asyncio.create_task(coordinator.keeper.tick())
+        held_from = loop.time()
+        await eventually(
+            lambda: loop.time() - held_from > 2 * coordinator.config.heartbeat,
+            what="the probe to wait past a heartbeat",
+        )
     await asyncio.wait_for(ticking, 5)
     assert (
         "keeper: the database was slow to take a write; no lease is taken as lost for 0.3s"
