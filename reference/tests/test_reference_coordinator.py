@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import socket
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,79 @@ async def test_run_when_it_sends_after_being_given_up_on_then_each_send_is_a_can
     with pytest.raises(asyncio.CancelledError, match=f"^BehaviourTask:{task.pk} was stopped$"):
         await run.send("tick", {})
     run.finished = False
+
+
+async def raises_its_own_cancelled_error(ctx: Any) -> None:
+    """Send ``start``, then raise a CancelledError nobody asked for (a library's, say)."""
+    await ctx.send_event("start", {})
+    raise asyncio.CancelledError("not from a cancel")
+
+
+async def swallows_the_cancel_and_returns(ctx: Any) -> dict[str, bool]:
+    """Send ``start``, park; when cancelled, carry on and return as if it had finished."""
+    from conformance.behaviours import park_forever
+
+    await ctx.send_event("start", {})
+    try:
+        await park_forever()
+    except asyncio.CancelledError:
+        pass
+    return {"finished": True}
+
+
+async def _ending(coordinator: Any, behaviour: str, cancel: str | None = None) -> tuple[Any, Any]:
+    """Run a BehaviourTask to its end (cancelled with ``cancel`` after ``start``): event, row."""
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour=behaviour)
+    subscriber = await coordinator.subscribe(BehaviourTask, task.pk)
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    async with asyncio.timeout(5):
+        assert (await subscriber.get()).event.type == "start"
+        if cancel is not None:
+            assert await coordinator.cancel_task("BehaviourTask", task.pk, cancel)
+        ending = [m.event async for m in subscriber][-1]
+    return ending, await BehaviourTask.objects.aget(pk=task.pk)
+
+
+async def test_run_when_its_own_code_raises_cancelled_error_then_it_failed(coordinator) -> None:
+    ending, row = await _ending(coordinator, f"{__name__}:raises_its_own_cancelled_error")
+    assert (ending.type, dict(ending.data)) == (
+        "error",
+        {"error_type": "CancelledError", "message": "not from a cancel"},
+    )
+    assert (row.status, row.error) == ("FAILED", "CancelledError: not from a cancel")
+
+
+async def test_run_when_it_swallows_the_cancel_and_returns_then_it_ends_cancelled(
+    coordinator,
+) -> None:
+    ending, row = await _ending(
+        coordinator, f"{__name__}:swallows_the_cancel_and_returns", cancel="stop now"
+    )
+    assert (ending.type, ending.data["reason"]) == ("cancelled", "stop now")
+    assert (row.status, row.error) == ("CANCELLED", "cancelled: stop now")
+
+
+async def test_coordinator_when_started_then_its_keeper_runs_and_it_is_healthy() -> None:
+    from streaming.coordinator import Coordinator
+
+    coordinator = Coordinator()
+    try:
+        await coordinator.started()
+        assert coordinator.keeper._task is not None and not coordinator.keeper._task.done()
+        assert await coordinator.health() is None
+    finally:
+        await coordinator.shutdown(1.0)
+    assert coordinator.keeper._task is None
+
+
+async def test_shutdown_without_a_grace_then_the_configured_one_bounds_the_drain() -> None:
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+
+    coordinator = Coordinator(shutdown_grace=0.1, cancel_grace=1.0)
+    task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    await asyncio.wait_for(coordinator.shutdown(), 5)
+    assert (await BehaviourTask.objects.aget(pk=task.pk)).status == "INTERRUPTED"

@@ -48,6 +48,15 @@ def test_transition_when_not_allowed_then_error_names_both_states_and_the_way() 
     check_transition(TaskStatus.READY, TaskStatus.RUNNING)
 
 
+def test_status_when_asked_if_finished_then_only_ready_and_running_are_not() -> None:
+    from streaming.states import TaskStatus
+
+    assert {status for status in TaskStatus if not status.is_finished} == {
+        TaskStatus.READY,
+        TaskStatus.RUNNING,
+    }
+
+
 # -- bus --------------------------------------------------------------------------
 
 
