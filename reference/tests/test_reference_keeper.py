@@ -706,3 +706,44 @@ async def test_keeper_renew_when_a_run_is_still_being_claimed_then_it_is_left_al
         assert not run.lost
     finally:
         del here._runs[run.key]
+
+
+async def test_keeper_when_its_own_run_outlived_its_lease_then_it_is_not_taken_for_lost(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    # A renewal that came late (a busy loop): the row looks lost, but its run is here.
+    task, client = await _watched_run(BehaviourTask, here)
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(
+        lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    await here.keeper.recover_lost()
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.owner) == (TaskStatus.RUNNING, here.owner)
+    assert not here._runs[f"BehaviourTask:{task.pk}"].lost and client.take() == []
+    assert await here.cancel_task(BehaviourTask, task.pk)
+
+
+async def test_keeper_when_a_lost_runs_lease_was_renewed_meanwhile_then_nothing_recorded(
+    here, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    # Listed as expired, then renewed by its owner before the keeper's UPDATE.
+    task = await BehaviourTask.objects.acreate(**_running_elsewhere())
+    client = await here.subscribe(BehaviourTask, task.pk)
+    row = {
+        "pk": task.pk,
+        "attempt": 1,
+        "owner": "elsewhere:1:alive",
+        "event_id_ceiling": 1000,
+        "cancel_requested": None,
+    }
+    await here.keeper._interrupt(BehaviourTask, row)
+    stored = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (stored.status, stored.final_event) == (TaskStatus.RUNNING, None)
+    assert client.take() == [] and not client.ended
+    assert not [r for r in caplog.records if r.name == "streaming.leases"]
