@@ -226,3 +226,9 @@ async def test_shutdown_without_a_grace_then_the_configured_one_bounds_the_drain
     assert await coordinator.start_task(BehaviourTask, task.pk)
     await asyncio.wait_for(coordinator.shutdown(), 5)
     assert (await BehaviourTask.objects.aget(pk=task.pk)).status == "INTERRUPTED"
+
+
+async def test_run_when_it_ends_then_its_row_names_no_owner_and_holds_no_lease(coordinator) -> None:
+    _, row = await _ending(coordinator, "conformance.behaviours:steps")
+    assert (row.status, row.owner, row.lease_expires_at) == ("SUCCESSFUL", "", None)
+    assert row.completed_at is not None and row.completed_at >= row.started_at

@@ -271,6 +271,18 @@ async def test_event_log_when_read_right_after_append_then_settled_waits_for_the
 
 
 @pytest.mark.asyncio
+async def test_event_log_when_its_writer_is_not_running_then_settled_does_not_wait() -> None:
+    from streaming.eventlog import EventLog
+    from streaming.hub import Message
+
+    log = EventLog(keep=10, max_event_bytes=1000)  # never started: nothing will write
+    log.append(Message(_event(1, model="LogIdle")))
+    assert log._pending and not log._idle.is_set()
+    # Returns at once, not after the 60 s it would allow a running writer.
+    await asyncio.wait_for(log.settled(timeout=60), 5)
+
+
+@pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_event_log_when_disabled_then_it_keeps_nothing_and_reads_nothing() -> None:
     from streaming.eventlog import EventLog
