@@ -498,6 +498,49 @@ async def test_event_log_when_database_away_then_back_then_the_batch_is_written_
     assert [m.event.id for m in await log.read("Away", 1, after=0, before=None)] == [1, 2]
 
 
+@pytest.mark.asyncio
+async def test_start_when_its_claim_meets_an_outage_then_refused_and_startable_once_back(
+    coordinator, write_lock: WriteLock
+) -> None:
+    from streaming import db
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    write_lock.take()
+    with pytest.raises(db.DatabaseUnavailable):
+        await coordinator.start_task(BehaviourTask, task.pk)
+    write_lock.release()
+    db._breaker.reset()  # as the cool-down's end would
+    assert coordinator.stats()["running_tasks"] == 0
+    assert await coordinator.start_task(BehaviourTask, task.pk)  # nothing left of the first try
+    assert await coordinator.cancel_task(BehaviourTask, task.pk)
+
+
+@pytest.mark.asyncio
+async def test_resume_when_the_event_log_writer_is_stuck_then_the_client_is_not_kept_waiting(
+    coordinator,
+) -> None:
+    from conformance.behaviours import park_forever
+    from streaming.events import Event
+    from streaming.hub import Message
+    from streaming.models import BehaviourTask
+
+    task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    log = coordinator.log
+    log._writer = stuck = asyncio.create_task(park_forever())  # a writer that never finishes
+    stamp = "2026-01-01T00:00:00+00:00"
+    log.append(Message(Event(1, "tick", {}, task.pk, "BehaviourTask", stamp)))
+    try:
+        # The resume waits a moment for the writer, then reads what the log has.
+        resumed = await asyncio.wait_for(
+            coordinator.subscribe(BehaviourTask, task.pk, last_event_id=0), 10
+        )
+        resumed.close()
+    finally:
+        stuck.cancel()
+        log._writer = None
+
+
 # -- the keeper --------------------------------------------------------------------------------
 
 

@@ -252,6 +252,10 @@ async def test_shutdown_and_abandon_when_tasks_run_then_each_cancellation_says_w
     first, _ = await _started(coordinator, f"{__name__}:told_cancel")
     await coordinator.shutdown(0)
     assert await eventually(lambda: _stored(first.pk, "cancelled_with")) == ["coordinator shutdown"]
+    # Its clients were told to reconnect; the log still says how the run ended.
+    assert ("INFO", f"finished BehaviourTask:{first.pk}: INTERRUPTED") in said(
+        logs, "streaming.coordinator"
+    )
 
     coordinator = Coordinator(cancel_grace=1.0)
     try:
