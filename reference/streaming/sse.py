@@ -160,6 +160,8 @@ class Writers:
         self.period = min(keepalive, write_deadline) / 4
         self._open: set[StreamWriter] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Loop time the pending tick is due.
+        self._due = 0.0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -171,7 +173,7 @@ class Writers:
         )
         self._open.add(writer)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
+            self._schedule(asyncio.get_running_loop())
         try:
             await writer.run(retry_ms, self.keepalive)
         finally:
@@ -180,15 +182,28 @@ class Writers:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + self.period
+        self._timer = loop.call_later(self.period, self._tick)
+
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        # A late tick says the loop itself was held (a task's synchronous code,
+        # a starved machine): no write could move then, whatever its client
+        # did, so that time counts against none of them.
+        held = max(0.0, now - self._due)
         for writer in tuple(self._open):
             if writer.sending_since is not None:
                 if writer.drained():
                     writer.sending_since = now  # slow, not stalled
-                elif now - writer.sending_since > self.write_deadline:
+                    continue
+                writer.sending_since += held
+                if now - writer.sending_since > self.write_deadline:
                     writer.abort()
             elif now - writer.last_write >= self.keepalive:
                 writer.source.wake()
-        self._timer = loop.call_later(self.period, self._tick) if self._open else None
+        if self._open:
+            self._schedule(loop)
+        else:
+            self._timer = None

@@ -438,3 +438,48 @@ async def test_writers_when_serving_a_stream_then_its_disconnect_listener_is_nam
     await asyncio.wait_for(serving, 5)
     assert subscriber.ended and len(writers) == 0
     hub.release("T:1")
+
+
+async def test_writer_when_the_loop_itself_stalled_then_the_client_is_not_blamed_for_it() -> None:
+    import time
+
+    from streaming.hub import Hub
+    from streaming.sse import StreamWriter, Writers
+
+    hub = Hub()
+    hub.open("T:1")
+    subscriber = hub.subscribe("T:1")
+    cycle = _Cycle()
+    cycle.unblock.clear()  # one write, pending; its buffer neither grows nor shrinks
+    cycle.transport.buffered = 1_000_000
+    aborted = asyncio.Event()
+    cycle.transport.abort = aborted.set  # type: ignore[method-assign]
+    writers = Writers(keepalive=60, write_deadline=0.2)
+    writer = StreamWriter(cycle.send, subscriber)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never sends anything
+        return {"type": "http.disconnect"}
+
+    serving = asyncio.create_task(writers.serve(writer, receive, 10))
+    hub.publish("T:1", _event(1))
+    await eventually(lambda: writer._buffered is not None, what="a tick to see the pending write")
+    ticked = writers._timer
+    # The loop itself is held (a task's synchronous code, a starved machine):
+    # no writer can move a byte, whatever its client does.
+    loop = asyncio.get_running_loop()
+    began, held_from = writer.sending_since, loop.time()
+    assert began is not None
+    time.sleep(3 * writers.write_deadline)  # noqa: ASYNC251 - holding the loop is the point
+    resumed = loop.time()
+    await eventually(lambda: writers._timer is not ticked, what="the first tick after the stall")
+    assert not aborted.is_set(), "a client was cut off for the server's own stall"
+    # The write still does not move once the loop runs again: then it is the client's,
+    # and the deadline counts the time the loop ran, before the stall and after it
+    # (the timer sees a stall only from the tick it was due at: a period's slack).
+    await asyncio.wait_for(aborted.wait(), 5)
+    ran = (held_from - began) + (loop.time() - resumed)
+    assert ran >= writers.write_deadline - writers.period
+    cycle.unblock.set()
+    await asyncio.wait_for(serving, 5)
+    hub.release("T:1")
