@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from conformance.waiting import eventually
+
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.asyncio,
@@ -232,3 +234,25 @@ async def test_run_when_it_ends_then_its_row_names_no_owner_and_holds_no_lease(c
     _, row = await _ending(coordinator, "conformance.behaviours:steps")
     assert (row.status, row.owner, row.lease_expires_at) == ("SUCCESSFUL", "", None)
     assert row.completed_at is not None and row.completed_at >= row.started_at
+
+
+async def test_resume_of_a_finished_task_without_event_log_then_missed_events_from_memory() -> None:
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+
+    coordinator = Coordinator(event_log=False, cancel_grace=1.0)
+    try:
+        task = await BehaviourTask.objects.acreate(
+            behaviour="conformance.behaviours:steps", fields={"steps": 2}
+        )
+        watching = await coordinator.subscribe(BehaviourTask, task.pk)
+        assert await coordinator.start_task(BehaviourTask, task.pk)
+        async with asyncio.timeout(5):
+            assert [m.event.id async for m in watching] == [1, 2, 3, 4]
+        await eventually(lambda: not coordinator.stats()["running_tasks"], what="the run released")
+        # No database log: only the hub's memory of the finished task can serve this.
+        resumed = await coordinator.subscribe(BehaviourTask, task.pk, last_event_id=1)
+        async with asyncio.timeout(5):
+            assert [m.event.id async for m in resumed] == [2, 3, 4]
+    finally:
+        await coordinator.shutdown(1.0)
