@@ -857,8 +857,10 @@ async def test_ten_megabyte_event_when_sent_then_every_client_gets_it_intact(
     streams = [await client.subscribe(ref) for _ in range(3)]
     await runtime.start_task(ref)
     expected = eb.digest(eb.pattern(size))
-    for stream in streams:
-        big, complete = await stream.until(timeout=60)
+    # All three read at once: a client left unread while another takes the
+    # 10 MB in is a client that stopped reading, and EDGE-17 cuts it off.
+    received = await asyncio.gather(*(stream.until(timeout=60) for stream in streams))
+    for big, complete in received:
         assert (big.type, complete.type) == ("big", "complete")
         body = big.data["body"]
         assert len(body) == size and eb.digest(body) == expected, "the body was altered"
