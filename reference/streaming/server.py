@@ -82,6 +82,9 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}")
 BODY_LIMIT = 64 * 1024
 #: Paths that are neither counted nor limited: probes, and metrics.
 UNLIMITED = PROBES | {"/metrics"}
+#: Seconds the tasks a second signal leaves behind get to stop (and record
+#: how their runs ended) before the process exits without them.
+FORCED_LEFTOVERS = 0.5
 _TEXT = {"content-type": "text/plain; charset=utf-8"}
 _JSON = {"content-type": "application/json"}
 _DATABASE_DOWN = {**_TEXT, "retry-after": "1"}
@@ -581,11 +584,21 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     sockets = [sock] if sock is not None else None
+    grace_left = coordinator.config.cancel_grace
     run_then_close(
         server.serve(sockets=sockets),
         loop_factory(config),
-        leftovers=coordinator.config.cancel_grace,
+        leftovers=lambda: leftovers(forced=server.force_exit, cancel_grace=grace_left),
     )
+
+
+def leftovers(*, forced: bool, cancel_grace: float) -> float:
+    """Seconds the tasks left at exit get to stop: a task's cancel grace, unless forced.
+
+    A second signal means now: cancelled runs get a moment to record how they
+    ended, not a whole cancel grace spent on a task that ignores its cancel.
+    """
+    return min(cancel_grace, FORCED_LEFTOVERS) if forced else cancel_grace
 
 
 def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -599,9 +612,12 @@ def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLo
 
 
 def run_then_close(
-    main: Awaitable[None], new_loop: Callable[[], asyncio.AbstractEventLoop], *, leftovers: float
+    main: Awaitable[None],
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    *,
+    leftovers: Callable[[], float],
 ) -> None:
-    """Run ``main``, then give the tasks it left behind ``leftovers`` seconds to stop.
+    """Run ``main``, then give the tasks it left behind ``leftovers()`` seconds to stop.
 
     ``asyncio.run`` would wait for ever for a task that swallows its
     cancellation, so a server with one could never exit, not even on a
@@ -614,7 +630,7 @@ def run_then_close(
         for task in left:
             task.cancel()
         if left:
-            _, stubborn = loop.run_until_complete(asyncio.wait(left, timeout=leftovers))
+            _, stubborn = loop.run_until_complete(asyncio.wait(left, timeout=leftovers()))
             if stubborn:
                 names = ", ".join(sorted(task.get_name() for task in stubborn))
                 logger.error(
