@@ -588,11 +588,11 @@ def serve(
     run_then_close(
         server.serve(sockets=sockets),
         loop_factory(config),
-        leftovers=lambda: leftovers(forced=server.force_exit, cancel_grace=grace_left),
+        leftovers=lambda: leftover_seconds(forced=server.force_exit, cancel_grace=grace_left),
     )
 
 
-def leftovers(*, forced: bool, cancel_grace: float) -> float:
+def leftover_seconds(*, forced: bool, cancel_grace: float) -> float:
     """Seconds the tasks left at exit get to stop: a task's cancel grace, unless forced.
 
     A second signal means now: cancelled runs get a moment to record how they

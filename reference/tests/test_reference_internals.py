@@ -339,8 +339,8 @@ async def test_drain_when_finished_then_orm_connections_are_closed_in_their_thre
 
 
 def test_exit_when_forced_by_a_second_signal_then_leftover_tasks_get_a_moment_not_a_grace() -> None:
-    from streaming.server import FORCED_LEFTOVERS, leftovers
+    from streaming.server import FORCED_LEFTOVERS, leftover_seconds
 
-    assert leftovers(forced=False, cancel_grace=5.0) == 5.0
-    assert leftovers(forced=True, cancel_grace=5.0) == FORCED_LEFTOVERS == 0.5
-    assert leftovers(forced=True, cancel_grace=0.2) == 0.2
+    assert leftover_seconds(forced=False, cancel_grace=5.0) == 5.0
+    assert leftover_seconds(forced=True, cancel_grace=5.0) == FORCED_LEFTOVERS == 0.5
+    assert leftover_seconds(forced=True, cancel_grace=0.2) == 0.2
