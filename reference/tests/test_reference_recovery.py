@@ -259,6 +259,12 @@ class _Transport:
         return self.buffered
 
 
+async def _silent_client() -> dict[str, Any]:
+    """An ASGI ``receive`` of a client that never sends anything, nor leaves."""
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}
+
+
 class _Cycle:
     """Stands in for uvicorn's RequestResponseCycle: a send that can block, and its transport."""
 
@@ -321,11 +327,7 @@ async def test_writer_when_a_long_write_keeps_draining_then_not_aborted_until_it
     writers = Writers(keepalive=60, write_deadline=0.2)
     writer = StreamWriter(cycle.send, subscriber)
 
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()  # the client never sends anything
-        return {"type": "http.disconnect"}
-
-    serving = asyncio.create_task(writers.serve(writer, receive, 10))
+    serving = asyncio.create_task(writers.serve(writer, _silent_client, 10))
     hub.publish("T:1", _event(1))
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -351,14 +353,11 @@ async def test_writer_when_a_write_stalls_past_the_deadline_then_connection_abor
     cycle = _Cycle()
     writers = Writers(keepalive=60, write_deadline=0.2)
 
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()  # the client never sends anything
-        return {"type": "http.disconnect"}
-
     cycle.unblock.clear()  # the client stopped reading: every send hangs
     aborted = asyncio.Event()
     cycle.transport.abort = aborted.set  # type: ignore[method-assign]
-    serving = asyncio.create_task(writers.serve(StreamWriter(cycle.send, subscriber), receive, 10))
+    writer = StreamWriter(cycle.send, subscriber)
+    serving = asyncio.create_task(writers.serve(writer, _silent_client, 10))
     hub.publish("T:1", _event(1))
     await asyncio.wait_for(aborted.wait(), 5)
     cycle.unblock.set()  # what uvicorn does once the transport is gone
@@ -457,11 +456,7 @@ async def test_writer_when_the_loop_itself_stalled_then_the_client_is_not_blamed
     writers = Writers(keepalive=60, write_deadline=0.2)
     writer = StreamWriter(cycle.send, subscriber)
 
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()  # the client never sends anything
-        return {"type": "http.disconnect"}
-
-    serving = asyncio.create_task(writers.serve(writer, receive, 10))
+    serving = asyncio.create_task(writers.serve(writer, _silent_client, 10))
     hub.publish("T:1", _event(1))
     await eventually(lambda: writer._buffered is not None, what="a tick to see the pending write")
     ticked = writers._timer
