@@ -15,6 +15,9 @@ UPDATE and a new attempt number, which fences every later write of the run.
 The coordinator's own states::
 
     OPEN -> DRAINING -> CLOSED      (shutdown(); idempotent)
+
+abandon() (a second signal) also leaves OPEN for DRAINING at once; it closes
+nothing itself, so a shutdown() after it still does the closing.
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = KeyedLocks()
         self._closed = asyncio.Event()
+        self._closing = False  # a shutdown() is under way or done
         self._opened = False
         #: Told of every event this coordinator publishes (ops.metrics counts them).
         self.on_publish: Callable[[Event], None] | None = None
@@ -680,9 +684,11 @@ class Coordinator:
         """
         if grace is None:
             grace = self.config.shutdown_grace
-        if self._state is not _State.OPEN:
+        if self._closing:
             await self._closed.wait()
             return
+        # From OPEN, or DRAINING after an abandon(), which closes nothing itself.
+        self._closing = True
         self._state = _State.DRAINING
         try:
             # A start under way may still launch its run: let it, then drain it too.

@@ -454,6 +454,23 @@ async def test_abandon_when_already_shut_down_then_coordinator_stays_closed() ->
 
 
 @pytest.mark.asyncio
+async def test_shutdown_when_abandoned_first_then_it_still_closes() -> None:
+    from streaming.coordinator import Coordinator
+
+    coordinator = Coordinator()
+    coordinator.open()
+    keeper = coordinator.keeper._task
+    assert keeper is not None
+    coordinator.abandon()
+    # abandon() refuses new work at once; shutdown() must still do the closing,
+    # not wait for a shutdown that nobody started.
+    async with asyncio.timeout(5):
+        await coordinator.shutdown(0)
+    assert repr(coordinator).startswith("<Coordinator closed runs=0 ")
+    assert keeper.done()
+
+
+@pytest.mark.asyncio
 async def test_event_log_when_database_away_at_shutdown_then_it_says_how_many_were_not_written(
     write_lock: WriteLock, caplog: pytest.LogCaptureFixture
 ) -> None:
