@@ -45,7 +45,7 @@ from conformance.contract import (
     TaskStatus,
 )
 from conformance.races import Race, at_loop_time, replayable, seeds, yields, yields_during
-from conformance.waiting import eventually, finished, status_is
+from conformance.waiting import MARGIN, eventually, finished, status_is
 
 pytestmark = pytest.mark.asyncio
 
@@ -112,6 +112,12 @@ async def read_to_end(stream: ClientStream, timeout: float = 10.0) -> ClientStre
     await stream.until(timeout=timeout)
     await stream.expect_end()
     return stream
+
+
+async def post_at(when: float, server: Any, path: str, **kwargs: Any) -> httpx.Response:
+    """POST ``path`` to ``server`` once the loop's clock reaches ``when``."""
+    await at_loop_time(when)
+    return await server.request("POST", path, **kwargs)
 
 
 async def subscribers_are(runtime: Runtime, count: int, race: Race) -> None:
@@ -919,6 +925,62 @@ async def test_cancel_when_racing_start_of_ready_task_then_cancelled_once_and_wo
             f"{race}: a task cancelled while starting must end CANCELLED with its work never "
             f"completed (start returned {started}); stored {state}"
         )
+
+
+@pytest.mark.case("RACE-19")
+@pytest.mark.requires(
+    Capability.CANCEL,
+    Capability.MULTI_WORKER,
+    Capability.PROCESS,
+    Capability.HTTP,
+    Capability.PERSISTENCE,
+)
+@pytest.mark.timeout(120)
+@seeds(2)
+@replayable
+async def test_cancel_when_racing_a_start_on_another_worker_then_cancelled_and_told_everywhere(
+    impl: Implementation, runtime: Runtime, spawn_server: Any, race: Race
+) -> None:
+    starts, cancels = await spawn_server(grace=2), await spawn_server(grace=2)
+    clients = [HttpClient(starts.url), HttpClient(cancels.url)]
+    deadline = impl.timings.cancel_grace + MARGIN
+    try:
+        # The cancel is posted to one worker at seeded offsets (seconds) from
+        # the start posted to the other: before the start's claim, during it,
+        # after it. Whichever worker writes the row first, the cancel of a
+        # READY or RUNNING task wins.
+        for offset in race.offsets(6, -0.005, 0.02):
+            race.note(f"cancel {offset * 1000:+.1f} ms from the start")
+            ref = await runtime.create_task(rb.work_then_mark, {"work": UNTIL_CANCELLED})
+            streams = [await client.subscribe(ref) for client in clients]
+            base = f"/tasks/{ref.model}/{ref.id}"
+            at = asyncio.get_running_loop().time() + 0.01
+            results = await asyncio.gather(
+                post_at(at, starts, f"{base}/start"),
+                post_at(at + offset, cancels, f"{base}/cancel", json={"reason": "raced"}),
+                return_exceptions=True,
+            )
+            raise_first(race, results, "a request")
+            started, cancelled = results
+            assert started.status_code in (202, 409), (started.status_code, started.text)
+            assert (cancelled.status_code, cancelled.json()) == (200, {"cancelled": True}), (
+                f"{race}: a cancel of a READY task posted to one worker while another "
+                f"starts it must answer cancelled true (the start answered "
+                f"{started.status_code}); it answered {cancelled.status_code} "
+                f"{cancelled.text}"
+            )
+            for stream in streams:
+                await read_to_end(stream, timeout=deadline)
+                assert terminals(stream) == ["cancelled"], (
+                    f"{race}: every client on every worker must receive exactly one "
+                    f"cancelled event (the start answered {started.status_code}).\n"
+                    f"{stream.trace()}"
+                )
+            state = await status_is(runtime, ref, TaskStatus.CANCELLED, timeout=deadline)
+            assert not state.fields.get("work_done"), f"{race}: cancelled, yet its work completed"
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 @pytest.mark.case("RACE-20")
