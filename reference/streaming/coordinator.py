@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 ID_BLOCK = 1000
 #: Events a task may send in a row before it gives its clients' writers a turn.
 YIELD_EVERY = 16
+#: Reads a cancel makes of a task's row while other workers' writes keep
+#: changing it under its guarded writes (see ``Coordinator._cancel``).
+_CANCEL_READS = 3
 
 
 class _State(enum.Enum):
@@ -535,27 +538,47 @@ class Coordinator:
             return await self._cancel(model, key, pk, reason)
 
     async def _cancel(self, model: type[StreamTask], key: str, pk: Any, reason: str) -> bool:
-        run = self._runs.get(key)
-        if run is not None:
-            return self._cancel_run(run, reason)
-        row = await db.run(
-            lambda: (
-                model._default_manager.filter(pk=pk)
-                .values("status", "owner", "event_id_ceiling")
-                .afirst()
+        # Each write below is guarded by what was read. When another worker's
+        # write lands in between (it starts the task, or takes its run over),
+        # the guard matches no row: read again, since a cancel of a READY or
+        # RUNNING task must still win. Each lost race is another worker's
+        # progress, so a few reads suffice.
+        for _ in range(_CANCEL_READS):
+            run = self._runs.get(key)
+            if run is not None:
+                return self._cancel_run(run, reason)
+            row = await db.run(
+                lambda: (
+                    model._default_manager.filter(pk=pk)
+                    .values("status", "owner", "event_id_ceiling", "cancel_requested")
+                    .afirst()
+                )
             )
-        )
-        if row is not None and row["status"] == TaskStatus.RUNNING:
-            return await self._cancel_elsewhere(model, key, pk, row["owner"], reason)
-        if row is None or row["status"] != TaskStatus.READY:
-            return False
-        # Not started: cancel it in the database. The start/cancel lock means
-        # no run of ours can appear meanwhile. The status and the final event
-        # go in one UPDATE, so no reader sees one without the other.
+            if row is None:
+                return False
+            if row["status"] == TaskStatus.RUNNING:
+                if row["cancel_requested"] is not None:
+                    return False  # asked already: a second cancel of the run
+                if await self._cancel_elsewhere(model, key, pk, row["owner"], reason):
+                    return True
+            elif row["status"] == TaskStatus.READY:
+                if await self._cancel_ready(model, pk, row["event_id_ceiling"], reason):
+                    return True
+            else:
+                return False
+        return False
+
+    async def _cancel_ready(
+        self, model: type[StreamTask], pk: Any, ceiling: int, reason: str
+    ) -> bool:
+        """Cancel a task nobody started, in the database; False if it left READY meanwhile.
+
+        The start/cancel lock means no run of ours can appear meanwhile. The
+        status and the final event go in one UPDATE, so no reader sees one
+        without the other.
+        """
         outcome = outcomes.cancelled(reason)
-        event = Event(
-            row["event_id_ceiling"] + 1, "cancelled", outcome.data, pk, model.__name__, now_iso()
-        )
+        event = Event(ceiling + 1, "cancelled", outcome.data, pk, model.__name__, now_iso())
         cancelled = await db.run(
             lambda: model.atransition(
                 pk,

@@ -337,20 +337,54 @@ async def test_start_when_a_cancel_lands_between_its_read_and_its_claim_then_fal
     assert here.stats()["running_tasks"] == 0
 
 
-async def test_cancel_when_a_start_elsewhere_lands_before_its_update_then_false(here) -> None:
+async def test_cancel_when_a_start_elsewhere_lands_before_its_update_then_its_owner_is_asked(
+    here,
+) -> None:
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
+    # The cancel read READY; the start it races wins the row first. A cancel of
+    # a READY or RUNNING task always wins (RACE-19, RACE-21), across processes
+    # too: the run's new owner is asked to stop it.
     task = await BehaviourTask.objects.acreate(behaviour=PARK)
 
     def started_elsewhere() -> None:
         BehaviourTask.objects.filter(pk=task.pk).update(**_running_elsewhere(behaviour=PARK))
 
     async with _lands_before_update(TaskStatus.CANCELLED, started_elsewhere) as landed:
-        assert not await here.cancel_task(BehaviourTask, task.pk, "too late")
+        assert await here.cancel_task(BehaviourTask, task.pk, "asked while it started")
     assert landed
     row = await BehaviourTask.objects.aget(pk=task.pk)
-    assert (row.status, row.final_event, row.cancel_requested) == (TaskStatus.RUNNING, None, None)
+    assert (row.status, row.owner, row.final_event, row.cancel_requested) == (
+        TaskStatus.RUNNING,
+        "elsewhere:1:alive",
+        None,
+        "asked while it started",
+    )
+
+
+async def test_cancel_when_a_takeover_lands_before_its_update_then_the_new_owner_is_asked(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    # The cancel read the run's first owner; a retry elsewhere took the row over
+    # before the cancel's UPDATE, which then matches no row.
+    task = await BehaviourTask.objects.acreate(**_running_elsewhere())
+
+    def taken_over() -> None:
+        BehaviourTask.objects.filter(pk=task.pk).update(owner="elsewhere:2:alive", attempt=2)
+
+    async with _lands_before_update("asked during a takeover", taken_over) as landed:
+        assert await here.cancel_task(BehaviourTask, task.pk, "asked during a takeover")
+    assert landed
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.owner, row.cancel_requested) == (
+        TaskStatus.RUNNING,
+        "elsewhere:2:alive",
+        "asked during a takeover",
+    )
 
 
 # -- the hub's side of it -------------------------------------------------------------------
