@@ -87,7 +87,9 @@ def test(pytest_args: list[str]) -> int:
     (reference/pytest.ini), which the suites' session keeps out; and the
     suites against each other implementation (on the SQLite run only: they
     keep their own storage). Extra arguments go to the first session, and
-    then only it runs. Nothing outside reports/ is written.
+    then only it runs. Nothing outside reports/ is written. The exit status is
+    the first session's that did not pass; a summary of every session ends
+    the output, so a log that keeps only its tail still says which failed.
     """
     database = (
         "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
@@ -96,49 +98,103 @@ def test(pytest_args: list[str]) -> int:
     reports.mkdir(exist_ok=True)
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     coverage = reports / f"coverage-{database}-{py}.xml"
-    suites = [
-        PYTHON,
-        "-m",
-        "pytest",
-        f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
-        f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
-        "--cov",
-        f"--cov-report=xml:{coverage}",
-        "--cov-report=term:skip-covered",
-        *pytest_args,
+    sessions: list[tuple[str, list[str | Path]]] = [
+        (
+            f"suites and harness, reference, {database}",
+            [
+                PYTHON,
+                "-m",
+                "pytest",
+                f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
+                f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
+                "--cov",
+                f"--cov-report=xml:{coverage}",
+                "--cov-report=term:skip-covered",
+                *pytest_args,
+            ],
+        )
     ]
-    status = subprocess.run(suites, cwd=ROOT).returncode
     if not pytest_args:
-        reference = [
-            PYTHON,
-            "-m",
-            "pytest",
-            "-c",
-            "reference/pytest.ini",
-            "reference/tests",
-            f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
-            "--cov",
-            "--cov-append",
-            f"--cov-report=xml:{coverage}",
-            "--cov-report=term:skip-covered",
-        ]
-        status = subprocess.run(reference, cwd=ROOT).returncode or status
-        if database == "sqlite":
-            for name, selection in OTHERS.items():
-                other = [
+        sessions.append(
+            (
+                f"reference's own tests, {database}",
+                [
                     PYTHON,
                     "-m",
                     "pytest",
-                    "conformance/suites",
-                    "--impl",
-                    name,
-                    *selection,
-                    f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
-                    f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
-                ]
-                status = subprocess.run(other, cwd=ROOT).returncode or status
+                    "-c",
+                    "reference/pytest.ini",
+                    "reference/tests",
+                    f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
+                    "--cov",
+                    "--cov-append",
+                    f"--cov-report=xml:{coverage}",
+                    "--cov-report=term:skip-covered",
+                ],
+            )
+        )
+        if database == "sqlite":
+            for name, selection in OTHERS.items():
+                sessions.append(
+                    (
+                        f"suites, {name}, sqlite",
+                        [
+                            PYTHON,
+                            "-m",
+                            "pytest",
+                            "conformance/suites",
+                            "--impl",
+                            name,
+                            *selection,
+                            f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
+                            "--conformance-results="
+                            f"{reports / f'results-{name}-sqlite-{py}.jsonl'}",
+                        ],
+                    )
+                )
+    outcomes = [(label, *run_session(command)) for label, command in sessions]
+    print_summary(outcomes)
     print("Results are in reports/. Keep them and remake TEST_RESULTS.md: python3 dev.py report")
-    return status
+    return next((code for _, code, _, _ in outcomes if code), 0)
+
+
+#: pytest's exit codes, for the summary.
+EXIT_CODES = {
+    0: "passed",
+    1: "tests failed",
+    2: "interrupted",
+    3: "internal error",
+    4: "usage error",
+    5: "no tests collected",
+}
+#: Lines of a session's output that say why it did not pass.
+WHY = ("FAILED ", "ERROR ", "INTERNALERROR>", "mainloop:", "Timeout", "E   ")
+
+
+def run_session(command: list[str | Path]) -> tuple[int, float, list[str]]:
+    """Run one pytest session, passing its output through; its exit code, seconds and lines."""
+    started = time.monotonic()
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line.rstrip("\n"))
+    return process.returncode, time.monotonic() - started, lines
+
+
+def print_summary(outcomes: list[tuple[str, int, float, list[str]]]) -> None:
+    print("\n== sessions ==")
+    for label, code, seconds, lines in outcomes:
+        meaning = EXIT_CODES.get(code, "killed by a signal" if code < 0 else "exit code")
+        print(f"{label}: {meaning} ({code}) in {seconds:.0f} s")
+        if code:
+            why = [line for line in lines if line.startswith(WHY)]
+            for line in why[:40] or lines[-20:]:
+                print(f"    {line[:300]}")
 
 
 def report() -> int:
