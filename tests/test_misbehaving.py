@@ -83,7 +83,10 @@ def test_misbehaving_implementation_when_run_then_graded_as_promised_and_run_goe
     # Named like the session's own results: under tox, after the environment,
     # so environments running side by side (tox -p) never share a file.
     python = f"py{sys.version_info[0]}.{sys.version_info[1]}"
-    where = os.environ.get("TOX_ENV_NAME") or f"sqlite-{python}"
+    database = (
+        "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    )
+    where = os.environ.get("TOX_ENV_NAME") or f"{database}-{python}"
     results = ROOT / "reports" / f"results-{name}-{where}.jsonl"
     results.parent.mkdir(exist_ok=True)
     run = run_session(
