@@ -87,6 +87,8 @@ async def test_ready_task_when_cancelled_then_cancelled_recorded_clients_told_an
     assert await runtime.cancel_task(ref, reason="not needed") is True
     event = await stream.next()
     assert (event.type, event.data.get("reason")) == ("cancelled", "not needed"), stream.trace()
+    # The task's first event, numbered as any first event is (FUNC-3).
+    assert event.id == 1, stream.trace()
     await stream.expect_end()
     await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert await runtime.start_task(ref) is False
