@@ -98,13 +98,12 @@ def test(pytest_args: list[str]) -> int:
     reports.mkdir(exist_ok=True)
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     coverage = reports / f"coverage-{database}-{py}.xml"
+    pytest = [PYTHON, "-m", "pytest"]
     sessions: list[tuple[str, list[str | Path]]] = [
         (
             f"suites and harness, reference, {database}",
             [
-                PYTHON,
-                "-m",
-                "pytest",
+                *pytest,
                 f"--junitxml={reports / f'junit-{database}-{py}.xml'}",
                 f"--conformance-results={reports / f'results-reference-{database}-{py}.jsonl'}",
                 "--cov",
@@ -115,43 +114,30 @@ def test(pytest_args: list[str]) -> int:
         )
     ]
     if not pytest_args:
-        sessions.append(
-            (
-                f"reference's own tests, {database}",
-                [
-                    PYTHON,
-                    "-m",
-                    "pytest",
-                    "-c",
-                    "reference/pytest.ini",
-                    "reference/tests",
-                    f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
-                    "--cov",
-                    "--cov-append",
-                    f"--cov-report=xml:{coverage}",
-                    "--cov-report=term:skip-covered",
-                ],
-            )
-        )
+        reference = [
+            *pytest,
+            "-c",
+            "reference/pytest.ini",
+            "reference/tests",
+            f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
+            "--cov",
+            "--cov-append",
+            f"--cov-report=xml:{coverage}",
+            "--cov-report=term:skip-covered",
+        ]
+        sessions.append((f"reference's own tests, {database}", reference))
         if database == "sqlite":
             for name, selection in OTHERS.items():
-                sessions.append(
-                    (
-                        f"suites, {name}, sqlite",
-                        [
-                            PYTHON,
-                            "-m",
-                            "pytest",
-                            "conformance/suites",
-                            "--impl",
-                            name,
-                            *selection,
-                            f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
-                            "--conformance-results="
-                            f"{reports / f'results-{name}-sqlite-{py}.jsonl'}",
-                        ],
-                    )
-                )
+                other = [
+                    *pytest,
+                    "conformance/suites",
+                    "--impl",
+                    name,
+                    *selection,
+                    f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
+                    f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
+                ]
+                sessions.append((f"suites, {name}, sqlite", other))
     outcomes = [(label, *run_session(command)) for label, command in sessions]
     print_summary(outcomes)
     print("Results are in reports/. Keep them and remake TEST_RESULTS.md: python3 dev.py report")
@@ -168,7 +154,7 @@ EXIT_CODES = {
     5: "no tests collected",
 }
 #: Lines of a session's output that say why it did not pass.
-WHY = ("FAILED ", "ERROR ", "INTERNALERROR>", "mainloop:", "Timeout", "E   ")
+WHY = ("FAILED ", "ERROR ", "INTERNALERROR>", "mainloop:", "E   ")
 
 
 def run_session(command: list[str | Path]) -> tuple[int, float, list[str]]:
