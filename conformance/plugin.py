@@ -385,8 +385,36 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 # -- grading ------------------------------------------------------------------
 
 
+def _drop_lineless_entries(raised: BaseException) -> None:
+    """Unlink traceback entries without a line number, in ``raised`` and what it chains.
+
+    On Python 3.11+ an exception raised by a signal handler (pytest-timeout's
+    alarm, a Ctrl+C) can land on an instruction with no line, and pytest's
+    report of it then raises TypeError: an internal error that ends the whole
+    session. The report loses only that one frame.
+    """
+    pending: list[BaseException | None] = [raised]
+    seen: set[int] = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        while exc.__traceback__ is not None and exc.__traceback__.tb_lineno is None:
+            exc.__traceback__ = exc.__traceback__.tb_next
+        entry = exc.__traceback__
+        while entry is not None and entry.tb_next is not None:
+            if entry.tb_next.tb_lineno is None:
+                entry.tb_next = entry.tb_next.tb_next
+            else:
+                entry = entry.tb_next
+        pending += [exc.__cause__, exc.__context__]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    if call.excinfo is not None:
+        _drop_lineless_entries(call.excinfo.value)
     report = yield
     case_id = _case_id(item)
     if case_id is not None:

@@ -611,3 +611,53 @@ def test_grade_when_skipped_then_unsupported_only_for_a_missing_capability(
 ) -> None:
     phases = {"setup": _report("setup", "skipped", ("t.py", 1, f"Skipped: {reason}"))}
     assert plugin.grade(phases, plugin.spec.Level.MUST)[0] == expected
+
+
+LINELESS_CASE = """
+import types
+
+import pytest
+
+
+def _lineless_traceback():
+    # A generator's frame, and an instruction of its code that has no line
+    # number: where a signal handler (pytest-timeout's alarm, a Ctrl+C) may
+    # raise on Python 3.11+, leaving a traceback entry whose tb_lineno is None.
+    def steps():
+        try:
+            yield 1
+        except ValueError as exc:
+            yield exc
+        for step in range(3):
+            yield step
+
+    frame = steps().gi_frame
+    offset = next(start for start, _, line in steps.__code__.co_lines() if line is None)
+    return types.TracebackType(None, frame, offset, -1)
+
+
+@pytest.mark.case("FUNC-1")
+def test_func_1(impl):
+    lineless = _lineless_traceback()
+    assert lineless.tb_lineno is None
+    raise AssertionError("raised where no line is").with_traceback(lineless)
+
+
+@pytest.mark.case("HTTP-1")
+def test_http_1(impl):
+    pass
+"""
+
+
+def test_case_when_its_traceback_has_an_entry_without_a_line_then_graded_fail_and_run_goes_on(
+    project: pytest.Pytester,
+) -> None:
+    # pytest's report of such a failure raised TypeError (tb_lineno - 1), an
+    # internal error that ended the whole session (CI, stop 20 and 21: baseline).
+    project.makepyfile(test_cases=LINELESS_CASE)
+    result, records = run(project, "--impl", FULL, "test_cases.py")
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    graded = by_test(records)
+    assert graded["test_func_1"]["grade"] == "fail", graded
+    assert "raised where no line is" in graded["test_func_1"]["reason"], graded
+    assert graded["test_http_1"]["grade"] == "pass", graded
