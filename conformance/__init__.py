@@ -6,7 +6,9 @@ NAME`` runs the suites in ``conformance/suites`` against it.
 """
 
 from .contract import (
+    EVENT_TYPE_PATTERN,
     FAREWELL_EVENT,
+    MAX_HEADER_BYTES,
     OVERFLOW_EVENT,
     STREAM_RESET_EVENT,
     TERMINAL_EVENTS,
@@ -31,7 +33,9 @@ from .contract import (
 from .waiting import WaitTimeout, eventually
 
 __all__ = [
+    "EVENT_TYPE_PATTERN",
     "FAREWELL_EVENT",
+    "MAX_HEADER_BYTES",
     "OVERFLOW_EVENT",
     "STREAM_RESET_EVENT",
     "TERMINAL_EVENTS",

@@ -86,6 +86,62 @@ async def send_terminal(ctx: TaskContext) -> None:
         await ctx.send_event("accepted", {})
 
 
+#: Event types outside SPEC's character set (FUNC-19). The first three would
+#: each forge a frame if written into SSE as they are: a ``complete`` with an
+#: id of 999 that the task never sent.
+HOSTILE_EVENT_TYPES = (
+    'progress\ndata: {"forged": true}\nid: 999\n\nevent: complete',
+    "progress\r\nid: 999",
+    "progress\rid: 999",
+    "",
+    "two words",
+    "tab\there",
+    "nul\x00",
+    "caf\u00e9",
+    "x" * 65,
+)
+#: Types at the edges of the character set, which must be sent as they are.
+EDGE_EVENT_TYPES = ("a", "Z-9_z.0", "x" * 64)
+
+
+async def send_hostile_types(ctx: TaskContext) -> None:
+    """Try every type in HOSTILE_EVENT_TYPES, then the edge ones; report what went through."""
+    accepted = []
+    for kind in HOSTILE_EVENT_TYPES:
+        try:
+            await ctx.send_event(kind, {"forged": True})
+        except Exception:  # the refusal is the point
+            continue
+        accepted.append(kind)
+    for kind in EDGE_EVENT_TYPES:
+        await ctx.send_event(kind, {"edge": True})
+    await ctx.send_event("report", {"accepted": accepted})
+
+
+#: Event data that is not strict JSON (FUNC-20): RFC 8259 has no NaN or infinity.
+NOT_STRICT_JSON: tuple[Mapping[str, Any], ...] = (
+    {"value": float("nan")},
+    {"value": float("inf")},
+    {"value": float("-inf")},
+    {"nested": [1, {"deeper": float("nan")}]},
+)
+
+
+async def send_non_json(ctx: TaskContext) -> Mapping[str, Any] | None:
+    """Try each of NOT_STRICT_JSON; report how many were sent; return NaN if asked to."""
+    accepted = 0
+    for data in NOT_STRICT_JSON:
+        try:
+            await ctx.send_event("bad", data)
+        except Exception:  # the refusal is the point
+            continue
+        accepted += 1
+    await ctx.send_event("report", {"accepted": accepted})
+    if ctx.fields.get("return_nan"):
+        return {"score": float("nan")}
+    return None
+
+
 async def wait_for_field(ctx: TaskContext, ready: Any, *, interval: float = 0.005) -> None:
     """Poll the task's stored fields until ``ready(fields)`` holds."""
     fields = ctx.fields

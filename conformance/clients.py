@@ -215,9 +215,17 @@ class SSEReader:
         await self._stack.aclose()
 
 
+def _not_json(constant: str) -> Any:
+    raise AssertionError(f"SSE data is not strict JSON (RFC 8259 has no {constant}; FUNC-20)")
+
+
 def _to_event(sse: ServerSentEvent) -> Event:
-    """A contract event from an SSE one (``_``-prefixed keys of its data become metadata)."""
-    payload = json.loads(sse.data)
+    """A contract event from an SSE one (``_``-prefixed keys of its data become metadata).
+
+    The data must be strict JSON, as a browser's ``JSON.parse`` reads it:
+    ``NaN`` and ``Infinity`` fail the case.
+    """
+    payload = json.loads(sse.data, parse_constant=_not_json)
     if not isinstance(payload, dict):
         raise AssertionError(f"SSE data is not a JSON object: {sse.data!r}")
     meta = {k: payload.pop(k) for k in ("_task_id", "_model", "_timestamp") if k in payload}

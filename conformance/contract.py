@@ -31,13 +31,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
+    "EVENT_TYPE_PATTERN",
     "FAREWELL_EVENT",
+    "MAX_HEADER_BYTES",
     "OVERFLOW_EVENT",
     "STREAM_RESET_EVENT",
     "TERMINAL_EVENTS",
@@ -100,6 +103,11 @@ FAREWELL_EVENT = "shutdown"
 OVERFLOW_EVENT = "overflow"
 #: The event that tells a resuming client some of the events it asked for are gone.
 STREAM_RESET_EVENT = "stream-reset"
+#: What an event type may be (FUNC-19): 1 to 64 ASCII letters, digits, ``-``, ``_``
+#: and ``.``. Anything else could break the SSE frame it is written into.
+EVENT_TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The longest request head (request line and headers) SPEC lets a server read (HTTP-10).
+MAX_HEADER_BYTES = 1024 * 1024
 
 
 class Capability(enum.StrEnum):
@@ -217,6 +225,11 @@ class Timings:
     #: A run whose process died is recorded INTERRUPTED within this
     #: (capability ``recovery``).
     orphan_timeout: float = 60.0
+    #: A connection to a server process (``server_command``) that has not
+    #: sent a whole request head within this, from its opening or from the
+    #: end of its previous response, is closed or answered 408 (EDGE-24).
+    #: SPEC allows at most 60 seconds.
+    header_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +302,9 @@ class TaskContext(Protocol):
 
         It may yield to the event loop, so that clients that keep up are not
         overflowed by a task sending in a loop that never awaits anything else.
+        It raises, and sends nothing, for a ``type`` that
+        :data:`EVENT_TYPE_PATTERN` does not match (FUNC-19) and for ``data``
+        that is not strict JSON: a float that is NaN or infinite (FUNC-20).
         """
 
     async def read_fields(self) -> Mapping[str, Any]:
@@ -474,6 +490,10 @@ class Implementation(ABC):
     #: ``rate_limits``); the interfaces of ``asgi_app`` and ``server_command``
     #: may allow more, so that the other suites are not limited.
     limits: Limits = Limits()
+    #: Bytes of a request head (request line and headers) a server process
+    #: (``server_command``) reads before it refuses the request (HTTP-10); at
+    #: most :data:`MAX_HEADER_BYTES`.
+    max_header_bytes: int = MAX_HEADER_BYTES
 
     def credentials_for(self, ref: TaskRef, action: str) -> Mapping[str, str]:
         """HTTP request headers that let a client do ``action`` on ``ref``, and only that.

@@ -34,24 +34,30 @@ STARTUP_TIMEOUT = 30.0
 #: Starts on a new port after another process took the one chosen.
 PORT_ATTEMPTS = 3
 
-#: Sets SIGINT and SIGTERM to their defaults, then becomes ``argv[1:]`` (same pid).
+#: Sets SIGINT and SIGTERM to their defaults and, when given, the soft limit
+#: of open files, then becomes ``argv[2:]`` (same pid).
 _DEFAULT_SIGNALS = (
-    "import os, signal, sys\n"
+    "import os, resource, signal, sys\n"
     "for sig in (signal.SIGINT, signal.SIGTERM):\n"
     "    signal.signal(sig, signal.SIG_DFL)\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "if sys.argv[1]:\n"
+    "    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+    "    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
 
 
-def with_default_signals(argv: Sequence[str]) -> list[str]:
+def with_default_signals(argv: Sequence[str], *, open_files: int | None = None) -> list[str]:
     """``argv``, started with SIGINT and SIGTERM at their default dispositions.
 
     A child inherits the signals its parent ignores (pytest under ``nohup``,
     some CI runners), and a program that ignores SIGINT never sees the Ctrl+C
     a case sends it. Resetting them in the child, before it becomes the
     program, needs no ``preexec_fn`` (unsafe in a process with threads).
+    ``open_files`` sets its soft limit of open files, as a machine's default
+    of 1,024 would, whatever this process's own limit is.
     """
-    return [sys.executable, "-c", _DEFAULT_SIGNALS, *argv]
+    return [sys.executable, "-c", _DEFAULT_SIGNALS, str(open_files or ""), *argv]
 
 
 def free_port() -> int:

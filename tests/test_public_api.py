@@ -14,9 +14,11 @@ pytestmark = pytest.mark.timeout(30)
 PUBLIC = [
     "Behaviour",
     "Capability",
+    "EVENT_TYPE_PATTERN",
     "Event",
     "FAREWELL_EVENT",
     "Implementation",
+    "MAX_HEADER_BYTES",
     "OVERFLOW_EVENT",
     "Runtime",
     "RuntimeClosed",

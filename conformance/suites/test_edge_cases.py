@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import strategies as st
 
-from conformance import behaviours
+from conformance import behaviours, hostile
 from conformance import edge_behaviours as eb
 from conformance.clients import Client, HttpClient, raw_frames
 from conformance.contract import (
@@ -1094,3 +1094,59 @@ async def test_fields_when_updated_from_two_processes_at_once_then_all_kept(
         if state.fields.get(name) != int(name.rsplit("_", 1)[1])
     ]
     assert not missing, f"lost updates: {missing}"
+
+
+#: Connections whose request heads never end, in EDGE-24: hundreds, as SPEC
+#: says, and few enough for any machine's descriptor limit.
+SLOW_CONNECTIONS = 200
+
+
+@pytest.mark.case("EDGE-24")
+@process_case
+@pytest.mark.timeout(150)
+async def test_connections_when_their_request_heads_never_end_then_others_served_and_they_closed(
+    impl: Implementation, runtime: Runtime, spawn_server: Spawn
+) -> None:
+    header_timeout = impl.timings.header_timeout
+    assert 0 < header_timeout <= 60, (
+        f"{impl.name} declares header_timeout={header_timeout}; SPEC allows at most 60 s."
+    )
+    server = await spawn_server()
+    ref = await runtime.create_task(behaviours.stepper, {"total": 2})
+    before = await hostile.latencies(server.url, "/health", 30)
+    # The trickling half sends a header line four times per timeout: a server
+    # that times out only silence between reads would never close them.
+    async with hostile.slow_connections(
+        server.url, SLOW_CONNECTIONS, interval=header_timeout / 4
+    ) as slow:
+        during = await hostile.latencies(server.url, "/health", 30)
+        async with sse_client(server.url) as client:
+            stream = await client.subscribe(ref)
+            await server.start_task(ref)
+            await stream.until("start")
+            await runtime.write_fields(ref, allow=2)
+            events = await stream.until()
+        assert [e.type for e in events][-1] == "complete", stream.trace()
+        held_up = hostile.slowdown(before, during)
+        assert held_up is None, f"{held_up}, with {SLOW_CONNECTIONS} unfinished requests open"
+        deadline = header_timeout + MARGIN
+        loop = asyncio.get_running_loop()
+        last_due = max(c.opened for c in slow) + deadline
+        with contextlib.suppress(WaitTimeout):
+            await eventually(
+                lambda: all(c.closed is not None for c in slow),
+                timeout=max(0.0, last_due - loop.time()),
+                what="the server to close every unfinished request",
+            )
+        now = loop.time()
+        late = [c for c in slow if (c.closed or now) - c.opened > deadline]
+        open_still = sum(c.closed is None for c in slow)
+        assert not late, (
+            f"{len(late)} of {SLOW_CONNECTIONS} connections with unfinished request heads were "
+            f"not closed within the declared header_timeout of {header_timeout:g}s "
+            f"(+{MARGIN:g}s); {open_still} still open, "
+            f"{sum(c.trickle for c in late)} of them sending a header line every "
+            f"{header_timeout / 4:g}s"
+        )
+        answers = {c.answer[:12] for c in slow if c.answer}
+        assert all(answer.startswith(b"HTTP/1.1 4") for answer in answers), answers

@@ -404,3 +404,49 @@ async def test_terminal_event_when_it_reaches_a_client_then_the_status_is_readab
     finally:
         await sse.aclose()
     assert state.status is TaskStatus.SUCCESSFUL and state.completed_at, state
+
+
+@pytest.mark.case("FUNC-19")
+async def test_task_when_it_sends_a_type_outside_the_charset_then_refused_and_nothing_sent(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.send_hostile_types)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    expected = [*behaviours.EDGE_EVENT_TYPES, "report", "complete"]
+    assert [e.type for e in events] == expected, stream.trace()
+    accepted = events[-2].data["accepted"]
+    assert accepted == [], f"sent with a type SPEC refuses: {accepted!r}\n{stream.trace()}"
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), (
+        f"a refused send used an id, or a forged frame set one:\n{stream.trace()}"
+    )
+
+
+@pytest.mark.case("FUNC-20")
+async def test_task_when_it_sends_nan_or_infinity_then_refused_and_nothing_sent(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.send_non_json)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    assert [e.type for e in events] == ["report", "complete"], stream.trace()
+    assert events[0].data["accepted"] == 0, (
+        f"{events[0].data['accepted']} of {len(behaviours.NOT_STRICT_JSON)} sends of NaN or "
+        f"infinity went through:\n{stream.trace()}"
+    )
+    assert [e.id for e in events] == [1, 2], f"a refused send used an id:\n{stream.trace()}"
+
+
+@pytest.mark.case("FUNC-20")
+async def test_task_when_it_returns_nan_then_the_run_fails_with_one_error_event(
+    runtime: Runtime, client: Client
+) -> None:
+    ref = await runtime.create_task(behaviours.send_non_json, {"return_nan": True})
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    events = await stream.until()
+    assert [e.type for e in events] == ["report", "error"], stream.trace()
+    await stream.expect_end()
+    await status_is(runtime, ref, TaskStatus.FAILED)

@@ -7,16 +7,27 @@ is the point.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from conformance import behaviours
+from conformance import behaviours, hostile
 from conformance.clients import HttpClient
-from conformance.contract import STREAM_RESET_EVENT, Capability, Runtime, TaskStatus
+from conformance.contract import (
+    MAX_HEADER_BYTES,
+    STREAM_RESET_EVENT,
+    Capability,
+    Implementation,
+    Runtime,
+    TaskRef,
+    TaskStatus,
+)
+from conformance.processes import ServerProcess
 from conformance.waiting import eventually, status_is
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.HTTP)]
@@ -212,3 +223,100 @@ async def test_undefined_request_when_sent_then_404_or_405_with_reason(
     response = await http.request(method, path.format(model=ref.model, id=ref.id))
     assert response.status_code in allowed, (response.status_code, response.text)
     assert response.text.strip(), "the error must say why"
+
+
+# -- HTTP-9, HTTP-10: what a server must refuse at its edge -------------------------------
+
+
+def handshake_paths(ref: TaskRef) -> list[str]:
+    return [ref.stream_path, f"/tasks/{ref.model}/{ref.id}", "/health", "/no-such-path"]
+
+
+async def handshakes(url: str, ref: TaskRef) -> dict[str, int | None]:
+    return {
+        path: await asyncio.to_thread(hostile.websocket_handshake, url, path)
+        for path in handshake_paths(ref)
+    }
+
+
+def refused_with_4xx(answers: dict[str, int | None]) -> bool:
+    return all(status is not None and 400 <= status < 500 for status in answers.values())
+
+
+@pytest.mark.case("HTTP-9")
+async def test_websocket_handshake_when_sent_to_the_app_then_4xx_and_no_error_logged(
+    runtime: Runtime, server_url: str
+) -> None:
+    ref = await runtime.create_task(behaviours.steps, {"steps": 1})
+    with hostile.logged_errors() as errors:
+        answers = await handshakes(server_url, ref)
+    assert refused_with_4xx(answers), f"each handshake must be refused with a 4xx: {answers}"
+    logged = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in errors]
+    assert not logged, f"WebSocket handshakes were logged as errors: {logged[:3]}"
+
+
+Spawn = Callable[..., Awaitable[ServerProcess]]
+
+
+@pytest.mark.case("HTTP-9")
+@pytest.mark.requires(Capability.PROCESS, Capability.PERSISTENCE)
+async def test_websocket_handshake_when_sent_to_a_server_process_then_4xx_and_no_error_logged(
+    runtime: Runtime, spawn_server: Spawn
+) -> None:
+    server = await spawn_server()
+    ref = await runtime.create_task(behaviours.steps, {"steps": 1})
+    answers = {}
+    for _ in range(5):  # a log line per handshake adds up: the finding was 385 KB for 500
+        answers = await handshakes(server.url, ref)
+        assert refused_with_4xx(answers), f"each handshake must be refused with a 4xx: {answers}"
+    health = await server.request("GET", "/health")
+    assert health.status_code == 200, server.output()
+    stderr = server.stderr.decode(errors="replace")
+    errors = [line for line in stderr.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert not errors, f"WebSocket handshakes were logged as errors:\n{server.output()}"
+
+
+@pytest.mark.case("HTTP-10")
+@pytest.mark.requires(Capability.PROCESS)
+@pytest.mark.timeout(120)
+async def test_request_head_when_over_the_declared_limit_then_refused_and_others_not_held_up(
+    impl: Implementation, spawn_server: Spawn
+) -> None:
+    limit = impl.max_header_bytes
+    assert 0 < limit <= MAX_HEADER_BYTES, (
+        f"{impl.name} declares max_header_bytes={limit}; SPEC allows at most {MAX_HEADER_BYTES}."
+    )
+    server = await spawn_server()
+    within = await asyncio.to_thread(hostile.request_with_header, server.url, "/health", limit // 4)
+    assert within == 200, f"a head of a quarter of the limit ({limit // 4} bytes) got {within}"
+    over = await asyncio.to_thread(hostile.request_with_header, server.url, "/health", limit + 4096)
+    assert over is None or 400 <= over < 500, (
+        f"a head 4 KiB over the declared {limit} bytes got {over}: it must be refused"
+    )
+    before = await hostile.latencies(server.url, "/health", 30)
+    # Several connections at once could take the server's buffers and the kernel's
+    # for a head each: the cap is what "little more than the limit" allows.
+    cap = limit + 16 * 1024 * 1024
+    stop = threading.Event()
+    floods = [
+        asyncio.create_task(asyncio.to_thread(hostile.flood_heads, server.url, stop, cap=cap))
+        for _ in range(2)
+    ]
+    try:
+        during = await hostile.latencies(server.url, "/health", 30)
+    finally:
+        stop.set()
+        results = await asyncio.gather(*floods)
+    sent = [n for flood in results for n in flood.sent]
+    unrefused = sum(flood.unrefused for flood in results)
+    assert sent, "the attack made no connection"
+    assert unrefused == 0, (
+        f"{unrefused} of {len(sent)} connections sent {cap} bytes of one request head "
+        f"unrefused; the declared limit is {limit} bytes"
+    )
+    statuses = [status for flood in results for status in flood.statuses]
+    assert all(400 <= status < 500 for status in statuses), f"answered with {statuses}"
+    held_up = hostile.slowdown(before, during)
+    assert held_up is None, f"{held_up}, while {len(sent)} endless heads were sent"
+    health = await server.request("GET", "/health")
+    assert health.status_code == 200, server.output()
