@@ -74,6 +74,8 @@ SUITE_ENVIRONMENT: Mapping[str, str] = {
     # A locked SQLite file (database_outage) fails a write after this many
     # seconds instead of twenty, so the outage shows within a case.
     "STREAMING_SQLITE_TIMEOUT": "3",
+    # Unfinished requests are closed after this (EDGE-24), instead of a minute.
+    "STREAMING_HEADER_TIMEOUT": "2",
 }
 
 
@@ -135,7 +137,11 @@ class ReferenceImplementation(Implementation):
     expected_failures: Mapping[str, str] = {}
     # A lost run is found within a lease plus a keeper period (3 + 1 s); the
     # rest is room for the database's clock against the process's.
-    timings = Timings(keepalive=1.0, write_deadline=2.0, cancel_grace=2.0, orphan_timeout=6.0)
+    timings = Timings(
+        keepalive=1.0, write_deadline=2.0, cancel_grace=2.0, orphan_timeout=6.0, header_timeout=2.0
+    )
+    #: The server's default (settings STREAMING_HEADER_BYTES).
+    max_header_bytes = 64 * 1024
 
     def __init__(self) -> None:
         self.redis_url = _reachable_redis(os.environ.get("REDIS_URL", ""))

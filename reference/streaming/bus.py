@@ -56,8 +56,13 @@ class Bus(ABC):
         self.hub.release(key)
 
     @abstractmethod
-    async def publish(self, key: str, event: Event, *, final: bool = False) -> Message:
-        """Publish an event of a run of this process to every client of ``key``, anywhere."""
+    async def publish(
+        self, key: str, event: Event, *, final: bool = False, json_data: str | None = None
+    ) -> Message:
+        """Publish an event of a run of this process to every client of ``key``, anywhere.
+
+        ``json_data`` is the event's data already encoded (``events.encode_data``).
+        """
 
     async def announce(self, key: str, event: Event) -> None:  # noqa: B027 - no one else in memory
         """Publish the final event of a run this process stopped to other processes' clients only.
@@ -125,8 +130,10 @@ class InMemoryBus(Bus):
     def __init__(self, hub: Hub | None = None) -> None:
         super().__init__(hub if hub is not None else Hub())
 
-    async def publish(self, key: str, event: Event, *, final: bool = False) -> Message:
-        return self.hub.publish(key, event, final=final)
+    async def publish(
+        self, key: str, event: Event, *, final: bool = False, json_data: str | None = None
+    ) -> Message:
+        return self.hub.publish(key, event, final=final, json_data=json_data)
 
     async def request_cancel(self, owner: str, key: str, reason: str) -> None:
         pass  # no channel to another process: the owner's keeper reads the request

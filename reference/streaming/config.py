@@ -72,8 +72,15 @@ class Config:
     #: Requests in progress (streams included) on this server; past it, 503.
     #: None: no limit but the process's file descriptors.
     max_connections: int | None = None
-    #: Requests in progress (streams included) from one client address; past it, 429.
+    #: Connections open from one client address, streams and unfinished requests
+    #: included; past it, 429.
     max_connections_per_client: int | None = 256
+    #: Bytes of a request head (request line and headers) the server reads; past
+    #: it, 431. Seeing to it costs nothing, and a head without end held the loop.
+    header_bytes: int = 64 * 1024
+    #: Seconds a connection has to send a whole request head, from its opening
+    #: (or from the first byte of a later request on it); past it, 408.
+    header_timeout: float = 60.0
     #: Streams one task may have open on this server; past it, 429.
     max_subscribers_per_task: int | None = 10_000
     #: New streams (and watch pages) per second one client may open, after a

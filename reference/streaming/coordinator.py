@@ -40,7 +40,7 @@ from . import db, outcomes
 from .bus import Bus, InMemoryBus
 from .config import Config
 from .eventlog import EventLog
-from .events import FAREWELL, TERMINAL_TYPES, Event, now_iso
+from .events import EVENT_TYPE, FAREWELL, TERMINAL_TYPES, Event, encode_data, now_iso
 from .hub import Hub, Message, Subscriber
 from .leases import Keeper
 from .locks import KeyedLocks
@@ -169,6 +169,18 @@ class Run:
                 f"Cannot send {type!r} from {self.key}: the coordinator sends terminal "
                 "events itself when process() returns, raises or is stopped."
             )
+        if not isinstance(type, str) or not EVENT_TYPE.fullmatch(type):
+            raise ValueError(
+                f"Cannot send event type {type!r} from {self.key}: a type is 1 to 64 ASCII "
+                "letters, digits, '-', '_' or '.'."
+            )
+        try:
+            data_json = encode_data(data)
+        except ValueError as exc:
+            raise ValueError(
+                f"Cannot send {type!r} from {self.key}: its data is not strict JSON ({exc}); "
+                "JSON has no NaN or infinity."
+            ) from None
         if self.finished:
             # The run was given up on (it ignored cancellation past the grace
             # period): every further await of send_event is a cancellation point.
@@ -187,7 +199,7 @@ class Run:
             if self.reserving is None:  # the reservation found the task taken over
                 raise asyncio.CancelledError(f"{self.key} lost its task")
             await asyncio.shield(self.reserving)
-        await self.coordinator._publish(self.event(type, data))
+        await self.coordinator._publish(self.event(type, data), json_data=data_json)
         # Publishing to the in-memory hub never suspends: a task sending in a
         # tight loop would starve its clients' writers until their bounded
         # queues overflowed. A turn of the loop every few events keeps them
@@ -434,8 +446,10 @@ class Coordinator:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _publish(self, event: Event, *, final: bool = False) -> Message:
-        message = await self.bus.publish(event.key, event, final=final)
+    async def _publish(
+        self, event: Event, *, final: bool = False, json_data: str | None = None
+    ) -> Message:
+        message = await self.bus.publish(event.key, event, final=final, json_data=json_data)
         self.log.append(message)
         if self.on_publish is not None:
             self.on_publish(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,20 @@ STREAM_RESET = "stream-reset"
 #: carries the id of the last event before it, so that a client's
 #: ``Last-Event-ID`` stays the id of a real event.
 CONTROL_TYPES = frozenset({FAREWELL, OVERFLOW, STREAM_RESET})
+#: What a task's event type may be. It is written into the SSE frame as it is
+#: (``event: <type>``), so a line break in it would write frames of its own
+#: into every client's stream; SPEC's FUNC-19 allows these characters only.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def encode_data(data: Mapping[str, Any]) -> str:
+    """``data`` as strict JSON text (RFC 8259); ValueError for NaN or an infinity.
+
+    Browsers read event data with ``JSON.parse``, which refuses the ``NaN``
+    and ``Infinity`` that Python's encoder writes by default (FUNC-20).
+    Values JSON has no type for are written as their ``str()``.
+    """
+    return json.dumps(data, default=str, allow_nan=False)
 
 
 def now_iso() -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .events import encode_data
 from .states import TaskStatus
 
 
@@ -28,9 +29,14 @@ class Outcome:
 
 
 def completed(result: object) -> Outcome:
+    """The ``complete`` event with the mapping returned, or a failure if JSON cannot carry it."""
     data: dict[str, Any] = {"message": "Task completed successfully"}
     if isinstance(result, Mapping):
         data.update(result)
+        try:
+            encode_data(data)
+        except (ValueError, TypeError) as exc:
+            return failed(ValueError(f"process() returned data that is not strict JSON: {exc}"))
     return Outcome(TaskStatus.SUCCESSFUL, "complete", data)
 
 

@@ -144,8 +144,10 @@ class RedisBus(Bus):
 
     # -- publishing ------------------------------------------------------------------
 
-    async def publish(self, key: str, event: Event, *, final: bool = False) -> Message:
-        message = self.hub.publish(key, event, final=final)
+    async def publish(
+        self, key: str, event: Event, *, final: bool = False, json_data: str | None = None
+    ) -> Message:
+        message = self.hub.publish(key, event, final=final, json_data=json_data)
         self._send(key, message)
         return message
 

@@ -67,6 +67,7 @@ from .ops.guard import PROBES, Guard, Refusal, is_preflight
 from .ops.limits import Limits
 from .ops.metrics import CONTENT_TYPE, CountedSource, Metrics
 from .ops.policy import AccessRequest, Decision, decide, load_policy
+from .protocol import EdgeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +136,18 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
     )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await _refuse_websocket(receive, send)
+            return
         if scope["type"] != "http":
             await routes(scope, receive, send)
             return
         path: str = scope["path"]
         headers = _headers(scope)
+        if "websocket" in headers.get("upgrade", "").lower():
+            metrics.refused.labels(reason="websocket").inc()
+            await _respond(send, 400, _NO_WEBSOCKET, [("connection", "close")])
+            return
         refused = guard.check_host(path, headers)
         if refused is not None:
             metrics.refused.labels(reason="host").inc()
@@ -466,6 +474,18 @@ async def _bus_problem(redis_url: str | None) -> str | None:
     return None
 
 
+_NO_WEBSOCKET = (
+    "This server does not serve WebSocket; it streams with Server-Sent Events: "
+    "GET /stream/<Model>/<id>."
+)
+
+
+async def _refuse_websocket(receive: Any, send: Any) -> None:
+    """Turn a WebSocket handshake away: a close before accepting is answered 403 by the server."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008, "reason": "WebSocket is not served"})
+
+
 def _adding_headers(send: Any, extra: list[tuple[str, str]]) -> Any:
     """``send``, adding ``extra`` headers to the response's start; ``send`` itself if none."""
     if not extra:
@@ -567,14 +587,26 @@ def serve(
     between workers) instead of binding ``host:port``.
     """
     coordinator = Coordinator()
+    settings = coordinator.config
     if grace is None:
-        grace = coordinator.config.shutdown_grace
+        grace = settings.shutdown_grace
+    metrics = Metrics.of(coordinator)
+    edge = EdgeLimits(
+        header_bytes=settings.header_bytes,
+        header_timeout=settings.header_timeout,
+        connections_per_client=settings.max_connections_per_client,
+        retry_after=math.ceil(settings.retry_ms / 1000),
+        on_refusal=lambda reason: metrics.refused.labels(reason=reason).inc(),
+    )
     config = uvicorn.Config(
         make_app(coordinator),
         host=host,
         port=port,
         log_level=log_level,
         lifespan="off",
+        http=edge.protocol(),
+        # WebSocket is not served: the app refuses an upgrade with a 4xx.
+        ws="none",
         # Once the coordinator has drained, whatever is left gets this long.
         timeout_graceful_shutdown=5,
     )

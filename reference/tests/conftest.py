@@ -64,10 +64,12 @@ def free_port() -> int:
 class Proc:
     """A background subprocess whose stdout and stderr threads collect, line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], *, open_files: int | None = None
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(
-            with_default_signals([sys.executable, *args]),
+            with_default_signals([sys.executable, *args], open_files=open_files),
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -153,10 +155,14 @@ class Proc:
 class ServerProcess(Proc):
     """``manage.py runserver_stream`` on a free port."""
 
-    def __init__(self, env: dict[str, str], *extra: str) -> None:
+    def __init__(self, env: dict[str, str], *extra: str, open_files: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["manage.py", "runserver_stream", "--port", str(self.port), *extra], env)
+        super().__init__(
+            ["manage.py", "runserver_stream", "--port", str(self.port), *extra],
+            env,
+            open_files=open_files,
+        )
 
     def wait_listening(self, timeout: float = DEADLINE) -> bool:
         """Wait until this process has bound its port; False if another process took it first.
@@ -409,7 +415,7 @@ def spawn(env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
 
 @pytest.fixture
 def start_server(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
-    """``start_server(*extra_args, env=...)``: a healthy server that must stop cleanly.
+    """``start_server(*extra_args, env=..., open_files=...)``: a healthy server that stops cleanly.
 
     At teardown each server gets SIGTERM; it must exit 0 without having
     logged a traceback (unless started with ``logs_tracebacks=True``, for a
@@ -419,10 +425,13 @@ def start_server(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
     may_log_tracebacks: set[int] = set()
 
     def start(
-        *extra: str, env: dict[str, str] = env, logs_tracebacks: bool = False
+        *extra: str,
+        env: dict[str, str] = env,
+        logs_tracebacks: bool = False,
+        open_files: int | None = None,
     ) -> ServerProcess:
         for _ in range(3):  # a free port can be taken before the server binds it
-            proc = ServerProcess(env, "--grace", "2", *extra)
+            proc = ServerProcess(env, "--grace", "2", *extra, open_files=open_files)
             started.append(proc)
             if logs_tracebacks:
                 may_log_tracebacks.add(id(proc))

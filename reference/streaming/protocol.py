@@ -1,0 +1,194 @@
+"""The server's HTTP protocol: uvicorn's httptools protocol, with limits at the edge.
+
+uvicorn reads a request head with neither a size limit nor a deadline, and
+counts nothing before a request is complete. Tried from outside, that let
+one client:
+
+- hold the event loop for seconds with one header that never ends
+  (httptools joins a header's pieces by copying them, so a header of n bytes
+  costs about n² to read; 120 MB stalled every other client, and a lease
+  lapsed while the loop was held);
+- keep connections that sent half a request open for ever, and open enough
+  of them to use up the process's file descriptors (every other client then
+  got an empty reply).
+
+:class:`EdgeProtocol` adds, before the parser sees a byte:
+
+- a limit on a request head (request line and headers): past it the answer
+  is 431 and the connection is closed, the parser having read at most one
+  socket read past the limit;
+- a deadline for a whole request head, like nginx's ``client_header_timeout``:
+  from a connection's opening, or from the first byte of a later request on
+  it, until its head is complete; past it, 408 and closed;
+- a cap on one client's open connections, unfinished ones included: past
+  it, 429 with ``Retry-After``, and closed at once.
+
+WebSocket is not served: the server runs with ``ws="none"``, and the app
+refuses an upgrade with a 4xx, so uvicorn's warning about an unsupported
+upgrade is silenced here. Refusals are counted (``on_refusal``), not logged:
+an attack must not fill the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .ops.limits import Slots
+
+logger = logging.getLogger(__name__)
+
+
+class EdgeLimits:
+    """The limits every connection of one server shares, and its count of them per client."""
+
+    def __init__(
+        self,
+        *,
+        header_bytes: int,
+        header_timeout: float,
+        connections_per_client: int | None,
+        retry_after: int = 1,
+        on_refusal: Callable[[str], None] | None = None,
+    ) -> None:
+        if header_bytes < 1024 or header_timeout <= 0:
+            raise ValueError(
+                f"Cannot limit request heads to {header_bytes} bytes and {header_timeout}s: "
+                "allow at least 1024 bytes and more than 0 seconds."
+            )
+        self.header_bytes = header_bytes
+        self.header_timeout = header_timeout
+        #: Open connections per client address, whatever state their request is in.
+        self.connections = Slots(connections_per_client)
+        self.retry_after = max(1, retry_after)
+        self.on_refusal = on_refusal
+
+    def refused(self, reason: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(reason)
+
+    def protocol(self) -> type[EdgeProtocol]:
+        """A protocol class for uvicorn's ``http`` setting, bound to these limits."""
+        return type("EdgeProtocol", (EdgeProtocol,), {"edge": self})
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """One connection, refused at its edge when it breaks a limit of :attr:`edge`."""
+
+    edge: ClassVar[EdgeLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._address: str | None = None
+        #: Bytes the current request head may still take.
+        self._head_room = self.edge.header_bytes
+        #: Whether the connection is reading a request head (or waiting for one).
+        self._in_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # -- the connection ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        address = self.client[0] if self.client else "-"
+        if not self.edge.connections.acquire(address):
+            self.edge.refused("client_connections")
+            self._refuse(
+                429,
+                f"Too many connections from {address}: at most "
+                f"{self.edge.connections.limit} at once.",
+                ((b"retry-after", str(self.edge.retry_after).encode()),),
+            )
+            return
+        self._address = address
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._address is not None:
+            self.edge.connections.release(self._address)
+            self._address = None
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_head or len(data) <= self._head_room:
+            if self._in_head:
+                self._head_room -= len(data)
+            super().data_received(data)
+            return
+        # The head may end within the room left: read that much, and see.
+        room, self._head_room = self._head_room, 0
+        if room:
+            super().data_received(data[:room])
+            if not self._in_head and not self._refused and not self.transport.is_closing():
+                self.data_received(data[room:])
+                return
+            if self._refused or self.transport.is_closing():
+                return
+        self.edge.refused("header_size")
+        self._refuse(
+            431, f"The request head is over {self.edge.header_bytes} bytes, this server's limit."
+        )
+
+    # -- the parser's callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_room = self.edge.header_bytes
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """Say nothing: the app answers an upgrade it does not serve with a 4xx."""
+
+    # -- refusing ---------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.edge.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._refused:
+            self.edge.refused("header_timeout")
+            self._refuse(
+                408, f"The request head took over {self.edge.header_timeout:g}s to arrive."
+            )
+
+    def _refuse(
+        self, status: int, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """Answer ``status`` with ``reason`` and close, unless a response is already under way."""
+        self._refused = True
+        self._disarm_head_timer()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            body = reason.encode()
+            head = [
+                STATUS_LINE[status],
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n",
+                *(name + b": " + value + b"\r\n" for name, value in headers),
+                b"\r\n",
+            ]
+            self.transport.write(b"".join(head) + body)
+        self.transport.close()
