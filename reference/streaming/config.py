@@ -93,6 +93,12 @@ class Config:
     post_burst: int = 50
     #: Serve Prometheus metrics at ``/metrics``.
     metrics: bool = True
+    #: A bearer token that lets clients on other machines scrape ``/metrics``
+    #: (clients on this machine need none); None: only this machine's.
+    metrics_token: str | None = None
+    #: Seconds a scrape's task counts serve for other processes' changes
+    #: (this process's own show at the next scrape).
+    metrics_count_interval: float = 15.0
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Config:

@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,6 +68,11 @@ class _State(enum.Enum):
 class UnknownTask(LookupError):
     """No such task model, or no task with that id."""
 
+    def __init__(self, message: str, *, known: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        #: The task models there are, for a message to someone allowed to know.
+        self.known = tuple(known)
+
 
 class CoordinatorClosed(RuntimeError):
     """The coordinator refuses new work: it is shutting down or has shut down."""
@@ -87,8 +92,7 @@ def resolve_model(name: str) -> type[StreamTask]:
     try:
         return models[name]
     except KeyError:
-        known = ", ".join(sorted(models))
-        raise UnknownTask(f"Unknown task model {name!r}; known models: {known}.") from None
+        raise UnknownTask(f"Unknown task model {name!r}.", known=sorted(models)) from None
 
 
 def make_bus(config: Config) -> Bus:

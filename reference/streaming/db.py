@@ -159,6 +159,26 @@ async def run_until_available(
         return result
 
 
+async def aside(function: Callable[[], T]) -> T:
+    """Run sync ORM code in a thread and on a connection of its own, closed after.
+
+    For a slow read (a scrape's counts) that must not hold the one thread
+    every other ORM call waits behind. Raises :class:`DatabaseUnavailable`
+    as :func:`run` does, without retrying.
+    """
+
+    def call() -> T:
+        try:
+            return function()
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    try:
+        return await asyncio.to_thread(call)
+    except AVAILABILITY_ERRORS as exc:
+        raise DatabaseUnavailable(describe(exc)) from exc
+
+
 def _probe() -> None:
     with default_connection.cursor() as cursor:
         if default_connection.vendor == "sqlite":

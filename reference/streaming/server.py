@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hmac
 import json
 import logging
 import math
@@ -66,7 +67,7 @@ from .ops import watch
 from .ops.guard import PROBES, Guard, Refusal, is_preflight
 from .ops.limits import Limits
 from .ops.metrics import CONTENT_TYPE, CountedSource, Metrics
-from .ops.policy import AccessRequest, Decision, decide, load_policy
+from .ops.policy import AccessRequest, Decision, decide, is_loopback, load_policy
 from .protocol import EdgeLimits
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ _PAGE = re.compile(r"/tasks/(?P<model>[^/]+)/(?P<pk>[^/]*)/?")
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}")
 #: Bytes of a request body the server reads (a cancel's reason is short).
 BODY_LIMIT = 64 * 1024
-#: Paths that are neither counted nor limited: probes, and metrics.
-UNLIMITED = PROBES | {"/metrics"}
+#: Paths that are neither counted nor limited: the probes, for load balancers.
+UNLIMITED = PROBES
 #: Seconds the tasks a second signal leaves behind get to stop (and record
 #: how their runs ended) before the process exits without them.
 FORCED_LEFTOVERS = 0.5
@@ -219,11 +220,11 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             model, pk = resolve_model(match["model"]), parse_pk(match["pk"])
         except UnknownTask as exc:
-            return Refusal(404, str(exc))
+            return Refusal(404, _not_found(exc, client))
         try:
             decision = await authorize(scope, headers, client, "stream", model, pk)
         except db.DatabaseUnavailable as exc:
-            return Refusal(503, f"database unavailable: {exc}")
+            return Refusal(503, _unavailable(exc, client))
         if not decision.allowed:
             return _denied(decision)
         key = f"{model.__name__}:{pk}"
@@ -235,13 +236,13 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
                 model, pk, last_event_id=int(raw) if raw else None
             )
         except UnknownTask as exc:
-            refusal = Refusal(404, str(exc))
+            refusal = Refusal(404, _not_found(exc, client))
         except NothingMissed:
             # No event follows: only a 204 stops a browser's EventSource from
             # reconnecting for ever (an empty 200 makes it try again).
             refusal = Refusal(204, "")
         except db.DatabaseUnavailable as exc:
-            refusal = Refusal(503, f"database unavailable: {exc}")
+            refusal = Refusal(503, _unavailable(exc, client))
         except BaseException:
             limits.leave_task(key)
             raise
@@ -276,7 +277,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             response = await dispatch(request)
         except db.DatabaseUnavailable as exc:
-            response = 503, _DATABASE_DOWN, f"database unavailable: {exc}"
+            response = 503, _DATABASE_DOWN, _unavailable(exc, _client(request.scope))
         headers = request.scope.get(_HEADERS)
         cors = guard.cors_headers(headers.get("origin")) if headers else []
         if cors and response is not None:
@@ -289,7 +290,9 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         if path in ("/live", "/health", "/ready", "/metrics"):
             if request.method not in ("GET", "HEAD"):
                 return _text(405, "Use GET.")
-            return await probe(path)
+            if path == "/metrics":
+                return await scrape(request.scope)
+            return await probe(path, _client(request.scope))
         scope = request.scope
         headers, client = scope[_HEADERS], scope[_CLIENT]
         if match := _COMMAND.fullmatch(path):
@@ -306,7 +309,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             try:
                 model, pk = resolve_model(match["model"]), parse_pk(match["pk"])
             except UnknownTask as exc:
-                return _text(404, str(exc))
+                return _text(404, _not_found(exc, client))
             decision = await authorize(scope, headers, client, action, model, pk)
             if not decision.allowed:
                 return _refusal(_denied(decision))
@@ -327,19 +330,34 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             return await page(scope, headers, client, match["model"], match["pk"])
         return _text(404, f"Not found: {path!r}"[:300])
 
-    async def probe(path: str) -> Response:
+    async def probe(path: str, client: str) -> Response:
+        """``/live``, ``/health``, ``/ready``: what is wrong in detail only to this machine."""
         if path == "/live":
             return _text(200, "OK")
         if path == "/health":
             problem = await coordinator.health()
-            return _text(200, "OK") if problem is None else _text(503, problem)
-        if path == "/ready":
-            problems = await readiness()
-            if not problems:
+            if problem is None:
                 return _text(200, "OK")
-            return 503, _DATABASE_DOWN, "not ready: " + "; ".join(problems)
+            return _text(503, problem if _is_local(client) else _outline(problem))
+        problems = await readiness()
+        if not problems:
+            return _text(200, "OK")
+        if not _is_local(client):
+            problems = [_outline(problem) for problem in problems]
+        return 503, _DATABASE_DOWN, "not ready: " + "; ".join(problems)
+
+    async def scrape(scope: dict[str, Any]) -> Response:
+        """``/metrics``, for this machine's clients and those with the metrics token."""
         if not config.metrics:
             return _text(404, "Metrics are off (settings STREAMING['METRICS']).")
+        client, headers = scope[_CLIENT], scope[_HEADERS]
+        if not _is_local(client) and not _has_token(headers, config.metrics_token):
+            metrics.refused.labels(reason="metrics").inc()
+            return _text(
+                403,
+                "Metrics are served to clients on the server's own machine, and to others "
+                "that send 'Authorization: Bearer <STREAMING_METRICS_TOKEN>'.",
+            )
         return 200, {"content-type": CONTENT_TYPE}, await metrics.render()
 
     async def readiness() -> list[str]:
@@ -364,7 +382,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             model, pk = resolve_model(raw_model), parse_pk(raw_pk)
         except UnknownTask as exc:
-            return _text(404, str(exc))
+            return _text(404, _not_found(exc, client))
         decision = await authorize(scope, headers, client, "stream", model, pk)
         if not decision.allowed:
             return _refusal(_denied(decision))
@@ -425,6 +443,34 @@ _NO_ADDRESS = "-"
 def _client(scope: dict[str, Any]) -> str:
     client = scope.get("client")
     return str(client[0]) if client else _NO_ADDRESS
+
+
+def _is_local(client: str) -> bool:
+    """Whether ``client`` is on this machine (a loopback address, or a Unix socket)."""
+    return client == _NO_ADDRESS or is_loopback(client)
+
+
+def _outline(problem: str) -> str:
+    """A problem without its details (hosts, ports, errors), for clients elsewhere."""
+    return problem.partition(":")[0]
+
+
+def _unavailable(exc: db.DatabaseUnavailable, client: str) -> str:
+    detail = f"database unavailable: {exc}"
+    return detail if _is_local(client) else _outline(detail)
+
+
+def _not_found(exc: UnknownTask, client: str) -> str:
+    """Why there is no such task; the models there are, to this machine's clients only."""
+    if exc.known and _is_local(client):
+        return f"{exc} Known models: {', '.join(exc.known)}."
+    return str(exc)
+
+
+def _has_token(headers: Mapping[str, str], token: str | None) -> bool:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    given = value.strip().encode()
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode())
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:

@@ -15,7 +15,13 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "reference-implementation-not-for-production")
+# The default is public (it is in this file): fine for the demo on one machine,
+# where LoopbackOnly decides. A server refuses to start with it under a policy
+# that signs tokens with it (ops.policy.check_secret); Django's own prefix
+# marks it, so `check --deploy` says so too. See production.py.
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "django-insecure-reference-implementation-not-for-production"
+)
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
 # The streaming server refuses any other Host (400): DNS rebinding protection.
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
@@ -107,6 +113,8 @@ STREAMING = {
     "POSTS_PER_SECOND": _limit("POSTS_PER_SECOND", "10", float),
     "POST_BURST": int(_env("POST_BURST", "50")),
     "METRICS": _env("METRICS", "1") == "1",
+    "METRICS_TOKEN": _env("METRICS_TOKEN", "") or None,
+    "METRICS_COUNT_INTERVAL": float(_env("METRICS_COUNT_INTERVAL", "15")),
 }
 
 # Every record names its task (streaming.ops.logs): "[ExampleTask:1]" in text,

@@ -248,7 +248,8 @@ def test_stream_when_model_or_id_is_unknown_then_404_reason_over_http_and_client
 
     unknown_model = answers.pop("/stream/Nope/1")
     assert unknown_model[0] == 404
-    assert unknown_model[1].startswith("Unknown task model 'Nope'; known models: ")
+    # The models there are are told to clients on the server's machine only.
+    assert unknown_model[1].startswith("Unknown task model 'Nope'. Known models: ")
     assert "ContinueTask, ExampleTask" in unknown_model[1]
     assert answers == {
         "/stream/ExampleTask/abc": (

@@ -78,11 +78,12 @@ async def test_start_when_model_or_task_unknown_then_error_names_what_is_known(
     from streaming.coordinator import UnknownTask, task_models
     from streaming.models import BehaviourTask
 
-    known = ", ".join(sorted(task_models()))
+    known = sorted(task_models())
     assert "BehaviourTask" in known and "ExampleTask" in known
     with pytest.raises(UnknownTask) as unknown_model:
         await coordinator.start_task("Nope", 1)
-    assert str(unknown_model.value) == f"Unknown task model 'Nope'; known models: {known}."
+    assert str(unknown_model.value) == "Unknown task model 'Nope'."
+    assert unknown_model.value.known == tuple(known)
     with pytest.raises(UnknownTask) as unknown_task:
         await coordinator.start_task("BehaviourTask", 999)
     assert str(unknown_task.value) == "BehaviourTask 999 does not exist."

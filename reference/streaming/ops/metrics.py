@@ -10,15 +10,26 @@ their counts. What is counted, and where:
   writer reads its subscriber through a :class:`CountedSource`, which
   counts what it hands to the client's connection;
 - open streams, refusals, stream answers by status: the server;
-- tasks by kind and status: read from the database at each scrape;
+- tasks by kind and status: counted in the database by a scrape, in a thread
+  and on a connection of its own, so that no other request's database work
+  waits behind it. A scrape counts again once a run of this process has
+  ended since the last count, or once ``METRICS_COUNT_INTERVAL`` has passed
+  (for other processes' changes), and never more than once a second: other
+  scrapes in between serve the counts read last. Sixteen scrapers of a
+  million rows once held every other client's database work for seconds;
 - running tasks: the coordinator's own count, at each scrape;
 - drains: the server's shutdown.
+
+The server answers ``/metrics`` to clients on this machine, and to those
+that send ``Authorization: Bearer <METRICS_TOKEN>``: a task's policy decides
+who may act on one task, and metrics are about all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..events import CONTROL_TYPES, OVERFLOW, Event
+from ..events import CONTROL_TYPES, OVERFLOW, TERMINAL_TYPES, Event
 from ..states import TaskStatus
 
 if TYPE_CHECKING:
@@ -40,8 +51,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 #: Cancels remembered for the latency of their delivery; older ones are forgotten.
 CANCELS_KEPT = 1000
-#: Seconds a scrape waits for the database's task counts.
+#: Seconds a scrape waits for the database's task counts before it serves the last ones.
 SCRAPE_DATABASE_TIMEOUT = 2.0
+#: Seconds between two counts at least, however many scrapes ask.
+COUNT_SPACING = 1.0
 
 _metrics: weakref.WeakKeyDictionary[Coordinator, Metrics] = weakref.WeakKeyDictionary()
 
@@ -132,6 +145,13 @@ class Metrics:
         )
         #: Task key -> loop time of the latest cancel request this server received.
         self._cancels: dict[str, float] = {}
+        #: Seconds the task counts serve for other processes' changes.
+        self.count_interval = coordinator.config.metrics_count_interval
+        #: Loop time of the last count (-inf: none yet).
+        self._counted_at = float("-inf")
+        #: A run of this process ended since the last count began.
+        self._ended_since_count = True
+        self._counting: asyncio.Task[None] | None = None
 
     def _running(self) -> float:
         coordinator = self._coordinator()
@@ -142,8 +162,11 @@ class Metrics:
     def published(self, event: Event) -> None:
         """The coordinator published ``event`` (its ``on_publish`` hook)."""
         self.events_published.inc()
-        if event.type == "cancelled":
-            self.cancellations.inc()
+        if event.type in TERMINAL_TYPES:
+            # Recorded before it was published: the next scrape counts again.
+            self._ended_since_count = True
+            if event.type == "cancelled":
+                self.cancellations.inc()
 
     def cancel_asked(self, key: str) -> None:
         """A cancel of task ``key`` reached this server: its delivery will be timed."""
@@ -172,35 +195,78 @@ class Metrics:
     # -- exposition -------------------------------------------------------------------
 
     async def render(self) -> bytes:
-        """The metrics in the Prometheus text format, task counts read afresh."""
-        await self._count_tasks()
+        """The metrics in the Prometheus text format (task counts: see :meth:`_counts`)."""
+        await self._counts()
         return generate_latest(self.registry)
 
-    async def _count_tasks(self) -> None:
+    async def _counts(self) -> None:
+        """Count again if a run ended here, or the counts are older than the interval."""
+        loop = asyncio.get_running_loop()
+        if self._counting is None:
+            since = loop.time() - self._counted_at
+            if not self._ended_since_count and since < self.count_interval:
+                return
+            self._counting = asyncio.create_task(
+                self._count(max(0.0, COUNT_SPACING - since)), name="streaming:metrics-count"
+            )
+        try:
+            async with asyncio.timeout(SCRAPE_DATABASE_TIMEOUT):
+                await asyncio.shield(self._counting)
+        except TimeoutError:
+            pass  # this scrape serves the counts read last; the count goes on
+
+    async def _count(self, delay: float) -> None:
         from .. import db
         from ..coordinator import task_models
 
         try:
-            async with asyncio.timeout(SCRAPE_DATABASE_TIMEOUT):
-                counts = {
-                    name: await db.run(lambda model=model: _status_counts(model))  # type: ignore[misc]
-                    for name, model in task_models().items()
-                }
-        except (db.DatabaseUnavailable, TimeoutError) as exc:
-            logger.warning("metrics: task counts not read: %s", exc or "timed out")
-            self.database_up.set(0)
-            return
-        self.database_up.set(1)
-        for name, by_status in counts.items():
-            for status in TaskStatus:
-                self.tasks.labels(kind=name, status=status.value).set(by_status.get(status, 0))
+            if delay:
+                await asyncio.sleep(delay)  # at most one count a second (COUNT_SPACING)
+            self._ended_since_count = False
+            models = task_models()
+            began = time.monotonic()
+            try:
+                counts = await _counted(models)
+            except db.DatabaseUnavailable as exc:
+                logger.warning("metrics: task counts not read: database unavailable (%s)", exc)
+                self.database_up.set(0)
+                return
+            took = time.monotonic() - began
+            if took > SCRAPE_DATABASE_TIMEOUT:
+                logger.info("metrics: counting the tasks took %.1fs", took)
+            self.database_up.set(1)
+            for name, by_status in counts.items():
+                for status in TaskStatus:
+                    self.tasks.labels(kind=name, status=status.value).set(by_status.get(status, 0))
+        finally:
+            self._counted_at = asyncio.get_running_loop().time()
+            self._counting = None
 
 
-async def _status_counts(model: Any) -> dict[str, int]:
+async def _counted(models: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Tasks by kind and status, read off the ORM's thread where the database allows."""
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+
+    from .. import db
+
+    def count() -> dict[str, dict[str, int]]:
+        return {name: _status_counts(model) for name, model in models.items()}
+
+    if connection.vendor == "sqlite":
+        # A process's SQLite connections share the file's locks, and SQLite keeps
+        # a closed connection's file open while another holds one: a connection
+        # per count would leave a descriptor behind. On SQLite the count takes
+        # the ORM's thread, once a COUNT_SPACING at most.
+        return await db.run(lambda: sync_to_async(count, thread_sensitive=True)())
+    return await db.aside(count)
+
+
+def _status_counts(model: Any) -> dict[str, int]:
     from django.db.models import Count
 
     rows = model._default_manager.values("status").annotate(count=Count("pk")).order_by()
-    return {row["status"]: row["count"] async for row in rows}
+    return {row["status"]: row["count"] for row in rows}
 
 
 class CountedSource:

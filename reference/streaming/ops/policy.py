@@ -47,6 +47,12 @@ ACTIONS = ("stream", "start", "cancel", "retry")
 TOKEN_SALT = "streaming.ops.task-token"
 #: Where a browser's EventSource, which cannot set headers, puts its token.
 TOKEN_QUERY = "token"
+#: The longest token SignedTokens reads. The ones task_token makes are about
+#: 150 characters; nothing longer is even decoded.
+MAX_TOKEN_CHARS = 1024
+#: How Django marks a SECRET_KEY that must not sign anything in production
+#: (``startproject`` makes keys with it; ``check --deploy`` warns of it).
+INSECURE_KEY_PREFIX = "django-insecure-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +139,7 @@ class LoopbackOnly:
     """
 
     def __call__(self, request: AccessRequest) -> Decision:
-        if request.client is None or _is_loopback(request.client):
+        if request.client is None or is_loopback(request.client):
             return Decision.allow()
         return Decision.forbidden(
             f"Only clients on the server's own machine may {request.action} tasks, and "
@@ -145,7 +151,8 @@ class LoopbackOnly:
         return "LoopbackOnly()"
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is an IP address of this machine's loopback interface."""
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -208,6 +215,9 @@ class SignedTokens:
     ``TOKEN_MAX_AGE`` setting).
     """
 
+    #: Tokens are only as secret as SECRET_KEY: see :func:`check_secret`.
+    signs_with_secret_key = True
+
     def __init__(self, max_age: float | None = None) -> None:
         self.max_age = max_age
 
@@ -219,6 +229,10 @@ class SignedTokens:
                 f"{request.pk}: send 'Authorization: Bearer <token>', or '?token=<token>' "
                 "from an EventSource."
             )
+        if len(token) > MAX_TOKEN_CHARS or token.startswith("."):
+            # A "." prefix marks a compressed payload, which task_token never
+            # makes: refused before anything is decoded or inflated.
+            return Decision.forbidden("The task token is not valid: no task token looks like it.")
         try:
             claims = signing.loads(token, salt=TOKEN_SALT, max_age=self._max_age())
         except signing.SignatureExpired:
@@ -366,6 +380,28 @@ async def decide(policy: Policy, request: AccessRequest) -> Decision:
     if not decision.allowed and decision.status not in (401, 403):
         decision = dataclasses.replace(decision, status=403)
     return decision
+
+
+class InsecureSecret(Exception):
+    """A policy that signs with SECRET_KEY is configured, and the key is empty or public."""
+
+
+def check_secret(policy: Policy, secret_key: str) -> None:
+    """Raise :class:`InsecureSecret` if ``policy`` signs with a ``secret_key`` anyone may know.
+
+    The repository's default key is public: a token signed with it from
+    outside would start and stream tasks. So a server refuses to start with
+    it, or with none, while a token policy is in force.
+    """
+    policies = policy.policies if isinstance(policy, AnyOf) else (policy,)
+    if not any(getattr(p, "signs_with_secret_key", False) for p in policies):
+        return
+    if not secret_key or secret_key.startswith(INSECURE_KEY_PREFIX):
+        which = "empty" if not secret_key else "the public default"
+        raise InsecureSecret(
+            f"Set DJANGO_SECRET_KEY to a secret of your own: task tokens are signed with "
+            f"SECRET_KEY, and it is {which}, so anyone could sign one."
+        )
 
 
 def load_policy(setting: Any) -> Policy:

@@ -8,9 +8,11 @@ import sys
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.config import Config
+from streaming.ops.policy import InsecureSecret, check_secret, load_policy
 from streaming.server import serve
 from streaming.workers import Supervisor, bind
 
@@ -50,7 +52,13 @@ class Command(BaseCommand):
     ) -> None:
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
-        if workers > 1 and not Config.from_settings().redis_url:
+        config = Config.from_settings()
+        try:
+            policy = load_policy(config.authorization)
+            check_secret(policy, _secret_key())
+        except (InsecureSecret, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        if workers > 1 and not config.redis_url:
             raise CommandError(
                 "--workers above 1 needs STREAMING_REDIS_URL: the workers share their tasks' "
                 "events through Redis, or a client would see only its own worker's runs."
@@ -72,3 +80,10 @@ class Command(BaseCommand):
         self.stdout.flush()
         passed_on = ["--grace", str(grace), "--log-level", log_level]
         sys.exit(Supervisor(workers, sock, passed_on).run())
+
+
+def _secret_key() -> str:
+    try:
+        return str(settings.SECRET_KEY)
+    except ImproperlyConfigured:  # Django refuses to read an empty one
+        return ""
