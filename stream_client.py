@@ -41,12 +41,24 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[
                 data_lines.append(value)
 
 
+def shown(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``).
+
+    What a server sends must not drive the terminal: an escape sequence in an
+    event could clear the screen, retitle the window or hide what came before.
+    """
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(text)
+    )
+
+
 def print_event(number: int, event_type: str, data: dict[str, Any]) -> None:
-    print(f"[{number}] Event: {event_type.upper()}")
-    print(f"    Timestamp: {data.get('_timestamp', '')}")
+    print(f"[{number}] Event: {shown(event_type.upper())}")
+    print(f"    Timestamp: {shown(data.get('_timestamp', ''))}")
     for key, value in data.items():
         if not key.startswith("_"):
-            print(f"    {key}: {value}")
+            print(f"    {shown(key)}: {shown(value)}")
     print(flush=True)
 
 
@@ -62,7 +74,8 @@ async def watch(url: str) -> int:
                 if response.status_code != 200:
                     await response.aread()
                     print(
-                        f"Server answered {response.status_code}: {response.text}", file=sys.stderr
+                        f"Server answered {response.status_code}: {shown(response.text)}",
+                        file=sys.stderr,
                     )
                     return 1
                 async for event_type, data in parse_sse(response.aiter_lines()):

@@ -66,6 +66,7 @@ from .models import StreamTask
 from .ops import watch
 from .ops.guard import PROBES, Guard, Refusal, is_preflight
 from .ops.limits import Limits
+from .ops.logs import RedactTokens
 from .ops.metrics import CONTENT_TYPE, CountedSource, Metrics
 from .ops.policy import AccessRequest, Decision, decide, is_loopback, load_policy
 from .protocol import EdgeLimits
@@ -656,6 +657,9 @@ def serve(
         # Once the coordinator has drained, whatever is left gets this long.
         timeout_graceful_shutdown=5,
     )
+    # uvicorn's access lines carry each request's query, where an EventSource
+    # sends its task token; made after uvicorn.Config has set its loggers up.
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     server = StreamServer(config, coordinator, grace)
     # uvicorn re-raises the signal it caught once it has stopped; ignoring it by
     # then makes a graceful shutdown exit with status 0 instead of dying of it.

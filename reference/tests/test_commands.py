@@ -198,6 +198,46 @@ def test_create_task_when_message_is_invalid_then_exit_1_and_nothing_stored(
 
 
 @pytest.mark.timeout(60)
+def test_create_task_when_message_is_not_utf8_or_server_not_a_url_then_one_line_and_nothing_stored(
+    run: Any, count: Any
+) -> None:
+    # A terminal in another encoding passes bytes that are not UTF-8.
+    not_utf8 = run("manage.py", "create_task", "--no-start", "--message", b"caf\xe9!")  # type: ignore[arg-type]
+    not_a_url = run("manage.py", "create_task", "--server", "not-a-url")
+    assert (not_utf8.returncode, not_utf8.stdout) == (1, ""), not_utf8.stderr
+    assert not_utf8.stderr.strip() == (
+        "CommandError: --message is not valid UTF-8 (a byte that cannot be read at position 4); "
+        "pass it in your terminal's UTF-8."
+    )
+    assert (not_a_url.returncode, not_a_url.stdout) == (1, ""), not_a_url.stderr
+    assert not_a_url.stderr.strip() == (
+        "CommandError: --server must be the streaming server's base URL, such as "
+        "http://127.0.0.1:8888, got 'not-a-url'."
+    )
+    assert count("ExampleTask") == 0
+
+
+@pytest.mark.timeout(60)
+def test_stream_client_when_events_carry_terminal_escapes_then_printed_escaped(
+    server: Any, relay: Any, run: Any, spawn: Any
+) -> None:
+    hostile = "\x1b[2J\x1b]0;owned\x07red\nline"
+    created = run(
+        "manage.py", "create_task", "--no-start", "--step-delay", "0", "--message", hostile
+    )
+    assert created.returncode == 0, created.stderr
+    client = spawn("stream_client.py", "ExampleTask", "1", "--server", relay.url)
+    relay.wait_for_listeners(1)
+    assert (
+        httpx.post(f"{server.url}/tasks/ExampleTask/1/start", timeout=DEADLINE).status_code == 202
+    )
+    assert client.wait() == 0, client.describe()
+    printed = client.text()
+    assert "\x1b" not in printed and "\x07" not in printed, printed
+    assert "    message: \\x1b[2J\\x1b]0;owned\\x07red\\nline" in client.lines(), printed
+
+
+@pytest.mark.timeout(60)
 def test_create_task_when_message_and_step_delay_are_at_their_limits_then_stored_whole(
     run: Any, database: Path
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -325,7 +325,7 @@ async def test_cors_when_origin_allowed_then_preflight_204_and_answers_and_strea
     assert allowed.headers["access-control-allow-origin"] == app
     assert "POST" in allowed.headers["access-control-allow-methods"]
     assert "Authorization" in allowed.headers["access-control-allow-headers"]
-    assert other.status_code == 403 and "not in CORS_ALLOWED_ORIGINS" in other.text
+    assert other.status_code == 403 and "not in STREAMING_CORS_ALLOWED_ORIGINS" in other.text
     assert "access-control-allow-origin" not in other.headers
     assert stream_headers["access-control-allow-origin"] == app
     assert stream_headers["content-type"].startswith("text/event-stream")
@@ -351,7 +351,7 @@ async def test_command_when_origin_foreign_or_body_a_form_then_403_saying_how_to
     assert (foreign.status_code, foreign.text) == (
         403,
         "Commands from origin 'https://evil.example' are refused: this server accepts them "
-        "from its own pages and from CORS_ALLOWED_ORIGINS only.",
+        "from its own pages and from STREAMING_CORS_ALLOWED_ORIGINS only.",
     )
     assert null.status_code == 403 and site.status_code == 403
     assert (form.status_code, form.text) == (
@@ -449,3 +449,42 @@ async def test_command_rate_when_a_client_spends_its_burst_then_429_and_others_s
         "Too many commands from 203.0.113.7: at most 0.1 a second after a burst of 1."
     )
     assert local.status_code == 409, local.text
+
+
+@pytest.mark.asyncio
+async def test_default_policy_when_request_came_through_a_proxy_that_names_no_client_then_403(
+    coordinator: Any,
+) -> None:
+    # The proxy is on this machine, so the connection comes from 127.0.0.1;
+    # without X-Forwarded-For nothing says who is behind it.
+    from streaming.models import ExampleTask
+
+    task = await ExampleTask.objects.acreate()
+    relayed = [{"via": "1.1 proxy"}, {"forwarded": "for=203.0.113.7"}, {"x-real-ip": "203.0.113.7"}]
+    async with served(coordinator) as http:
+        answers = [
+            await http.post(f"/tasks/ExampleTask/{task.pk}/start", headers=headers)
+            for headers in relayed
+        ]
+        assert await status(task) == "READY"
+        direct = await http.post(f"/tasks/ExampleTask/{task.pk}/start")
+    for headers, answer in zip(relayed, answers, strict=True):
+        assert answer.status_code == 403, (headers, answer.text)
+        assert f"came through a proxy ({next(iter(headers))})" in answer.text
+        assert "X-Forwarded-For" in answer.text
+    assert direct.status_code == 202, direct.text
+
+
+def test_cors_origins_when_they_list_a_star_then_the_server_refuses_to_start_in_one_line(
+    run: Callable[..., Any], env: dict[str, str]
+) -> None:
+    result = run(
+        "manage.py",
+        "runserver_stream",
+        env={**env, "STREAMING_CORS_ALLOWED_ORIGINS": "https://app.example.com,*"},
+    )
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "CommandError: STREAMING_CORS_ALLOWED_ORIGINS lists '*': list each origin instead"
+    ), result.stderr

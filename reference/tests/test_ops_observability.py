@@ -369,3 +369,21 @@ def test_server_when_plain_logs_then_each_line_names_its_task(
     assert "INFO streaming.coordinator [ExampleTask:1]: started ExampleTask:1" in server.text(
         "stderr"
     )
+
+
+def test_access_log_when_a_request_carries_a_token_then_it_is_redacted(
+    start_server: Callable[..., Any], wait_until: Callable[..., Any]
+) -> None:
+    server = start_server()
+    secret = "eyJtIjoiRXhhbXBsZVRhc2siLCJ0IjoiMSJ9:1xaT:not-for-logs"
+    for path in (f"/stream/ExampleTask/1?token={secret}", f"/live?a=1&TOKEN={secret}&b=2"):
+        httpx.get(f"{server.url}{path}", timeout=10)
+    wait_until(  # uvicorn writes its access lines to stdout
+        lambda: sum("GET /" in line for line in server.lines("stdout")) >= 3,
+        DEADLINE,
+        "the access log lines",
+    )
+    logged = server.text("stdout") + server.text("stderr")
+    assert secret not in logged and "not-for-logs" not in logged, logged
+    assert "/stream/ExampleTask/1?token=[redacted]" in logged, logged
+    assert "/live?a=1&TOKEN=[redacted]&b=2" in logged, logged

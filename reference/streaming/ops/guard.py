@@ -56,6 +56,14 @@ class Guard:
         cors_credentials: bool = False,
         cors_max_age: int = 600,
     ) -> None:
+        if "*" in cors_origins:
+            # Browsers never send credentials to "*"; a server that echoed every
+            # origin instead would let any site act as its users.
+            raise ValueError(
+                "STREAMING_CORS_ALLOWED_ORIGINS lists '*': list each origin instead "
+                "(https://app.example.com). Allowing every origin, with credentials, "
+                "would let any site act as your users."
+            )
         self.allowed_hosts = list(allowed_hosts)
         self.cors_origins = frozenset(origin.rstrip("/").lower() for origin in cors_origins)
         self.cors_credentials = cors_credentials
@@ -121,7 +129,7 @@ class Guard:
             return Refusal(
                 403,
                 f"Commands from origin {origin[:100]!r} are refused: this server accepts them "
-                "from its own pages and from CORS_ALLOWED_ORIGINS only.",
+                "from its own pages and from STREAMING_CORS_ALLOWED_ORIGINS only.",
             )
         if headers.get("sec-fetch-site") == "cross-site":
             return Refusal(403, "Commands from another site are refused (Sec-Fetch-Site).")
@@ -144,7 +152,7 @@ class Guard:
                 403,
                 [("vary", "Origin")],
                 f"Origin {origin[:100]!r} may not use this server from a browser: "
-                "it is not in CORS_ALLOWED_ORIGINS.",
+                "it is not in STREAMING_CORS_ALLOWED_ORIGINS.",
             )
         answer = [
             *self.cors_headers(origin),

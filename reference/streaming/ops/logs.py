@@ -28,6 +28,28 @@ _TASK_NAME = re.compile(r"streaming:(?:[a-z-]+:)?(?P<kind>[A-Z]\w*):(?P<id>\d+)"
 _KEY = re.compile(r"(?P<kind>[A-Z]\w*):(?P<id>\d+)")
 
 
+#: A task token in a logged URL's query (``?token=`` is how an EventSource sends one).
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Blank out task tokens in a record's arguments: an access log line is not a secret store.
+
+    A token that allows cancel, start or retry would otherwise be written, in
+    full, to every log that keeps uvicorn's access lines. Never drops a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "token=" in arg.lower() for arg in record.args
+        ):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
 class TaskFields(logging.Filter):
     """Give every record ``task_kind``, ``task_id`` and ``task``; never drops one."""
 

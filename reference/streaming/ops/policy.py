@@ -128,6 +128,10 @@ class AllowAll:
         return "AllowAll()"
 
 
+#: Headers a proxy adds that uvicorn does not read the client's address from.
+PROXY_HEADERS = ("forwarded", "via", "x-real-ip")
+
+
 class LoopbackOnly:
     """Clients on this machine may do anything; every other client is refused.
 
@@ -135,10 +139,23 @@ class LoopbackOnly:
     no configuration, and a server listening on a public address by mistake
     lets nobody else in. Behind a reverse proxy on the same machine, the
     client is the address uvicorn reads from the proxy's ``X-Forwarded-For``
-    (it trusts 127.0.0.1 by default), so remote clients are still refused.
+    (it trusts 127.0.0.1 by default), so remote clients are still refused. A
+    proxy that sends no ``X-Forwarded-For`` would make everyone look local:
+    a request that carries ``Forwarded``, ``Via`` or ``X-Real-IP`` (what such
+    proxies send instead) is refused, and a proxy that sends none of these
+    must not be put in front of a server with this policy.
     """
 
     def __call__(self, request: AccessRequest) -> Decision:
+        relayed = [name for name in PROXY_HEADERS if name in request.headers]
+        if relayed:
+            # A proxy that sends no X-Forwarded-For makes every client look local.
+            return Decision.forbidden(
+                f"The request came through a proxy ({', '.join(relayed)}) that does not say "
+                "who sent it, so it is not known to come from the server's own machine: have "
+                "the proxy send X-Forwarded-For, or set STREAMING_AUTHORIZATION to a policy "
+                "that checks credentials."
+            )
         if request.client is None or is_loopback(request.client):
             return Decision.allow()
         return Decision.forbidden(

@@ -49,6 +49,7 @@ class Command(BaseCommand):
         model = KINDS[kind]
         fields: dict[str, Any] = {}
         # Every check comes before the INSERT: a refused command stores nothing.
+        base = _checked_server(server)
         if message is not None:
             fields["message"] = _checked_message(model, message)
         if step_delay is not None:
@@ -67,7 +68,6 @@ class Command(BaseCommand):
             # Double quotes, as the testing guide prints it: the code holds
             # nothing a POSIX shell or cmd.exe expands inside them.
             self.stdout.write(f'    python manage.py shell -c "{code}"')
-        base = server.rstrip("/")
         if not no_start:
             self.stdout.write("\nStarting task...")
             self._start(base, name, task.pk)
@@ -98,6 +98,15 @@ def _checked_message(model: type[StreamTask], message: str) -> str:
     limit = model._meta.get_field("message").max_length
     if limit is not None and len(message) > limit:
         raise CommandError(f"--message is {len(message)} characters long; the limit is {limit}.")
+    # A command line that is not UTF-8 reaches Python as lone surrogates
+    # (surrogateescape), which no database column can store.
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CommandError(
+            f"--message is not valid UTF-8 (a byte that cannot be read at position "
+            f"{exc.start + 1}); pass it in your terminal's UTF-8."
+        ) from None
     # PostgreSQL text cannot hold NUL at all. A shell cannot pass one in
     # argv, but call_command and execute_from_command_line callers can.
     if "\x00" in message:
@@ -107,6 +116,20 @@ def _checked_message(model: type[StreamTask], message: str) -> str:
             "a message cannot contain NUL (\\x00)."
         )
     return message
+
+
+def _checked_server(server: str) -> str:
+    """``server`` without a trailing slash, if it is an http(s) URL with a host."""
+    try:
+        url = httpx.URL(server)
+    except (httpx.InvalidURL, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise CommandError(
+            f"--server must be the streaming server's base URL, such as http://127.0.0.1:8888, "
+            f"got {server!r}."
+        )
+    return server.rstrip("/")
 
 
 def _checked_step_delay(kind: str, seconds: float) -> float:

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.config import Config
+from streaming.ops.guard import Guard
 from streaming.ops.policy import InsecureSecret, check_secret, load_policy
 from streaming.server import serve
 from streaming.workers import Supervisor, bind
@@ -54,8 +55,8 @@ class Command(BaseCommand):
             raise CommandError("--workers must be at least 1.")
         config = Config.from_settings()
         try:
-            policy = load_policy(config.authorization)
-            check_secret(policy, _secret_key())
+            check_secret(load_policy(config.authorization), _secret_key())
+            Guard.from_settings(cors_origins=config.cors_allowed_origins)
         except (InsecureSecret, ValueError) as exc:
             raise CommandError(str(exc)) from None
         if workers > 1 and not config.redis_url:
