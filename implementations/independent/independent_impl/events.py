@@ -34,6 +34,7 @@ __all__ = [
     "Envelope",
     "approx_size",
     "check_event_type",
+    "check_json",
     "envelope",
     "envelope_from_record",
     "model_name",
@@ -44,7 +45,8 @@ __all__ = [
 #: Event types only the implementation sends.
 RESERVED_EVENTS = TERMINAL_EVENTS | {FAREWELL_EVENT, OVERFLOW_EVENT, STREAM_RESET_EVENT}
 
-_UNSAFE_TYPE = re.compile(r"[\r\n\x00]")
+#: SPEC FUNC-19: 1 to 64 ASCII letters, digits, "-", "_" or ".".
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_]+")
 
 
@@ -65,11 +67,11 @@ def model_name(path: str) -> str:
 
 
 def check_event_type(type: str) -> None:
-    """Refuse an event type a task may not send: reserved, empty or breaking an SSE line."""
-    if not isinstance(type, str) or not type or _UNSAFE_TYPE.search(type):
+    """Refuse an event type a task may not send: reserved, or outside SPEC's characters."""
+    if not isinstance(type, str) or not _EVENT_TYPE.fullmatch(type):
         raise ValueError(
-            f"Cannot send an event of type {type!r}: a type is a non-empty string "
-            "without CR, LF or NUL."
+            f"Cannot send an event of type {type!r}: a type is 1 to 64 ASCII letters, "
+            "digits, '-', '_' or '.'."
         )
     if type in RESERVED_EVENTS:
         raise ValueError(
@@ -142,6 +144,14 @@ def envelope(
     copied = dict(data)
     event = Event(event_id, type, copied, str(task_id), model, timestamp or now())
     return Envelope(event, approx_size(copied), control)
+
+
+def check_json(what: str, data: Mapping[str, Any]) -> None:
+    """Refuse data that is not strict JSON (SPEC FUNC-20: no NaN, no infinity)."""
+    try:
+        json.dumps(data, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"Cannot send {what}: its data is not strict JSON ({exc}).") from None
 
 
 def record_of(event: Event) -> dict[str, Any]:

@@ -60,6 +60,10 @@ _ROUTES = (
 )
 
 
+#: The longest request head (request line and headers) served (SPEC HTTP-10).
+MAX_HEADER_BYTES = 64 * 1024
+
+
 class _Stalled(Exception):
     """A write to the client did not finish within the write deadline."""
 
@@ -115,6 +119,16 @@ class App:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
         method = str(scope.get("method", ""))
+        headers = scope.get("headers", ())
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        head += sum(len(name) + len(value) + 4 for name, value in headers)
+        if head > MAX_HEADER_BYTES:  # a head that ended; h11 stops one that does not
+            raise _Refused(431, f"The request head is over {MAX_HEADER_BYTES} bytes.")
+        for name, value in headers:
+            # A server without WebSocket support (ws="none") passes the
+            # handshake on as a plain request: refuse it (SPEC HTTP-9).
+            if name.lower() == b"upgrade" and b"websocket" in value.lower():
+                raise _Refused(400, "WebSocket is not served here; streams are SSE.")
         parts = path.split("/")
         if path == "/health":
             _allow(method, "GET", path)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from conformance.contract import Behaviour, TaskRef, TaskStatus
 
-from .events import Envelope, check_event_type, envelope
+from .events import Envelope, check_event_type, check_json, envelope
 
 __all__ = ["Outcome", "Run", "RunContext", "RunHost", "RunLost", "Stop"]
 
@@ -201,6 +201,7 @@ class Run:
             data = {}
         elif not isinstance(data, Mapping):
             raise TypeError(f"Cannot send {type!r}: its data must be a mapping, not {data!r}.")
+        check_json(repr(type), data)
         env = envelope(self.task_id, self.ref.model, self.next_id, type, data)
         self.next_id += 1
         self.host.publish(self, env)
@@ -289,6 +290,10 @@ class Run:
             data = dict(result)
         else:
             data = {"result": result}
+        try:
+            check_json("the task's result", data)
+        except ValueError as exc:
+            return _failed(exc)
         return Outcome(
             TaskStatus.SUCCESSFUL, "complete", {"message": "Task completed successfully", **data}
         )

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from .coordinator import Coordinator
+from .http import MAX_HEADER_BYTES
 from .settings import Settings
 from .store import Store
 
@@ -61,6 +62,10 @@ async def serve(host: str, port: int, grace: float, settings: Settings) -> None:
         host=host,
         port=port,
         lifespan="off",
+        # h11 stops reading a head that has not ended by this size (SPEC
+        # HTTP-10); uvicorn's httptools protocol reads any head to its end.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         ws="none",
         log_config=None,
         log_level="warning",
