@@ -48,8 +48,17 @@ OTHERS: dict[str, list[str]] = {
 
 
 def ensure_venv() -> None:
-    """Create .venv and install the project and implementations, once per set of pyprojects."""
-    projects = [ROOT / "pyproject.toml", *sorted(IMPLEMENTATIONS.glob("*/pyproject.toml"))]
+    """Create .venv and install the suite, the reference and the implementations, editable.
+
+    Once per set of pyprojects: the suite (``streaming-conformance``, the
+    repository root), the reference (``django-streaming-reference``,
+    ``reference/``) and each package in ``implementations/``.
+    """
+    projects = [
+        ROOT / "pyproject.toml",
+        ROOT / "reference" / "pyproject.toml",
+        *sorted(IMPLEMENTATIONS.glob("*/pyproject.toml")),
+    ]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in projects)).hexdigest()[:12]
     stamp = VENV / f".installed-{digest}"
     if stamp.exists():
@@ -58,7 +67,17 @@ def ensure_venv() -> None:
         print(f"Creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("Installing the project, its implementations and test dependencies ...", flush=True)
-    editable = [arg for p in projects[1:] for arg in ("-e", str(p.parent))]
+    # Until December 2026 the suite and the reference were one distribution,
+    # django-stream-conformance: its entry points would shadow theirs.
+    subprocess.run(
+        [PYTHON, "-m", "pip", "uninstall", "--yes", "--quiet", "django-stream-conformance"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+    )
+    # Its metadata in the source tree would still be found from the root.
+    shutil.rmtree(ROOT / "django_stream_conformance.egg-info", ignore_errors=True)
+    editable = [arg for p in projects[2:] for arg in ("-e", str(p.parent))]
     subprocess.run(
         [
             PYTHON,
@@ -69,6 +88,8 @@ def ensure_venv() -> None:
             "--disable-pip-version-check",
             "-e",
             ".[test]",
+            "-e",
+            "reference[test]",
             *editable,
         ],
         cwd=ROOT,

@@ -20,9 +20,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from httpx_sse import aconnect_sse
-from prometheus_client.parser import text_string_to_metric_families
 
-from conformance import behaviours
+from conformance import behaviours, prometheus
 from conformance.clients import ClientStream, HttpStatusError, SSEReader, serve_asgi
 from conformance.contract import Capability, Implementation, Runtime, TaskRef, TaskStatus
 from conformance.processes import ServerProcess
@@ -526,7 +525,7 @@ async def test_streams_when_opened_past_the_rate_then_429_then_served_after_retr
 
 # -- OPS-10, OPS-11: metrics --------------------------------------------------------------
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Samples = prometheus.Samples
 
 
 async def scrape(http: httpx.AsyncClient) -> Samples:
@@ -535,11 +534,7 @@ async def scrape(http: httpx.AsyncClient) -> Samples:
     assert response.status_code == 200, response.text
     kind = response.headers.get("content-type", "")
     assert kind.startswith(("text/plain", "application/openmetrics-text")), kind
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return prometheus.parse(response.text)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
