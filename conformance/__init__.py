@@ -6,6 +6,7 @@ NAME`` runs the suites in ``conformance/suites`` against it.
 """
 
 from .contract import (
+    CONTRACT_VERSION,
     EVENT_TYPE_PATTERN,
     FAREWELL_EVENT,
     MAX_HEADER_BYTES,
@@ -33,6 +34,7 @@ from .contract import (
 from .waiting import WaitTimeout, eventually
 
 __all__ = [
+    "CONTRACT_VERSION",
     "EVENT_TYPE_PATTERN",
     "FAREWELL_EVENT",
     "MAX_HEADER_BYTES",

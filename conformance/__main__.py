@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conformance import bench, report
+from conformance import bench, cases, doctor, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser = commands.add_parser("bench", help=bench.DESCRIPTION)
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.run)
+    cases_parser = commands.add_parser("cases", help="list every case and what it needs")
+    cases.add_arguments(cases_parser)
+    cases_parser.set_defaults(handler=cases.run)
+    doctor_parser = commands.add_parser("doctor", help=doctor.DESCRIPTION)
+    doctor.add_arguments(doctor_parser)
+    doctor_parser.set_defaults(handler=doctor.run)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
+    "CONTRACT_VERSION",
     "EVENT_TYPE_PATTERN",
     "FAREWELL_EVENT",
     "MAX_HEADER_BYTES",
@@ -46,6 +47,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "ASGIApp",
     "Behaviour",
+    "Budgets",
     "Capability",
     "Event",
     "Implementation",
@@ -64,6 +66,14 @@ __all__ = [
     "behaviour_path",
     "resolve_behaviour",
 ]
+
+
+#: This contract's version, in semver: a new major version renames or removes
+#: something an implementation uses, a new minor version only adds (with
+#: defaults). An implementation declares the version it was written against
+#: (:attr:`Implementation.contract_version`); ``MIGRATING.md``, beside this
+#: module, says what changed, with code before and after.
+CONTRACT_VERSION = "2.1.0"
 
 
 class TaskStatus(enum.StrEnum):
@@ -258,6 +268,21 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Budgets:
+    """Memory a server process (``server_command``) keeps, declared for the suite.
+
+    The memory cases (EDGE-20, PERF-4) derive their bounds from these, so a
+    budget that is not kept shows, however large or small it is. Declare
+    what the implementation's server keeps under the suite: a smaller budget
+    makes the cases cheaper.
+    """
+
+    #: Bytes of events kept, for all finished tasks together (latest events,
+    #: for late joiners and resumes). SPEC allows at most 64 MiB.
+    finished_events: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeStats:
     """Counts the hygiene checks read after every case."""
 
@@ -372,6 +397,15 @@ class Subscription(ABC):
 class Runtime(ABC):
     """An implementation running on the current event loop."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A runtime written against contract 1.x names write_fields
+        # update_fields; it is given the new name before ABCMeta counts the
+        # abstract methods (conformance/compat.py).
+        super().__init_subclass__(**kwargs)
+        from .compat import shim_runtime_class
+
+        shim_runtime_class(cls)
+
     @abstractmethod
     async def create_task(
         self,
@@ -474,6 +508,12 @@ class Implementation(ABC):
     #: Registered name, as given to ``--impl``.
     name: str = "unnamed"
     version: str = "0"
+    #: The contract version this implementation was written against, such as
+    #: ``"2.1"``. The suite grades one of the previous major version through
+    #: shims that forward the old names, and refuses an older or a newer one
+    #: with one message saying what to do. None: not declared (contract 1.x
+    #: had no such attribute).
+    contract_version: str | None = None
     capabilities: frozenset[Capability] = frozenset()
     #: Case ID (or ``ID:part``, for its tests whose node ID contains ``part``)
     #: -> reason. Such cases must fail; an unexpected pass is an error.
@@ -494,6 +534,8 @@ class Implementation(ABC):
     #: (``server_command``) reads before it refuses the request (HTTP-10); at
     #: most :data:`MAX_HEADER_BYTES`.
     max_header_bytes: int = MAX_HEADER_BYTES
+    #: What its server process keeps in memory (EDGE-20, PERF-4).
+    budgets: Budgets = Budgets()
 
     def credentials_for(self, ref: TaskRef, action: str) -> Mapping[str, str]:
         """HTTP request headers that let a client do ``action`` on ``ref``, and only that.

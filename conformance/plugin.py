@@ -32,9 +32,9 @@ from typing import IO, Any
 import pytest
 import pytest_asyncio
 
-from . import hygiene, requirements, spec
+from . import cases, compat, hygiene, requirements, spec
 from .clients import Client, open_client, serve_asgi
-from .contract import Capability, Implementation, Runtime
+from .contract import CONTRACT_VERSION, Capability, Implementation, Runtime
 from .processes import ServerProcess, running_server
 
 ENTRY_POINT_GROUP = "conformance.implementations"
@@ -53,8 +53,12 @@ class _State:
     results_path: str | None
     run_id: str
     impls: dict[str, Implementation] = field(default_factory=dict)
+    #: How each implementation is graded, as to contract versions.
+    terms: dict[str, compat.Terms] = field(default_factory=dict)
     grades: dict[str, dict[str, int]] = field(default_factory=dict)
     results: IO[str] | None = None
+    #: Requirements that were graded in this session.
+    graded: set[str] = field(default_factory=set)
 
 
 _STATE = pytest.StashKey[_State]()
@@ -107,18 +111,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("conformance_impls", type="args", default=[], help="Default for --impl.")
 
 
+#: pytest-asyncio's loop scope for async fixtures; the suite's are per case.
+_LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "case(id): the SPEC.md requirement this case checks")
     config.addinivalue_line("markers", "requires(*capabilities): capabilities the case needs")
+    if not config.getini(_LOOP_SCOPE):
+        # What every third party's pytest.ini would otherwise have to say. Set
+        # before pytest-asyncio reads it (tryfirst); pytest has no public way
+        # to give another plugin's option a default.
+        config._inicache[_LOOP_SCOPE] = "function"
     names = config.getoption("conformance_impls") or config.getini("conformance_impls")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     config.stash[_STATE] = _State(
-        impl_names=list(dict.fromkeys(names or registered())),
+        impl_names=list(dict.fromkeys(names)),
         modes=config.getoption("conformance_modes") or list(MODES),
         cases=config.getoption("conformance_cases") or [],
         results_path=config.getoption("conformance_results"),
         run_id=f"{now}-{os.getpid()}",
     )
+    config.pluginmanager.register(_Recorder(config), "conformance-recorder")
     known = registered()
     for name in config.stash[_STATE].impl_names:
         if ":" not in name and name not in known:
@@ -127,8 +142,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     state = config.stash[_STATE]
-    source = "--impl" if config.getoption("conformance_impls") else "ini/entry points"
-    return f"conformance: implementations {', '.join(state.impl_names) or '(none)'} (from {source})"
+    source = "--impl" if config.getoption("conformance_impls") else "conformance_impls in the ini"
+    named = ", ".join(state.impl_names) or "(none)"
+    return f"conformance: contract {CONTRACT_VERSION}; implementations {named} (from {source})"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -182,18 +198,53 @@ def load_implementation(name: str) -> Implementation:
 def _impl(config: pytest.Config, name: str) -> Implementation:
     state = config.stash[_STATE]
     if name not in state.impls:
-        state.impls[name] = load_implementation(name)
+        impl = load_implementation(name)
+        try:
+            terms = compat.terms(impl)
+        except compat.ContractMismatch as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if terms.shimmed:
+            _grade_through_shims(impl)
+        state.impls[name], state.terms[name] = impl, terms
     return state.impls[name]
+
+
+def _grade_through_shims(impl: Implementation) -> None:
+    """Give the cases ``impl``'s runtimes as a previous major version's would be (compat.py)."""
+    started = impl.start
+
+    async def start() -> Runtime:
+        return compat.legacy_runtime(await started())
+
+    impl.start = start  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    # Loaded before any module is collected, so that node IDs carry each
+    # implementation's declared name, and so that a problem with one is one
+    # usage error, not an error per case.
+    for name in session.config.stash[_STATE].impl_names:
+        _impl(session.config, name)
+
+
+def _display_names(state: _State) -> list[str]:
+    """The declared name of each implementation, for node IDs; made unique if need be."""
+    shown: list[str] = []
+    for name in state.impl_names:
+        declared = state.impls[name].name if name in state.impls else name
+        shown.append(declared if declared not in shown else f"{declared}-{len(shown)}")
+    return shown
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     state = metafunc.config.stash[_STATE]
-    if "impl" in metafunc.fixturenames:
-        if not state.impl_names:
-            raise pytest.UsageError("No implementation to test: pass --impl NAME.")
-        # Implementations are loaded in pytest_collection_modifyitems: a
-        # UsageError raised here would become a mere collection error.
-        metafunc.parametrize("impl", state.impl_names, indirect=True, scope="session")
+    if "impl" in metafunc.fixturenames and state.impl_names:
+        # With none named, pytest_collection_modifyitems says so: an error
+        # raised here would be one collection error per module.
+        metafunc.parametrize(
+            "impl", state.impl_names, ids=_display_names(state), indirect=True, scope="session"
+        )
     if "client" in metafunc.fixturenames:
         metafunc.parametrize("client", state.modes, indirect=True)
 
@@ -275,6 +326,12 @@ def _case_id(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
+    if not state.impl_names and any("impl" in getattr(i, "fixturenames", ()) for i in items):
+        known = ", ".join(registered()) or "none installed"
+        raise pytest.UsageError(
+            f"No implementation named: pass --impl NAME (registered: {known}), a "
+            "module:factory path, or set conformance_impls in the ini."
+        )
     selected, deselected = [], []
     for item in items:
         case_id = _case_id(item)
@@ -418,10 +475,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     case_id = _case_id(item)
     if case_id is not None:
+        if call.excinfo is not None and call.excinfo.errisinstance(NotImplementedError):
+            report.not_implemented = _not_implemented(call.excinfo)
         item.stash.setdefault(_PHASES, {})[report.when] = report
         if report.when == "teardown":
-            _record(item, case_id, item.stash[_PHASES])
+            # The record travels on the report: under pytest-xdist, the
+            # controller, which writes the results, has no items.
+            report.conformance = _record(item, case_id, item.stash[_PHASES])
     return report
+
+
+def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The method that raised NotImplementedError, and what it said."""
+    tb = excinfo.tb
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    method = tb.tb_frame.f_code.co_qualname
+    return f"{method}: {excinfo.value}" if str(excinfo.value) else method
+
+
+class _Recorder:
+    """Writes each case's record where its report arrives: the controller, under pytest-xdist."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, "conformance", None)
+        # An xdist worker's reports reach the controller too; it writes them.
+        if record is not None and not hasattr(self.config, "workerinput"):
+            _write(self.config, record)
 
 
 def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str, str]:
@@ -449,6 +532,10 @@ def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str,
         report = phases.get(when)
         if report is None or not report.failed:
             continue
+        missing = getattr(report, "not_implemented", None)
+        if missing is not None:
+            # The implementation left out what the case needs: its error, not a broken MUST.
+            return "error", f"not implemented: {missing}"
         text = str(report.longrepr)
         summary = _summary(text)
         if "[XPASS(strict)]" in text:
@@ -469,24 +556,27 @@ def _summary(text: str) -> str:
     return " ".join(line[1:].strip() for line in lines[:3])[:500] or text.splitlines()[-1][:500]
 
 
-def _record(item: pytest.Item, case_id: str, phases: dict[str, pytest.TestReport]) -> None:
+def _record(
+    item: pytest.Item, case_id: str, phases: dict[str, pytest.TestReport]
+) -> dict[str, Any]:
+    """The graded result of one case, as a JSON-ready record."""
     state = item.config.stash[_STATE]
     requirement = spec.requirement(case_id)
     outcome, reason = grade(phases, requirement.level)
     name = _impl_name(item) or "?"
     impl = state.impls.get(name)
+    terms = state.terms.get(name)
     env = dict(impl.environment()) if impl is not None else {}
-    state.grades.setdefault(name, {}).setdefault(outcome, 0)
-    state.grades[name][outcome] += 1
     callspec = getattr(item, "callspec", None)
-    record = {
+    return {
         "case": case_id,
         "level": str(requirement.level),
         "suite": Path(str(item.path)).stem.removeprefix("test_"),
         "nodeid": item.nodeid,
         "test": getattr(item, "originalname", item.name),
-        "implementation": name,
+        "implementation": impl.name if impl is not None else name,
         "impl_version": impl.version if impl else "",
+        "contract": _contract_of(terms),
         "mode": callspec.params.get("client") if callspec else None,
         "grade": outcome,
         "reason": reason,
@@ -497,18 +587,36 @@ def _record(item: pytest.Item, case_id: str, phases: dict[str, pytest.TestReport
         "platform": env.get("platform", f"{platform.system()}-{platform.machine()}"),
         "run_id": state.run_id,
     }
+
+
+def _contract_of(terms: compat.Terms | None) -> str:
+    if terms is None or terms.declared is None:
+        return f"{CONTRACT_VERSION} (undeclared)" if not (terms and terms.shimmed) else "1 (shims)"
+    return f"{terms.declared} (shims)" if terms.shimmed else terms.declared
+
+
+def _write(config: pytest.Config, record: dict[str, Any]) -> None:
+    """Grade and keep one record: in the results file, and in the session's totals."""
+    state = config.stash[_STATE]
+    name = record["implementation"]
+    state.grades.setdefault(name, {}).setdefault(record["grade"], 0)
+    state.grades[name][record["grade"]] += 1
+    state.graded.add(record["case"])
     if state.results is None:
-        path = Path(state.results_path or _default_results_path(state, env))
+        path = Path(state.results_path or _default_results_path(config, record))
         path.parent.mkdir(parents=True, exist_ok=True)
         state.results = path.open("w", encoding="utf-8")
     state.results.write(json.dumps(record, sort_keys=True) + "\n")
     state.results.flush()
 
 
-def _default_results_path(state: _State, env: dict[str, Any]) -> str:
+def _default_results_path(config: pytest.Config, record: dict[str, Any]) -> Path:
+    """``reports/`` under the project's root directory (pytest's rootdir), not the cwd."""
+    state = config.stash[_STATE]
     impls = "+".join(n.replace(":", "_").replace(".", "_") for n in state.impl_names)
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
-    return f"reports/results-{impls}-{env.get('database', 'nodb')}-{py}.jsonl"
+    database = record.get("database") or "nodb"
+    return config.rootpath / "reports" / f"results-{impls}-{database}-{py}.jsonl"
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -519,5 +627,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for name, counts in sorted(state.grades.items()):
         line = ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
         terminalreporter.write_line(f"{name}: {line}")
+    for terms in state.terms.values():
+        if terms.note:
+            terminalreporter.write_line(f"contract: {terms.note}")
+    if compat.USED:
+        renamed = ", ".join(f"{old} (now {compat.RENAMED[old]})" for old in sorted(compat.USED))
+        terminalreporter.write_line(f"deprecated names used: {renamed}")
+    everything = {case.id for case in cases.collect()}
+    if state.graded < everything:
+        ran = sorted({case_id.partition("-")[0] for case_id in state.graded})
+        terminalreporter.write_line(
+            f"partial run: {len(state.graded)} of the suite's {len(everything)} requirements "
+            f"were graded ({', '.join(ran)}); a grade says nothing of the rest"
+        )
     if state.results is not None:
         terminalreporter.write_line(f"results: {state.results.name}")

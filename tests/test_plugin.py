@@ -28,8 +28,18 @@ PARTIAL = "tests.fake_impls:PartialImpl"
 XFAIL = "tests.fake_impls:XfailImpl"
 RACY = "tests.fake_impls:RacyImpl"
 
+#: Each fake's declared name, which node IDs and records carry.
+NAMES = {
+    "tests.fake_impls:FullImpl": "full",
+    "tests.fake_impls:BareImpl": "bare",
+    "tests.fake_impls:PartialImpl": "partial",
+    "tests.fake_impls:XfailImpl": "xfail",
+    "tests.fake_impls:RacyImpl": "racy",
+}
+
 RECORD_KEYS = {
     "case",
+    "contract",
     "level",
     "suite",
     "nodeid",
@@ -120,7 +130,7 @@ def run(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, list[di
 
 def by_test(records: list[dict[str, Any]], impl: str = FULL) -> dict[str, dict[str, Any]]:
     """The records of one implementation, by test function name."""
-    return {r["test"]: r for r in records if r["implementation"] == impl}
+    return {r["test"]: r for r in records if r["implementation"] == NAMES[impl]}
 
 
 def collected(result: pytest.RunResult) -> list[str]:
@@ -183,8 +193,9 @@ def test_impl_option_when_two_dotted_paths_given_then_each_case_runs_once_per_im
     )
     result, records = run(project, "-v", "--impl", FULL, "--impl", BARE)
     result.assert_outcomes(passed=4)
+    # Named in node IDs by the names they declare, not the paths given.
     assert sorted(r["nodeid"] for r in records) == sorted(
-        f"test_cases.py::{test}[{impl}]"
+        f"test_cases.py::{test}[{NAMES[impl]}]"
         for test in ("test_one", "test_two")
         for impl in (FULL, BARE)
     )
@@ -192,7 +203,7 @@ def test_impl_option_when_two_dotted_paths_given_then_each_case_runs_once_per_im
         assert record["nodeid"].endswith(f"[{record['implementation']}]")
         assert record["grade"] == "pass"
     assert {r["impl_version"] for r in records} == {"1.2.3", "0.0.1"}
-    result.stdout.fnmatch_lines([f"*test_one?{FULL}? PASSED*", f"*test_one?{BARE}? PASSED*"])
+    result.stdout.fnmatch_lines(["*test_one?full? PASSED*", "*test_one?bare? PASSED*"])
 
 
 def test_results_when_case_is_graded_then_record_has_every_key(project: pytest.Pytester) -> None:
@@ -213,7 +224,7 @@ def test_results_when_case_is_graded_then_record_has_every_key(project: pytest.P
     assert record["level"] == "SHOULD"
     assert record["suite"] == "records"
     assert record["test"] == "test_should"
-    assert record["implementation"] == FULL
+    assert record["implementation"] == "full"
     assert record["impl_version"] == "1.2.3"
     assert record["mode"] is None
     assert (record["stack"], record["database"], record["platform"]) == (
@@ -470,7 +481,7 @@ def test_selection_when_case_or_k_given_then_exactly_matching_cases_collected(
     result, _ = run(project, "--collect-only", "-q", "--impl", FULL, *args)
     assert result.ret == pytest.ExitCode.OK
     ids = [
-        f"test_select.py::{name}" + ("" if name == "test_not_a_case" else f"[{FULL}]")
+        f"test_select.py::{name}" + ("" if name == "test_not_a_case" else f"[{NAMES[FULL]}]")
         for name in expected
     ]
     assert collected(result) == ids
@@ -661,3 +672,80 @@ def test_case_when_its_traceback_has_an_entry_without_a_line_then_graded_fail_an
     assert graded["test_func_1"]["grade"] == "fail", graded
     assert "raised where no line is" in graded["test_func_1"]["reason"], graded
     assert graded["test_http_1"]["grade"] == "pass", graded
+
+
+# -- what a first plug-in meets -----------------------------------------------------
+
+
+def test_no_impl_when_cases_are_collected_then_usage_error_lists_registered_ones(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_cases="""
+        import pytest
+
+        @pytest.mark.case("FUNC-1")
+        def test_one(impl):
+            pass
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:randomly", timeout=50)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: No implementation named: pass --impl NAME (registered:*"])
+    # A session with no conformance case needs none: the plugin stays out of the way.
+    project.makepyfile(test_cases="def test_plain():\n    pass\n")
+    plain = project.runpytest_subprocess("-p", "no:randomly", timeout=50)
+    plain.assert_outcomes(passed=1)
+
+
+def test_method_when_it_raises_not_implemented_then_graded_error_naming_it(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_cases="""
+        import pytest
+
+        @pytest.mark.case("EDGE-4")
+        @pytest.mark.asyncio
+        async def test_retry(runtime):
+            await runtime.retry_task(None)
+
+        @pytest.mark.case("FUNC-1")
+        def test_after(impl):
+            pass
+        """
+    )
+    _, records = run(project, "--impl", FULL)
+    grades = {r["test"]: (r["grade"], r["reason"]) for r in records}
+    assert grades["test_after"] == ("pass", "")
+    grade, reason = grades["test_retry"]
+    assert grade == "error", grades
+    assert reason.startswith("not implemented: Runtime.retry_task: "), reason
+    assert "does not declare the 'retry' capability" in reason
+
+
+def test_partial_run_when_some_cases_selected_then_the_summary_says_so(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_select=SELECTION_CASES)
+    result, _ = run(project, "--impl", FULL, "--case", "FUNC-1")
+    result.stdout.fnmatch_lines(
+        ["partial run: 1 of the suite's * requirements were graded (FUNC); *"]
+    )
+
+
+def test_xdist_when_cases_run_in_several_workers_then_one_results_file_holds_them_all(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_select=SELECTION_CASES)
+    result, records = run(project, "--impl", FULL, "-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert sorted(r["case"] for r in records) == [
+        "FUNC-1",
+        "FUNC-10",
+        "FUNC-11",
+        "FUNC-12",
+        "HTTP-1",
+    ]
+    assert len({r["run_id"] for r in records}) == 2  # one per worker, in one file
+    result.stdout.fnmatch_lines(["full: pass 5"])

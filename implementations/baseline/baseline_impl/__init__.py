@@ -45,6 +45,7 @@ __all__ = ["BaselineImplementation"]
 class BaselineImplementation(Implementation):
     name = "baseline"
     version = "0.1.0"
+    contract_version = "2.1"
     capabilities = frozenset({Capability.HTTP, Capability.PROCESS, Capability.PERSISTENCE})
     expected_failures: Mapping[str, str] = EXPECTED_FAILURES
     racy_failures: Mapping[str, str] = RACY_FAILURES

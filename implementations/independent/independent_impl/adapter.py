@@ -49,6 +49,7 @@ class IndependentImplementation(Implementation):
 
     name = "independent"
     version = __version__
+    contract_version = "2.1"
     capabilities = frozenset(
         {
             Capability.HTTP,
