@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import signal
 import socket
@@ -49,6 +50,7 @@ from conformance.waiting import MARGIN, WaitTimeout, eventually, status_is
 pytestmark = pytest.mark.asyncio
 
 Spawn = Callable[..., Awaitable[ServerProcess]]
+MiB = 1024 * 1024
 
 #: Seconds a case waits for an implementation to notice a database fault, or its end.
 STORAGE_DEADLINE = 30.0
@@ -885,17 +887,29 @@ async def test_odd_event_data_and_error_message_when_sent_then_arrive_intact(
     assert "ValueError" in state.error, state
 
 
+#: SPEC's ceiling on a declared budget of finished tasks' events (EDGE-20).
+MAX_FINISHED_EVENTS = 64 * MiB
+
+
 @pytest.mark.case("EDGE-20")
 @pytest.mark.requires(Capability.PROCESS, Capability.HTTP, Capability.PERSISTENCE)
 @pytest.mark.timeout(180)
 async def test_server_when_many_tasks_with_big_events_finished_then_memory_is_bounded(
-    runtime: Runtime, spawn_server: Spawn
+    impl: Implementation, runtime: Runtime, spawn_server: Spawn
 ) -> None:
+    budget = impl.budgets.finished_events
+    assert 0 < budget <= MAX_FINISHED_EVENTS, (
+        f"{impl.name} declares finished_events={budget}; SPEC allows at most 64 MiB."
+    )
+    # Four times the budget, two 1 MiB events a task: what is kept past the
+    # budget shows, while the memory of work in progress stays small.
+    tasks = max(16, math.ceil(4 * budget / (2 * MiB)))
+    bound = budget + 32 * MiB
     server = await spawn_server()
     process = psutil.Process(server.pid)
 
     async def run_one() -> None:
-        ref = await runtime.create_task(eb.big_events, {"size": 4 * 1024 * 1024, "count": 2})
+        ref = await runtime.create_task(eb.big_events, {"size": MiB, "count": 2})
         async with sse_client(server.url) as sse:
             stream = await sse.subscribe(ref)  # a client, so the events are also encoded
             await server.start_task(ref)
@@ -904,10 +918,15 @@ async def test_server_when_many_tasks_with_big_events_finished_then_memory_is_bo
 
     await run_one()  # one-time costs: imports, caches, the first arenas
     before = process.memory_info().rss
-    for _ in range(24):
+    for _ in range(tasks):
         await run_one()
     grown = process.memory_info().rss - before
-    assert grown < 200 * 1024 * 1024, f"resident memory grew by {grown / 2**20:.0f} MB"
+    print(f"EDGE-20: {grown / MiB:.1f} MiB after {tasks} tasks (bound {bound / MiB:g} MiB)")
+    assert grown < bound, (
+        f"resident memory grew by {grown / MiB:.0f} MiB after {tasks} tasks sent "
+        f"{2 * tasks} MiB of events; the declared budget of {budget / MiB:g} MiB allows "
+        f"{bound / MiB:g} MiB"
+    )
 
 
 # -- hostile input ----------------------------------------------------------------------

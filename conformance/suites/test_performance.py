@@ -149,7 +149,7 @@ async def test_ten_thousand_events_when_sent_back_to_back_then_each_client_gets_
 @pytest.mark.case("PERF-4")
 @process_case
 @pytest.mark.timeout(300)
-async def test_server_when_a_thousand_tasks_ran_then_memory_grew_less_than_the_bound(
+async def test_server_when_many_tasks_ran_then_memory_grew_less_than_the_bound(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
     server = await spawn_server()
@@ -161,13 +161,14 @@ async def test_server_when_a_thousand_tasks_ran_then_memory_grew_less_than_the_b
             state = await finished(runtime, ref, timeout=60)
             assert state.status is TaskStatus.SUCCESSFUL, state
 
-    await run_batch(100)  # warm up: imports, caches, pools
+    await run_batch(50)  # warm up: imports, caches, pools
     before = rss(server)
-    for _ in range(10):
-        await run_batch(100)
+    for _ in range(8):
+        await run_batch(50)
     grown = rss(server) - before
-    print(f"PERF-4: {grown / MB:.1f} MB after 1,000 tasks")
-    assert grown < 32 * MB, f"resident memory grew by {grown / MB:.1f} MB over 1,000 tasks"
+    print(f"PERF-4: {grown / MB:.1f} MB after 400 tasks")
+    # 30 KiB a task: what a run, its topic or its client, kept for ever, costs.
+    assert grown < 12 * MB, f"resident memory grew by {grown / MB:.1f} MB over 400 tasks"
 
 
 @pytest.mark.case("PERF-5")

@@ -13,18 +13,27 @@ checks the grade the plugin gives and that the run goes on to the next case:
   stream are graded *fail*.
 - ``misbehaving-leaks``: every run leaves an asyncio task behind, and a
   client that leaves stays registered. Graded *fail*, for hygiene.
+- ``misbehaving-hoards``: its server declares a budget of 8 MiB for finished
+  tasks' events and keeps them all. EDGE-20 is graded *fail*.
+- ``misbehaving-bloats``: its server opens a database connection for every
+  run and never closes it. PERF-4 is graded *fail*.
+
+The last two are the teeth of the memory cases: each is a bug the cheap
+bounds of EDGE-20 and PERF-4, derived from what the implementation declares,
+must still catch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import replace
 from typing import Any
 
-from conformance.contract import Event, Runtime, Subscription, TaskRef
+from conformance.contract import Event, Runtime, ServerSpec, Subscription, TaskRef
 from streaming.adapter import ReferenceImplementation, ReferenceRuntime
 
-__all__ = ["Crashes", "Garbles", "Hangs", "Leaks"]
+__all__ = ["Bloats", "Crashes", "Garbles", "Hangs", "Hoards", "Leaks"]
 
 
 class Hangs(ReferenceImplementation):
@@ -127,3 +136,26 @@ class _Sticky(Subscription):
 
     async def aclose(self) -> None:
         pass
+
+
+class Hoards(ReferenceImplementation):
+    """Declares the reference's budget for finished tasks' events; its server keeps a gigabyte."""
+
+    name = "misbehaving-hoards"
+
+    def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
+        spec = super().server_command(host, port, grace=grace)
+        env = {**spec.env, "STREAMING_CLOSED_HISTORY_BYTES": str(1024**3)}
+        return replace(spec, env=env)
+
+
+class Bloats(ReferenceImplementation):
+    """Its server opens a database connection for every run, and never closes one."""
+
+    name = "misbehaving-bloats"
+
+    def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
+        spec = super().server_command(host, port, grace=grace)
+        django_argv = spec.argv[spec.argv.index("django") + 1 :]
+        argv = [sys.executable, "-m", "misbehaving_impl.bloating_server", *django_argv]
+        return replace(spec, argv=argv)
