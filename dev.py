@@ -45,6 +45,9 @@ OTHERS: dict[str, list[str]] = {
     "independent": [],
     "baseline": ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"],
 }
+#: pytest-xdist processes per session. Most cases wait (for a deadline, a
+#: server, a signal) more than they compute: three per core keep the cores busy.
+WORKERS = 3 * (os.cpu_count() or 1)
 
 
 def ensure_venv() -> None:
@@ -119,7 +122,7 @@ def test(pytest_args: list[str]) -> int:
     reports.mkdir(exist_ok=True)
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     coverage = reports / f"coverage-{database}-{py}.xml"
-    pytest = [PYTHON, "-m", "pytest"]
+    pytest = [PYTHON, "-m", "pytest", "--numprocesses", str(WORKERS)]
     sessions: list[tuple[str, list[str | Path]]] = [
         (
             f"suites and harness, reference, {database}",

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import cases
+
 GRADES = ("pass", "fail", "non-strict", "xfail", "unsupported", "error")
 FAILING_GRADES = ("error", "fail", "non-strict")
 _BY_SEVERITY = ("pass", "xfail", "unsupported", "non-strict", "fail", "error")
@@ -254,12 +256,77 @@ def verdict(results: Sequence[CaseResult]) -> str:
     return "conforms"
 
 
+#: Implementations named so are the harness's planted faults, not implementations.
+PLANTED = "misbehaving-"
+_SEVERITY = ("conforms", "fails as declared", "does not conform")
+
+
 def _summary_section(results: Sequence[CaseResult]) -> list[str]:
-    """Render one row of grade counts and a verdict per environment."""
-    headers = [*_ENV_HEADERS, *GRADES, "total", "verdict"]
-    groups = _grouped(results, lambda r: r.environment)
-    rows = [[*env, *_counts(group), verdict(group)] for env, group in groups]
-    return ["## Summary", "", *_md_table(headers, rows)]
+    """One row per implementation and database; environments are detailed further down.
+
+    Each grade's count is the same in every environment, or shown as the
+    range it spans; the verdict is the worst one; "covered" says whether
+    every requirement was graded or which suites were.
+    """
+    everything = {case.id for case in cases.collect()}
+    real = [r for r in results if not r.implementation.startswith(PLANTED)]
+    rows = []
+    for (implementation, database), group in _grouped(
+        real, lambda r: (r.implementation, r.database)
+    ):
+        environments = [g for _, g in _grouped(group, lambda r: r.environment)]
+        counts = [_counts(g) for g in environments]
+        cells = [_span([int(c[i]) for c in counts]) for i in range(len(GRADES) + 1)]
+        worst = max((verdict(g) for g in environments), key=_SEVERITY.index)
+        rows.append(
+            [
+                implementation,
+                database,
+                str(len(environments)),
+                *cells,
+                worst,
+                _covered(group, everything),
+            ]
+        )
+    headers = ["Implementation", "Database", "Environments", *GRADES, "total", "verdict", "covered"]
+    lines = ["## Summary", "", *_md_table(headers, rows)]
+    planted = [r for r in results if r.implementation.startswith(PLANTED)]
+    if planted:
+        lines += ["", "## Planted faults", "", _PLANTED_NOTE, ""]
+        rows = []
+        for (implementation,), group in _grouped(planted, lambda r: (r.implementation,)):
+            environments = _grouped(group, lambda r: r.environment)
+            grades = Counter(r.grade for r in group)
+            rows.append(
+                [
+                    implementation,
+                    str(len(environments)),
+                    _joined(r.case for r in group),
+                    ", ".join(f"{g} {grades[g]}" for g in GRADES if grades[g]),
+                ]
+            )
+        lines += _md_table(["Planted fault", "Environments", "Cases", "Grades"], rows)
+    return lines
+
+
+_PLANTED_NOTE = (
+    "The reference with one fault planted each (`implementations/misbehaving`): "
+    "the harness must grade every one as `tests/test_misbehaving.py` promises, "
+    "so their fails and errors are expected."
+)
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}..{high}"
+
+
+def _covered(results: Sequence[CaseResult], everything: set[str]) -> str:
+    graded = {r.case for r in results}
+    if graded >= everything:
+        return "every requirement"
+    suites = sorted({case.partition("-")[0] for case in graded})
+    return f"partial: {', '.join(suites)} ({len(graded & everything)} of {len(everything)})"
 
 
 def _suite_section(results: Sequence[CaseResult]) -> list[str]:

@@ -149,6 +149,10 @@ async def test_task_when_it_runs_past_its_timeout_then_one_timeout_event_and_tim
     await stream.expect_end()
     assert [e.type for e in events] == ["parked", "timeout"], stream.trace()
     assert names_limit(events[-1], SHORT), f"the limit {SHORT}s is not named:\n{stream.trace()}"
+    message = events[-1].data.get("message")
+    assert isinstance(message, str) and message.strip(), (
+        f"SPEC's table: 'timeout' carries a message\n{stream.trace()}"
+    )
     state = await status_is(runtime, ref, TaskStatus.TIMED_OUT)
     assert ran_for(state) >= SHORT, f"stopped before its timeout of {SHORT}s: {state}"
 

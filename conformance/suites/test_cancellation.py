@@ -17,7 +17,7 @@ import pytest
 
 from conformance import behaviours
 from conformance.clients import Client, HttpClient
-from conformance.contract import Capability, Implementation, Runtime, TaskRef, TaskStatus
+from conformance.contract import Capability, Event, Implementation, Runtime, TaskRef, TaskStatus
 from conformance.processes import ServerProcess
 from conformance.waiting import MARGIN, eventually, status_is
 
@@ -43,6 +43,13 @@ async def test_running_task_when_cancelled_then_every_client_gets_one_cancelled_
         await stream.expect_end()
         assert [e.type for e in stream.seen] == ["start", "cancelled"], stream.trace()
         assert events[-1].data.get("reason") == "user asked", stream.trace()
+        assert told(events[-1]), f"SPEC's table: 'cancelled' carries a message\n{stream.trace()}"
+
+
+def told(event: Event) -> bool:
+    """Whether ``event`` carries the human-readable ``message`` SPEC's table asks of it."""
+    message = event.data.get("message")
+    return isinstance(message, str) and bool(message.strip())
 
 
 @pytest.mark.case("CANCEL-2")

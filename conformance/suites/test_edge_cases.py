@@ -415,6 +415,9 @@ async def test_client_when_task_is_interrupted_then_gets_interrupted_at_once_and
     stream = await client.subscribe(ref)
     event = await stream.next(timeout=2)
     assert event.type == "interrupted", stream.trace()
+    for key in ("reason", "message"):  # SPEC's table
+        value = event.data.get(key)
+        assert isinstance(value, str) and value.strip(), f"no {key}:\n{stream.trace()}"
     await stream.expect_end()
 
 
@@ -614,11 +617,11 @@ async def test_client_when_resuming_after_a_graceful_restart_then_gets_what_it_m
         events = await resumed.until()
         await resumed.expect_end()
     check_resumed(events, last, resumed.trace())
-    assert [(e.type, e.data.get("step")) for e in events] == [
-        ("progress", 3),
-        ("progress", 4),
-        ("interrupted", None),
-    ], resumed.trace()
+    assert events[-1].type == "interrupted", resumed.trace()
+    # What storage kept comes in order; what it did not is announced
+    # (check_resumed): SPEC asks for no durable event log, only no silent gap.
+    kept = [e.data.get("step") for e in events if e.type == "progress"]
+    assert kept in ([], [3], [3, 4], [4]), resumed.trace()
 
 
 @pytest.mark.case("EDGE-13")
@@ -1082,13 +1085,31 @@ async def test_task_id_when_not_canonical_decimal_then_404_and_no_task_reached(
         "9" * 20,
         f"-{ref.id}",
     ]
+
+    async def answer(http: httpx.AsyncClient, method: str, path: str) -> tuple[int, str]:
+        """The status and text of a request; a stream that opened is not read (it may not end)."""
+        try:
+            async with asyncio.timeout(10), http.stream(method, path) as response:
+                if response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return response.status_code, "(a stream of the task: it was reached)"
+                return response.status_code, (await response.aread()).decode(errors="replace")
+        except TimeoutError:
+            return 0, "(no answer within 10 s)"
+
+    wrong = []
     async with httpx.AsyncClient(base_url=server_url, timeout=10) as http:
         for variant in variants:
-            streamed = await http.get(f"/stream/{ref.model}/{variant}")
-            started = await http.post(f"/tasks/{ref.model}/{variant}/start")
-            for response in (streamed, started):
-                assert response.status_code == 404, (variant, response.status_code, response.text)
-                assert response.text.strip(), (variant, "a 404 must say why")
+            for method, path in (
+                ("GET", f"/stream/{ref.model}/{variant}"),
+                ("POST", f"/tasks/{ref.model}/{variant}/start"),
+            ):
+                status, text = await answer(http, method, path)
+                if status != 404 or not text.strip():
+                    wrong.append(f"{method} with id {variant!r}: {status} {text[:80]!r}")
+    assert not wrong, (
+        f"ids that are not canonical decimal must answer 404 with a reason and reach no task "
+        f"(the task is {ref}):\n" + "\n".join(wrong)
+    )
     assert (await runtime.get_state(ref)).status is TaskStatus.READY
 
 

@@ -68,6 +68,23 @@ class _Stalled(Exception):
     """A write to the client did not finish within the write deadline."""
 
 
+def _same_origin(scope: Scope, headers: Any) -> None:
+    """Refuse a command sent by a page of another site (SPEC OPS-3).
+
+    A browser names the page's origin in ``Origin``; this server has no
+    pages of its own and allows no other site, so a command may carry its
+    own origin only, or none (a command-line client).
+    """
+    values = [value for name, value in headers if name.lower() == b"origin"]
+    if not values:
+        return
+    host = next((value for name, value in headers if name.lower() == b"host"), b"")
+    own = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}".lower()
+    origin = values[0].decode("latin-1").rstrip("/").lower()
+    if origin != own:
+        raise _Refused(403, f"Commands from another site ({origin[:100]}) are refused.")
+
+
 class _Refused(Exception):
     """A request answered with an error status and a reason."""
 
@@ -138,6 +155,7 @@ class App:
             await self._stream(scope, receive, send, parts[2], parts[3])
         elif len(parts) == 5 and parts[:2] == ["", "tasks"] and parts[4] in _ACTIONS:
             _allow(method, "POST", f"/tasks/<model>/<id>/{parts[4]}")
+            _same_origin(scope, headers)
             await self._action(receive, send, parts[2], parts[3], parts[4])
         else:
             raise _Refused(404, f"Not found: {_ROUTES}.")
