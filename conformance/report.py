@@ -29,10 +29,11 @@ GRADES = ("pass", "fail", "non-strict", "xfail", "unsupported", "error")
 FAILING_GRADES = ("error", "fail", "non-strict")
 _BY_SEVERITY = ("pass", "xfail", "unsupported", "non-strict", "fail", "error")
 _REQUIRED_KEYS = ("case", "nodeid", "implementation", "grade", "run_id")
-_NULLABLE_KEYS = ("mode", "stack")
+_NULLABLE_KEYS = ("mode", "stack", "contract")
 _ENV_HEADERS = ("Implementation", "Database", "Python", "Stack")
 _ENV_DETAILS = {  # Environment-section column -> CaseResult attribute
     "Version": "impl_version",
+    "Contract": "contract",
     "Platform": "platform",
     "Modes": "mode",
     "Run ids": "run_id",
@@ -72,6 +73,8 @@ class CaseResult:
     platform: str
     run_id: str
     source: str
+    #: The contract version it was graded against ("2.1", "1 (shims)"); None in old results.
+    contract: str | None = None
 
     @property
     def environment(self) -> tuple[str, str, str, str]:

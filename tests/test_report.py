@@ -358,7 +358,7 @@ def test_environment_when_rendered_then_lists_versions_run_ids_and_sources(
     markdown = report.render_markdown(report.load_results([path]), [str(path)])
     rows = table_rows(section(markdown, "Environment"))
     env = ["reference", "sqlite", "3.11.7", "n/a"]
-    assert rows == [[*env, "0.1.0", "Linux-x86_64", "n/a", RUN_1, str(path)]]
+    assert rows == [[*env, "0.1.0", "n/a", "Linux-x86_64", "n/a", RUN_1, str(path)]]
 
 
 def test_markdown_when_rendered_then_starts_with_generated_notice(

@@ -495,8 +495,15 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Give SQLite's test database a file, not memory.
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Give SQLite's test database a file, not memory; keep pytest-django's xdist suffix.
+
+    Under pytest-xdist each worker needs a test database of its own:
+    pytest-django names them ``test_<name>_gw0`` and so on, through the
+    fixture this one asks for first (overriding this fixture without it made
+    every worker create the same PostgreSQL database).
 
     The coordinator reaches the database from the ORM's thread while a test
     runs in another; an in-memory database shared between threads locks whole

@@ -161,6 +161,7 @@ async def test_metrics_when_many_scrape_at_once_then_one_count_serves_them_until
     # client's database work for seconds.
     from asgiref.sync import sync_to_async
     from django.db import connection
+    from django.db.backends.signals import connection_created
 
     from streaming.coordinator import task_models
     from streaming.models import ExampleTask
@@ -172,10 +173,17 @@ async def test_metrics_when_many_scrape_at_once_then_one_count_serves_them_until
             counts.append(sql)
         return execute(sql, params, many, context)
 
-    # Django's own hook on the connection of the ORM's thread, where the
-    # server's database calls run (on SQLite, the counts too).
+    # Django's own hooks: on the connection of the ORM's thread, where the
+    # server's database calls run (on SQLite, the counts too), and on every
+    # connection opened meanwhile (on PostgreSQL, each count has its own).
     wrappers = await sync_to_async(lambda: connection.execute_wrappers, thread_sensitive=True)()
     wrappers.append(watch)
+
+    def watch_new(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if watch not in connection.execute_wrappers:  # the ORM thread's may connect now
+            connection.execute_wrappers.append(watch)
+
+    connection_created.connect(watch_new)
     kinds = len(task_models())
     try:
         async with served(coordinator) as http:
@@ -192,6 +200,7 @@ async def test_metrics_when_many_scrape_at_once_then_one_count_serves_them_until
             after = await asyncio.gather(*(http.get("/metrics") for _ in range(16)))
     finally:
         wrappers.remove(watch)
+        connection_created.disconnect(watch_new)
     assert len(counts) == 2 * kinds, "a run that ended here makes the next scrape count again"
     for answer in after:
         assert 'streaming_tasks{kind="ExampleTask",status="SUCCESSFUL"} 1.0' in answer.text
