@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -39,13 +38,16 @@ def _run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str
 def test_suite_wheel_when_installed_alone_then_no_reference_stack_and_the_plugin_loads(
     tmp_path: Path,
 ) -> None:
-    wheels = tmp_path / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", wheels, ROOT)
-    (wheel,) = wheels.glob("streaming_conformance-*.whl")
+    # The new virtualenv's own pip builds the wheel: the one running the
+    # tests may have none (tox-uv's environments do not).
     environment = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(environment)
     python = environment / "bin" / "python"
-    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
+    pip = [python, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    wheels = tmp_path / "wheels"
+    _run(*pip, "wheel", "--no-deps", "-w", wheels, ROOT)
+    (wheel,) = wheels.glob("streaming_conformance-*.whl")
+    _run(*pip, "install", wheel)
 
     listed = _run(python, "-m", "pip", "list", "--format", "json").stdout
     installed = {package["name"].lower() for package in json.loads(listed)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -163,6 +164,8 @@ def test_page_when_tokens_are_required_then_a_handed_out_url_watches_and_cancels
 ) -> None:
     from playwright.sync_api import expect
 
+    # A key of its own: the server refuses to sign tokens with the public default.
+    env = {**env, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
     policy = {"STREAMING_AUTHORIZATION": "streaming.ops.policy.SignedTokens"}
     server = start_server(env={**env, **SERVER_SETTINGS, **policy})
     created = run("manage.py", "create_task", "--type", "continue", "--no-start")
@@ -176,6 +179,7 @@ def test_page_when_tokens_are_required_then_a_handed_out_url_watches_and_cancels
             "-c",
             "from streaming.models import ContinueTask; from streaming.ops import watch_url; "
             f"print(watch_url(ContinueTask.objects.get(pk=1), actions={actions}))",
+            env=env,
         )
         assert made.returncode == 0, made.stderr
         return str(made.stdout.strip().splitlines()[-1])
