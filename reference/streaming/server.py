@@ -68,7 +68,7 @@ from .ops.guard import PROBES, Guard, Refusal, is_preflight
 from .ops.limits import Limits
 from .ops.logs import RedactTokens
 from .ops.metrics import CONTENT_TYPE, CountedSource, Metrics
-from .ops.policy import AccessRequest, Decision, decide, is_loopback, load_policy
+from .ops.policy import PROXY_HEADERS, AccessRequest, Decision, decide, is_loopback, load_policy
 from .protocol import EdgeLimits
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             await _respond(send, status, reason, answer)
             return
         client = _client(scope)
-        refused = limits.enter(client)
+        server_wide = path != "/metrics"  # a full server still answers its scrapes
+        refused = limits.enter(client, server_wide=server_wide)
         if refused is not None:
             await _respond(send, refused.status, refused.reason, refused.headers)
             return
@@ -176,7 +177,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
                 scope[_HEADERS], scope[_CLIENT] = headers, client
                 await routes(scope, receive, send)
         finally:
-            limits.leave(client)
+            limits.leave(client, server_wide=server_wide)
 
     async def stream(
         scope: dict[str, Any], receive: Any, send: Any, headers: dict[str, str], client: str
@@ -221,11 +222,11 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             model, pk = resolve_model(match["model"]), parse_pk(match["pk"])
         except UnknownTask as exc:
-            return Refusal(404, _not_found(exc, client))
+            return Refusal(404, _not_found(exc, client, headers))
         try:
             decision = await authorize(scope, headers, client, "stream", model, pk)
         except db.DatabaseUnavailable as exc:
-            return Refusal(503, _unavailable(exc, client))
+            return Refusal(503, _unavailable(exc, client, headers))
         if not decision.allowed:
             return _denied(decision)
         key = f"{model.__name__}:{pk}"
@@ -237,13 +238,13 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
                 model, pk, last_event_id=int(raw) if raw else None
             )
         except UnknownTask as exc:
-            refusal = Refusal(404, _not_found(exc, client))
+            refusal = Refusal(404, _not_found(exc, client, headers))
         except NothingMissed:
             # No event follows: only a 204 stops a browser's EventSource from
             # reconnecting for ever (an empty 200 makes it try again).
             refusal = Refusal(204, "")
         except db.DatabaseUnavailable as exc:
-            refusal = Refusal(503, _unavailable(exc, client))
+            refusal = Refusal(503, _unavailable(exc, client, headers))
         except BaseException:
             limits.leave_task(key)
             raise
@@ -278,7 +279,11 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             response = await dispatch(request)
         except db.DatabaseUnavailable as exc:
-            response = 503, _DATABASE_DOWN, _unavailable(exc, _client(request.scope))
+            response = (
+                503,
+                _DATABASE_DOWN,
+                _unavailable(exc, _client(request.scope), _headers(request.scope)),
+            )
         headers = request.scope.get(_HEADERS)
         cors = guard.cors_headers(headers.get("origin")) if headers else []
         if cors and response is not None:
@@ -293,7 +298,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
                 return _text(405, "Use GET.")
             if path == "/metrics":
                 return await scrape(request.scope)
-            return await probe(path, _client(request.scope))
+            return await probe(path, _client(request.scope), _headers(request.scope))
         scope = request.scope
         headers, client = scope[_HEADERS], scope[_CLIENT]
         if match := _COMMAND.fullmatch(path):
@@ -310,7 +315,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             try:
                 model, pk = resolve_model(match["model"]), parse_pk(match["pk"])
             except UnknownTask as exc:
-                return _text(404, _not_found(exc, client))
+                return _text(404, _not_found(exc, client, headers))
             decision = await authorize(scope, headers, client, action, model, pk)
             if not decision.allowed:
                 return _refusal(_denied(decision))
@@ -331,7 +336,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             return await page(scope, headers, client, match["model"], match["pk"])
         return _text(404, f"Not found: {path!r}"[:300])
 
-    async def probe(path: str, client: str) -> Response:
+    async def probe(path: str, client: str, headers: Mapping[str, str]) -> Response:
         """``/live``, ``/health``, ``/ready``: what is wrong in detail only to this machine."""
         if path == "/live":
             return _text(200, "OK")
@@ -339,11 +344,12 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
             problem = await coordinator.health()
             if problem is None:
                 return _text(200, "OK")
-            return _text(503, problem if _is_local(client) else _outline(problem))
+            local = _is_local(client, headers)
+            return _text(503, problem if local else _outline(problem))
         problems = await readiness()
         if not problems:
             return _text(200, "OK")
-        if not _is_local(client):
+        if not _is_local(client, headers):
             problems = [_outline(problem) for problem in problems]
         return 503, _DATABASE_DOWN, "not ready: " + "; ".join(problems)
 
@@ -352,7 +358,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         if not config.metrics:
             return _text(404, "Metrics are off (settings STREAMING['METRICS']).")
         client, headers = scope[_CLIENT], scope[_HEADERS]
-        if not _is_local(client) and not _has_token(headers, config.metrics_token):
+        if not _is_local(client, headers) and not _has_token(headers, config.metrics_token):
             metrics.refused.labels(reason="metrics").inc()
             return _text(
                 403,
@@ -383,7 +389,7 @@ def make_app(coordinator: Coordinator, *, config: Config | None = None) -> ASGIA
         try:
             model, pk = resolve_model(raw_model), parse_pk(raw_pk)
         except UnknownTask as exc:
-            return _text(404, _not_found(exc, client))
+            return _text(404, _not_found(exc, client, headers))
         decision = await authorize(scope, headers, client, "stream", model, pk)
         if not decision.allowed:
             return _refusal(_denied(decision))
@@ -446,9 +452,21 @@ def _client(scope: dict[str, Any]) -> str:
     return str(client[0]) if client else _NO_ADDRESS
 
 
-def _is_local(client: str) -> bool:
-    """Whether ``client`` is on this machine (a loopback address, or a Unix socket)."""
+def _is_local(client: str, headers: Mapping[str, str]) -> bool:
+    """Whether ``client`` is on this machine (a loopback address, or a Unix socket).
+
+    Not if the request came through a proxy that does not say who sent it
+    (the rule of ``LoopbackOnly``): everyone behind it would look local.
+    """
+    if any(name in headers for name in PROXY_HEADERS):
+        return False
     return client == _NO_ADDRESS or is_loopback(client)
+
+
+def _listed(setting: str | list[str] | None) -> list[str]:
+    if setting is None:
+        return []
+    return [setting] if isinstance(setting, str) else list(setting)
 
 
 def _outline(problem: str) -> str:
@@ -456,14 +474,14 @@ def _outline(problem: str) -> str:
     return problem.partition(":")[0]
 
 
-def _unavailable(exc: db.DatabaseUnavailable, client: str) -> str:
+def _unavailable(exc: db.DatabaseUnavailable, client: str, headers: Mapping[str, str]) -> str:
     detail = f"database unavailable: {exc}"
-    return detail if _is_local(client) else _outline(detail)
+    return detail if _is_local(client, headers) else _outline(detail)
 
 
-def _not_found(exc: UnknownTask, client: str) -> str:
+def _not_found(exc: UnknownTask, client: str, headers: Mapping[str, str]) -> str:
     """Why there is no such task; the models there are, to this machine's clients only."""
-    if exc.known and _is_local(client):
+    if exc.known and _is_local(client, headers):
         return f"{exc} Known models: {', '.join(exc.known)}."
     return str(exc)
 
@@ -638,25 +656,27 @@ def serve(
     if grace is None:
         grace = settings.shutdown_grace
     metrics = Metrics.of(coordinator)
-    edge = EdgeLimits(
-        header_bytes=settings.header_bytes,
-        header_timeout=settings.header_timeout,
-        connections_per_client=settings.max_connections_per_client,
-        retry_after=math.ceil(settings.retry_ms / 1000),
-        on_refusal=lambda reason: metrics.refused.labels(reason=reason).inc(),
-    )
     config = uvicorn.Config(
         make_app(coordinator),
         host=host,
         port=port,
         log_level=log_level,
         lifespan="off",
-        http=edge.protocol(),
         # WebSocket is not served: the app refuses an upgrade with a 4xx.
         ws="none",
         # Once the coordinator has drained, whatever is left gets this long.
         timeout_graceful_shutdown=5,
     )
+    edge = EdgeLimits(
+        header_bytes=settings.header_bytes,
+        header_timeout=settings.header_timeout,
+        connections_per_client=settings.max_connections_per_client,
+        retry_after=math.ceil(settings.retry_ms / 1000),
+        on_refusal=lambda reason: metrics.refused.labels(reason=reason).inc(),
+        # A proxy uvicorn trusts speaks for many clients: the app counts them.
+        trusted_proxies=",".join(_listed(config.forwarded_allow_ips)),
+    )
+    config.http = edge.protocol()
     # uvicorn's access lines carry each request's query, where an EventSource
     # sends its task token; made after uvicorn.Config has set its loggers up.
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())

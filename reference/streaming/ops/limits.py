@@ -124,9 +124,18 @@ class Limits:
         seconds = str(max(1, math.ceil(retry_after)))
         return Refusal(status, reason, (("retry-after", seconds),))
 
-    def enter(self, client: str) -> Refusal | None:
-        """Count a request in progress; None if it may go on (then call :meth:`leave`)."""
-        if self.max_connections is not None and self.connections >= self.max_connections:
+    def enter(self, client: str, *, server_wide: bool = True) -> Refusal | None:
+        """Count a request in progress; None if it may go on (then call :meth:`leave`).
+
+        ``server_wide=False`` counts it toward its client only: a metrics
+        scrape must still answer when the server is full, which is when it
+        matters most.
+        """
+        if (
+            server_wide
+            and self.max_connections is not None
+            and self.connections >= self.max_connections
+        ):
             return self._refuse(
                 "connections",
                 503,
@@ -141,11 +150,13 @@ class Limits:
                 f"Too many connections from {client}: at most {self.per_client.limit} at once.",
                 self.retry_after,
             )
-        self.connections += 1
+        if server_wide:
+            self.connections += 1
         return None
 
-    def leave(self, client: str) -> None:
-        self.connections -= 1
+    def leave(self, client: str, *, server_wide: bool = True) -> None:
+        if server_wide:
+            self.connections -= 1
         self.per_client.release(client)
 
     def take(self, kind: str, client: str, now: float) -> Refusal | None:

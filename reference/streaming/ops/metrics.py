@@ -134,24 +134,38 @@ class Metrics:
         self.running_tasks.set_function(self._running)
         self.tasks = Gauge(
             "streaming_tasks",
-            "Stored tasks by kind and status, read from the database at each scrape.",
+            "Stored tasks by kind and status, counted in the database for all scrapes at "
+            "once (streaming_task_counts_age_seconds says how long ago).",
             ["kind", "status"],
             registry=registry,
         )
         self.database_up = Gauge(
             "streaming_database_up",
-            "1 if the last scrape could read the task counts from the database, else 0.",
+            "1 if the last task count could read the database, else 0.",
             registry=registry,
         )
+        self.counts_age = Gauge(
+            "streaming_task_counts_age_seconds",
+            "Seconds since the task counts served were read; it grows while a count hangs.",
+            registry=registry,
+        )
+        self.counts_age.set_function(self._counts_age)
         #: Task key -> loop time of the latest cancel request this server received.
         self._cancels: dict[str, float] = {}
         #: Seconds the task counts serve for other processes' changes.
         self.count_interval = coordinator.config.metrics_count_interval
         #: Loop time of the last count (-inf: none yet).
         self._counted_at = float("-inf")
+        #: time.monotonic() of the last count that read the database (None: none yet).
+        self._counted_wall: float | None = None
         #: A run of this process ended since the last count began.
         self._ended_since_count = True
         self._counting: asyncio.Task[None] | None = None
+
+    def _counts_age(self) -> float:
+        if self._counted_wall is None:
+            return float("nan")
+        return time.monotonic() - self._counted_wall
 
     def _running(self) -> float:
         coordinator = self._coordinator()
@@ -235,6 +249,7 @@ class Metrics:
             if took > SCRAPE_DATABASE_TIMEOUT:
                 logger.info("metrics: counting the tasks took %.1fs", took)
             self.database_up.set(1)
+            self._counted_wall = time.monotonic()
             for name, by_status in counts.items():
                 for status in TaskStatus:
                     self.tasks.labels(kind=name, status=status.value).set(by_status.get(status, 0))
