@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,8 @@ RENAMED = {
 }
 #: Old names some class of this process used (the plugin reports them).
 USED: set[str] = set()
-#: Modules of the Runtime classes that got write_fields from update_fields.
-SHIMMED_MODULES: set[str] = set()
+#: The Runtime classes that got write_fields from update_fields.
+SHIMMED: weakref.WeakSet[type] = weakref.WeakSet()
 #: What changed between versions, with code before and after; it ships with the suite.
 MIGRATION_NOTES = Path(__file__).with_name("MIGRATING.md")
 
@@ -47,9 +48,14 @@ _PREFIX = "v1_"
 
 
 def shim_runtime_class(cls: type) -> None:
-    """Give a 1.x ``Runtime`` subclass (``update_fields``, no ``write_fields``) the new name."""
+    """Give a 1.x ``Runtime`` subclass (``update_fields``, no ``write_fields``) the new name.
+
+    Only while ``write_fields`` is still the contract's abstract one: a 2.x
+    class that happens to have a helper named ``update_fields`` is left alone.
+    """
     defines = vars(cls)
-    if "update_fields" not in defines or "write_fields" in defines:
+    inherited = getattr(cls, "write_fields", None)
+    if "update_fields" not in defines or not getattr(inherited, "__isabstractmethod__", False):
         return
     legacy = defines["update_fields"]
 
@@ -59,7 +65,7 @@ def shim_runtime_class(cls: type) -> None:
     write_fields.__qualname__ = f"{cls.__qualname__}.write_fields"
     cls.write_fields = write_fields  # type: ignore[attr-defined]
     USED.add("Runtime.update_fields")
-    SHIMMED_MODULES.add(cls.__module__)
+    SHIMMED.add(cls)
 
 
 class ContractMismatch(Exception):
@@ -72,10 +78,18 @@ class Terms:
 
     #: The version it declares, or None.
     declared: str | None
-    #: Graded through the shims for the previous major version.
-    shimmed: bool
-    #: One line for the session's header and the results, or "" if all is plain.
-    note: str
+    #: Graded through the shims for the previous major version; None: decided
+    #: when a runtime starts (an undeclared version, see :func:`is_legacy`).
+    shimmed: bool | None
+
+    @property
+    def contract(self) -> str:
+        """What a graded record says of it: ``2.1``, ``1.0 (shims)``, ``2.1.0 (undeclared)``."""
+        from .contract import CONTRACT_VERSION
+
+        if self.shimmed:
+            return f"{self.declared or LEGACY_MAJOR} (shims)"
+        return self.declared or f"{CONTRACT_VERSION} (undeclared)"
 
 
 def terms(impl: Implementation) -> Terms:
@@ -83,25 +97,10 @@ def terms(impl: Implementation) -> Terms:
     from .contract import CONTRACT_VERSION
 
     current = _parse(CONTRACT_VERSION)
+    assert current is not None
     declared = impl.contract_version
-    notes = f"see {MIGRATION_NOTES}"
     if declared is None:
-        package = type(impl).__module__.partition(".")[0]
-        if any(module.partition(".")[0] == package for module in SHIMMED_MODULES):
-            return Terms(
-                None,
-                True,
-                f"{impl.name} declares no contract_version and names fields as contract "
-                f"{LEGACY_MAJOR}.x did (update_fields): graded against {CONTRACT_VERSION} "
-                f"through the shims for {LEGACY_MAJOR}.x; {notes}",
-            )
-        return Terms(
-            None,
-            False,
-            f"{impl.name} declares no contract_version: graded against {CONTRACT_VERSION}; "
-            f"declare the version it was written for (contract_version = "
-            f'"{current[0]}.{current[1]}")',
-        )
+        return Terms(None, None)
     version = _parse(declared)
     if version is None:
         raise ContractMismatch(
@@ -109,23 +108,9 @@ def terms(impl: Implementation) -> Terms:
             f"as '{current[0]}.{current[1]}'."
         )
     if version[0] == current[0]:
-        if version[1] > current[1]:
-            return Terms(
-                declared,
-                False,
-                f"{impl.name} is written for contract {declared}, newer than this suite's "
-                f"{CONTRACT_VERSION}: what the newer versions added is not graded; upgrade "
-                "streaming-conformance",
-            )
-        return Terms(declared, False, "")
+        return Terms(declared, False)
     if version[0] == LEGACY_MAJOR:
-        return Terms(
-            declared,
-            True,
-            f"{impl.name} is written for contract {declared}: graded against "
-            f"{CONTRACT_VERSION} through the shims for {LEGACY_MAJOR}.x, which forward "
-            f"the old names to the new ones; {notes}",
-        )
+        return Terms(declared, True)
     if version[0] > current[0]:
         raise ContractMismatch(
             f"{impl.name} is written for contract {declared}, and this suite speaks "
@@ -137,6 +122,44 @@ def terms(impl: Implementation) -> Terms:
         f"{CONTRACT_VERSION}, grading {LEGACY_MAJOR}.x at the oldest. What changed, with "
         f"code before and after: {MIGRATION_NOTES}."
     )
+
+
+def is_legacy(runtime: object) -> bool:
+    """Whether ``runtime``'s class names its fields as 1.x did (the shim found it)."""
+    return any(cls in SHIMMED for cls in type(runtime).__mro__)
+
+
+def note(name: str, contract: str) -> str:
+    """One line on how ``name`` was graded, from a record's ``contract``; "" if plainly."""
+    from .contract import CONTRACT_VERSION
+
+    if contract.endswith("(shims)"):
+        declared = contract.removesuffix(" (shims)")
+        written = (
+            f"is written for contract {declared}"
+            if declared != str(LEGACY_MAJOR)
+            else f"declares no contract_version and names fields as contract {LEGACY_MAJOR}.x "
+            "did (update_fields)"
+        )
+        return (
+            f"{name} {written}: graded against {CONTRACT_VERSION} through the shims for "
+            f"{LEGACY_MAJOR}.x, which forward the old names to the new ones; see "
+            f"{MIGRATION_NOTES}"
+        )
+    if contract.endswith("(undeclared)"):
+        major, minor = contract.split(".")[:2]
+        return (
+            f"{name} declares no contract_version: graded against {CONTRACT_VERSION}; declare "
+            f'the version it was written for (contract_version = "{major}.{minor}")'
+        )
+    version, current = _parse(contract), _parse(CONTRACT_VERSION)
+    if version is not None and current is not None and version > current:
+        return (
+            f"{name} is written for contract {contract}, newer than this suite's "
+            f"{CONTRACT_VERSION}: what the newer versions added is not graded; upgrade "
+            "streaming-conformance"
+        )
+    return ""
 
 
 def _parse(version: str) -> tuple[int, int] | None:

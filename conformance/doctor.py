@@ -92,8 +92,8 @@ async def examine(name: str, *, start_server: bool = True) -> list[str]:
     except Exception as exc:  # a UsageError, or the factory's own failure
         return [f"cannot load {name!r}: {exc} (GUIDE.md: A minimal implementation)"]
     try:
-        problems = _version(impl) + _capabilities(impl) + _declarations(impl)
-        problems += await _runtime(impl)
+        found, legacy = await _runtime(impl)
+        problems = _version(impl, legacy) + _capabilities(impl) + _declarations(impl) + found
         if start_server and Capability.PROCESS in impl.capabilities:
             problems += await _server(impl)
         problems += _pytest_settings(Path.cwd())
@@ -102,19 +102,21 @@ async def examine(name: str, *, start_server: bool = True) -> list[str]:
     return problems
 
 
-def _version(impl: Implementation) -> list[str]:
+def _version(impl: Implementation, legacy: bool) -> list[str]:
+    """What is wrong with the version ``impl`` declares; ``legacy``: its runtime is 1.x's."""
     try:
         terms = compat.terms(impl)
     except compat.ContractMismatch as exc:
         return [f"{exc} (MIGRATING.md)"]
-    if terms.declared is None and not terms.shimmed:
+    if terms.declared is None and not legacy:
         return [
             f"contract_version is not declared: say which contract {impl.name} is written "
             f'for, contract_version = "{CONTRACT_VERSION.rsplit(".", 1)[0]}" '
             "(contract: Implementation.contract_version)"
         ]
-    if terms.shimmed:
-        return [f"{terms.note} (MIGRATING.md: From 1.x to 2.0)"]
+    if terms.shimmed or (terms.declared is None and legacy):
+        graded = compat.Terms(terms.declared, True).contract
+        return [f"{compat.note(impl.name, graded)} (MIGRATING.md: From 1.x to 2.0)"]
     return []
 
 
@@ -167,8 +169,9 @@ async def probe(ctx: TaskContext) -> None:
     await ctx.send_event("probe", {"names": found})
 
 
-async def _runtime(impl: Implementation) -> list[str]:
-    """Start a runtime and run one task; what went wrong, method by method."""
+async def _runtime(impl: Implementation) -> tuple[list[str], bool]:
+    """Start a runtime and run one task: what went wrong, method by method, and
+    whether the runtime names its fields as contract 1.x did."""
     try:
         async with asyncio.timeout(PROBE_DEADLINE):
             runtime = await impl.start()
@@ -179,9 +182,10 @@ async def _runtime(impl: Implementation) -> list[str]:
             f"Runtime lacks {method} (contract: Runtime.{method}"
             + (", renamed in 2.0: MIGRATING.md)" if method == "write_fields" else ")")
             for method in names
-        ]
+        ], False
     except Exception as exc:
-        return [f"start() raised {type(exc).__name__}: {exc} (contract: Implementation.start)"]
+        found = f"start() raised {type(exc).__name__}: {exc} (contract: Implementation.start)"
+        return [found], False
     problems = []
     if "update_fields" in vars(type(runtime)):
         problems.append(
@@ -201,7 +205,7 @@ async def _runtime(impl: Implementation) -> list[str]:
     finally:
         with contextlib.suppress(Exception):
             await runtime.shutdown(1.0)
-    return problems
+    return problems, compat.is_legacy(runtime)
 
 
 async def _run_probe(runtime: Runtime) -> list[str]:
@@ -211,7 +215,7 @@ async def _run_probe(runtime: Runtime) -> list[str]:
             subscription = await runtime.subscribe(ref)
             if not await runtime.start_task(ref):
                 return ["start_task of a new task returned False (SPEC: FUNC-10)"]
-            names: list[str] = []
+            names: list[str] | None = None
             async for event in subscription:
                 if event.type == "probe":
                     names = list(event.data.get("names", []))
@@ -222,6 +226,8 @@ async def _run_probe(runtime: Runtime) -> list[str]:
         return [f"a one-event task did not end within {PROBE_DEADLINE:g}s (SPEC: FUNC-1)"]
     except Exception as exc:
         return [f"running a task raised {type(exc).__name__}: {exc} (SPEC: FUNC-1)"]
+    if names is None:
+        return ["the probing task's 'probe' event never reached its subscriber (SPEC: FUNC-1)"]
     problems = []
     for new, old in (("read_fields", "refresh"), ("write_fields", "update_fields")):
         if new not in names:
@@ -242,8 +248,8 @@ async def _server(impl: Implementation) -> list[str]:
                 return [f"the server answers /health with {health.status_code} (SPEC: HTTP-1)"]
     except NotImplementedError as exc:
         return [f"server_command: {exc} (contract: Implementation.server_command)"]
-    except (AssertionError, OSError, TimeoutError) as exc:
-        first = str(exc).strip().splitlines()[:3]
+    except Exception as exc:  # whatever went wrong, the doctor names it and goes on
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[:3]
         return [
             "the server_command did not start and answer: "
             + " / ".join(first)
@@ -277,15 +283,17 @@ def _pytest_settings(directory: Path) -> list[str]:
 
 
 def _pytest_ini(directory: Path) -> Mapping[str, str]:
-    """The ``[pytest]`` settings pytest would read from ``directory``, as text."""
+    """The ``[pytest]`` settings pytest would read from ``directory``, as text.
+
+    pytest looks in each folder up from ``directory`` in this order and takes
+    the first match: ``pytest.ini`` (even empty), ``.pytest.ini``,
+    ``pyproject.toml`` with ``[tool.pytest.ini_options]``, ``tox.ini`` with
+    ``[pytest]``, ``setup.cfg`` with ``[tool:pytest]``.
+    """
     for folder in (directory, *directory.parents):
-        for name, section in (("pytest.ini", "pytest"), ("tox.ini", "pytest")):
-            path = folder / name
-            if path.is_file():
-                parser = configparser.ConfigParser(interpolation=None)
-                parser.read(path, encoding="utf-8")
-                if parser.has_section(section) or name == "pytest.ini":
-                    return dict(parser[section]) if parser.has_section(section) else {}
+        for name in ("pytest.ini", ".pytest.ini"):
+            if (folder / name).is_file():
+                return _ini_section(folder / name, "pytest") or {}
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
             tool = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
@@ -294,7 +302,20 @@ def _pytest_ini(directory: Path) -> Mapping[str, str]:
                 return {
                     k: " ".join(v) if isinstance(v, list) else str(v) for k, v in options.items()
                 }
+        for name, section in (("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
+            if (folder / name).is_file():
+                found = _ini_section(folder / name, section)
+                if found is not None:
+                    return found
     return {}
+
+
+def _ini_section(path: Path, section: str) -> dict[str, str] | None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    if not parser.has_section(section):
+        return {} if path.name.endswith("pytest.ini") else None
+    return dict(parser[section])
 
 
 __all__ = ["add_arguments", "examine", "probe", "run"]

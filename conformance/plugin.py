@@ -32,7 +32,7 @@ from typing import IO, Any
 import pytest
 import pytest_asyncio
 
-from . import cases, compat, hygiene, requirements, spec
+from . import cases, compat, contract, hygiene, requirements, spec
 from .clients import Client, open_client, serve_asgi
 from .contract import CONTRACT_VERSION, Capability, Implementation, Runtime
 from .processes import ServerProcess, running_server
@@ -59,6 +59,10 @@ class _State:
     results: IO[str] | None = None
     #: Requirements that were graded in this session.
     graded: set[str] = field(default_factory=set)
+    #: From the records: the contracts each implementation was graded against,
+    #: and the old names the shims forwarded (in whichever process ran them).
+    contracts: dict[str, set[str]] = field(default_factory=dict)
+    deprecated: set[str] = field(default_factory=set)
 
 
 _STATE = pytest.StashKey[_State]()
@@ -119,25 +123,32 @@ _LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "case(id): the SPEC.md requirement this case checks")
     config.addinivalue_line("markers", "requires(*capabilities): capabilities the case needs")
-    if not config.getini(_LOOP_SCOPE):
-        # What every third party's pytest.ini would otherwise have to say. Set
-        # before pytest-asyncio reads it (tryfirst); pytest has no public way
-        # to give another plugin's option a default.
-        config._inicache[_LOOP_SCOPE] = "function"
     names = config.getoption("conformance_impls") or config.getini("conformance_impls")
+    if names and not config.getini(_LOOP_SCOPE):
+        # What every third party's pytest.ini would otherwise have to say: set
+        # before pytest-asyncio reads it (tryfirst), and only for a session
+        # that grades, so another project's fixtures keep their own scope.
+        # pytest has no public way to give another plugin's option a default.
+        config._inicache[_LOOP_SCOPE] = "function"
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     config.stash[_STATE] = _State(
         impl_names=list(dict.fromkeys(names)),
         modes=config.getoption("conformance_modes") or list(MODES),
         cases=config.getoption("conformance_cases") or [],
         results_path=config.getoption("conformance_results"),
-        run_id=f"{now}-{os.getpid()}",
+        run_id=getattr(config, "workerinput", {}).get("conformance_run_id", f"{now}-{os.getpid()}"),
     )
     config.pluginmanager.register(_Recorder(config), "conformance-recorder")
     known = registered()
     for name in config.stash[_STATE].impl_names:
         if ":" not in name and name not in known:
             raise pytest.UsageError(_unknown_message(name, known))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker's records carry the controller's run id."""
+    node.workerinput["conformance_run_id"] = node.config.stash[_STATE].run_id
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -203,18 +214,26 @@ def _impl(config: pytest.Config, name: str) -> Implementation:
             terms = compat.terms(impl)
         except compat.ContractMismatch as exc:
             raise pytest.UsageError(str(exc)) from None
-        if terms.shimmed:
-            _grade_through_shims(impl)
+        if terms.shimmed is not False:
+            _grade_through_shims(state, name, impl)
         state.impls[name], state.terms[name] = impl, terms
     return state.impls[name]
 
 
-def _grade_through_shims(impl: Implementation) -> None:
-    """Give the cases ``impl``'s runtimes as a previous major version's would be (compat.py)."""
+def _grade_through_shims(state: _State, name: str, impl: Implementation) -> None:
+    """Give the cases ``impl``'s runtimes as a previous major version's would be (compat.py).
+
+    An implementation that declares no version is looked at when its runtime
+    starts: only then is its runtime's class sure to be imported.
+    """
     started = impl.start
 
     async def start() -> Runtime:
-        return compat.legacy_runtime(await started())
+        runtime = await started()
+        terms = state.terms[name]
+        if terms.shimmed is None and compat.is_legacy(runtime):
+            terms = state.terms[name] = compat.Terms(None, True)
+        return compat.legacy_runtime(runtime) if terms.shimmed else runtime
 
     impl.start = start  # type: ignore[method-assign]
 
@@ -475,8 +494,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     case_id = _case_id(item)
     if case_id is not None:
-        if call.excinfo is not None and call.excinfo.errisinstance(NotImplementedError):
-            report.not_implemented = _not_implemented(call.excinfo)
+        missing = _not_implemented(call.excinfo)
+        if missing is not None:
+            report.not_implemented = missing
         item.stash.setdefault(_PHASES, {})[report.when] = report
         if report.when == "teardown":
             # The record travels on the report: under pytest-xdist, the
@@ -485,12 +505,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
-    """The method that raised NotImplementedError, and what it said."""
+def _not_implemented(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str | None:
+    """The contract method an implementation left out, and what it said; None otherwise.
+
+    Only a NotImplementedError raised by a contract method itself counts: the
+    contract's own default, or an implementation's Runtime or Implementation
+    method. One raised deeper, inside the implementation's machinery, is a
+    failure like any other.
+    """
+    if excinfo is None or not excinfo.errisinstance(NotImplementedError):
+        return None
     tb = excinfo.tb
     while tb.tb_next is not None:
         tb = tb.tb_next
-    method = tb.tb_frame.f_code.co_qualname
+    frame = tb.tb_frame
+    owner = frame.f_locals.get("self")
+    if frame.f_globals.get("__name__") != contract.__name__ and not isinstance(
+        owner, (contract.Runtime, contract.Implementation)
+    ):
+        return None
+    method = frame.f_code.co_qualname
     return f"{method}: {excinfo.value}" if str(excinfo.value) else method
 
 
@@ -576,7 +610,8 @@ def _record(
         "test": getattr(item, "originalname", item.name),
         "implementation": impl.name if impl is not None else name,
         "impl_version": impl.version if impl else "",
-        "contract": _contract_of(terms),
+        "contract": terms.contract if terms is not None else "",
+        "deprecated": sorted(compat.USED),
         "mode": callspec.params.get("client") if callspec else None,
         "grade": outcome,
         "reason": reason,
@@ -589,12 +624,6 @@ def _record(
     }
 
 
-def _contract_of(terms: compat.Terms | None) -> str:
-    if terms is None or terms.declared is None:
-        return f"{CONTRACT_VERSION} (undeclared)" if not (terms and terms.shimmed) else "1 (shims)"
-    return f"{terms.declared} (shims)" if terms.shimmed else terms.declared
-
-
 def _write(config: pytest.Config, record: dict[str, Any]) -> None:
     """Grade and keep one record: in the results file, and in the session's totals."""
     state = config.stash[_STATE]
@@ -602,6 +631,8 @@ def _write(config: pytest.Config, record: dict[str, Any]) -> None:
     state.grades.setdefault(name, {}).setdefault(record["grade"], 0)
     state.grades[name][record["grade"]] += 1
     state.graded.add(record["case"])
+    state.contracts.setdefault(name, set()).add(record.get("contract", ""))
+    state.deprecated.update(record.get("deprecated", ()))
     if state.results is None:
         path = Path(state.results_path or _default_results_path(config, record))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -627,14 +658,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for name, counts in sorted(state.grades.items()):
         line = ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
         terminalreporter.write_line(f"{name}: {line}")
-    for terms in state.terms.values():
-        if terms.note:
-            terminalreporter.write_line(f"contract: {terms.note}")
-    if compat.USED:
-        renamed = ", ".join(f"{old} (now {compat.RENAMED[old]})" for old in sorted(compat.USED))
+    for name, contracts in sorted(state.contracts.items()):
+        for version in sorted(contracts):
+            if said := compat.note(name, version):
+                terminalreporter.write_line(f"contract: {said}")
+    if state.deprecated:
+        renamed = ", ".join(
+            f"{old} (now {compat.RENAMED[old]})" for old in sorted(state.deprecated)
+        )
         terminalreporter.write_line(f"deprecated names used: {renamed}")
     everything = {case.id for case in cases.collect()}
-    if state.graded < everything:
+    if not everything <= state.graded:
         ran = sorted({case_id.partition("-")[0] for case_id in state.graded})
         terminalreporter.write_line(
             f"partial run: {len(state.graded)} of the suite's {len(everything)} requirements "

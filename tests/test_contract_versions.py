@@ -151,3 +151,29 @@ def test_doctor_when_run_on_the_reference_then_clean_and_on_contract1_then_each_
     ):
         assert expected in named, named
     assert all("(" in line and line.endswith(")") for line in problems), named
+
+
+def test_doctor_settings_when_several_files_configure_pytest_then_the_one_pytest_reads(
+    tmp_path: Path,
+) -> None:
+    from conformance import doctor
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tox.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = session\n")
+    (project / "setup.cfg").write_text("[tool:pytest]\naddopts = -p no:conformance\n")
+    # tox.ini's [pytest] comes before setup.cfg's: its loop scope is the one read.
+    assert doctor._pytest_ini(project) == {"asyncio_default_fixture_loop_scope": "session"}
+    (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-x"\n')
+    # pyproject.toml's table comes before tox.ini.
+    assert doctor._pytest_ini(project) == {"addopts": "-x"}
+    # An empty pytest.ini still wins: pytest reads it and stops looking.
+    (project / "pytest.ini").write_text("")
+    assert doctor._pytest_ini(project) == {}
+    nested = project / "tests"
+    nested.mkdir()
+    (nested / "setup.cfg").write_text("[metadata]\nname = x\n")
+    # A setup.cfg without [tool:pytest] is passed over for the folder above.
+    assert doctor._pytest_ini(nested) == {}
+    (project / "pytest.ini").unlink()
+    assert doctor._pytest_ini(nested) == {"addopts": "-x"}

@@ -15,8 +15,8 @@ checks the grade the plugin gives and that the run goes on to the next case:
   client that leaves stays registered. Graded *fail*, for hygiene.
 - ``misbehaving-hoards``: its server declares a budget of 8 MiB for finished
   tasks' events and keeps them all. EDGE-20 is graded *fail*.
-- ``misbehaving-bloats``: its server opens a database connection for every
-  run and never closes it. PERF-4 is graded *fail*.
+- ``misbehaving-bloats``: its server opens a scratch database in memory for
+  every run (64 KiB) and never closes it. PERF-4 is graded *fail*.
 
 The last two are the teeth of the memory cases: each is a bug the cheap
 bounds of EDGE-20 and PERF-4, derived from what the implementation declares,
@@ -150,7 +150,7 @@ class Hoards(ReferenceImplementation):
 
 
 class Bloats(ReferenceImplementation):
-    """Its server opens a database connection for every run, and never closes one."""
+    """Its server opens a scratch database in memory for every run, and never closes one."""
 
     name = "misbehaving-bloats"
 
