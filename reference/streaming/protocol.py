@@ -26,7 +26,7 @@ one client:
 A connection refused 431 or 408 is closed in stages, so that the client
 reads its answer rather than a reset: the answer and a FIN, then what the
 client still sends is dropped until it closes too, for :data:`LINGER`
-seconds at most, its slot held meanwhile. One refused 429 holds no slot and
+seconds and :data:`LINGER_BYTES` at most, its slot held meanwhile. One refused 429 holds no slot and
 does not linger.
 
 WebSocket is not served: the server runs with ``ws="none"``, and the app
@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a refused connection is read (and its bytes dropped) before it is closed.
 LINGER = 2.0
+#: Bytes a refused connection may send and have dropped; past them it is closed
+#: at once. A client that sent its request with the head gets its answer; one
+#: that goes on sending after its refusal is not read at the server's expense.
+LINGER_BYTES = 64 * 1024
 
 #: ``_head_room`` once a request's headers are complete, and once the connection is refused.
 _NOT_IN_HEAD = -1
@@ -94,6 +98,8 @@ class EdgeLimits:
         #: Counted connections and their client's address (kept here, not on the
         #: connection: see EdgeProtocol.__init__).
         self._counted: dict[EdgeProtocol, str] = {}
+        #: Refused connections closing in stages -> bytes they may still send.
+        self._lingering: dict[EdgeProtocol, int] = {}
 
     def head_began(self, connection: EdgeProtocol) -> None:
         """``connection`` is reading a request head: due ``header_timeout`` from now, if not yet."""
@@ -143,6 +149,17 @@ class EdgeLimits:
         if address is not None:
             self.connections.release(address)
         self._heads.pop(connection, None)
+        self._lingering.pop(connection, None)
+
+    def linger(self, connection: EdgeProtocol) -> None:
+        """``connection`` was refused and closes in stages: it may send LINGER_BYTES more."""
+        self._lingering[connection] = LINGER_BYTES
+
+    def dropped(self, connection: EdgeProtocol, size: int) -> bool:
+        """Count ``size`` bytes a refused connection sent; False once past LINGER_BYTES."""
+        left = self._lingering.get(connection, 0) - size
+        self._lingering[connection] = left
+        return left >= 0
 
     def counts(self, address: str | None) -> bool:
         """Whether connections from ``address`` count toward one client's cap."""
@@ -228,6 +245,8 @@ class EdgeProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         if room == _REFUSED:
+            if not self.edge.dropped(self, len(data)):
+                self.transport.abort()
             return
         # The head may end within the room left: read that much, and see.
         self._head_room = 0
@@ -321,6 +340,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 # dropped (data_received, once refused), and the connection
                 # closes when the client closes its side, or LINGER from now.
                 self.transport.write_eof()
+                self.edge.linger(self)
                 asyncio.get_running_loop().call_later(LINGER, self.transport.close)
                 return
         self.transport.close()
