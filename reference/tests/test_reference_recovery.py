@@ -333,11 +333,13 @@ async def test_writer_when_a_long_write_keeps_draining_then_not_aborted_until_it
     began = loop.time()
     while loop.time() - began < 5 * writers.write_deadline:  # the client drains, slowly
         cycle.transport.buffered -= 1000
+        last_read = loop.time()
         await asyncio.sleep(writers.period / 4)
     assert not aborted.is_set() and writer.sending_since is not None
-    stopped = loop.time()  # the client stops reading
+    # The client stops reading. Its write stalls from its last read, which the
+    # writers see at their next tick: the abort comes a deadline after that.
     await asyncio.wait_for(aborted.wait(), 5)
-    assert loop.time() - stopped >= writers.write_deadline
+    assert loop.time() - last_read >= writers.write_deadline
     cycle.unblock.set()
     await asyncio.wait_for(serving, 5)
     hub.release("T:1")
