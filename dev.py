@@ -24,13 +24,16 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import venv
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conformance.contract import ServerSpec
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -224,30 +227,25 @@ def report() -> int:
     return subprocess.run(command, cwd=ROOT).returncode
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class RunserverStream:
+    """``manage.py runserver_stream``: the demo's server, as the harness starts a server."""
 
+    name = "runserver_stream"
 
-def wait_for_health(base: str, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(
-                f"The server exited with status {server.returncode} before it was ready."
-            )
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)  # the server is still starting: poll again
-    raise SystemExit(f"The server at {base} did not answer /health within {timeout}s.")
+    def server_command(self, host: str, port: int, *, grace: float) -> ServerSpec:
+        from conformance.contract import ServerSpec
+
+        argv = [str(PYTHON), str(ROOT / "manage.py"), "runserver_stream", "--port", str(port)]
+        return ServerSpec(argv=[*argv, "--grace", f"{grace:g}"], cwd=str(ROOT))
 
 
 def demo() -> int:
     """The testing guide's three terminals, in one: server, create_task, stream_client."""
+    # The harness's server process, as the suites start one: its modules import
+    # only the standard library, and without psutil it does not ask whose
+    # socket answers on the port.
+    from conformance.processes import ServerProcess
+
     data = ROOT / ".demo"
     data.mkdir(exist_ok=True)
     for old in data.glob("demo.sqlite3*"):
@@ -264,12 +262,20 @@ def demo() -> int:
 
     step("python manage.py migrate")
     subprocess.run([*manage, "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    step(f"python manage.py runserver_stream --port {port}   (terminal 1)")
-    server = subprocess.Popen([*manage, "runserver_stream", "--port", str(port)], cwd=ROOT, env=env)
+    server = ServerProcess(
+        RunserverStream(),
+        grace=10.0,  # runserver_stream's default
+        env={"DATABASE_URL": env["DATABASE_URL"]},
+        echo=True,  # terminal 1: its log
+        check_listener=False,
+    )
+    step(f"python manage.py runserver_stream --port {server.port}   (terminal 1)")
     try:
-        wait_for_health(base, server)
+        try:
+            server.start_blocking()
+        except AssertionError as exc:  # its output is above
+            raise SystemExit(str(exc).partition("\n")[0]) from None
+        base = server.url
         step('python manage.py create_task --type example --message "Hello, World!"   (terminal 2)')
         created = subprocess.run(
             [
@@ -337,8 +343,7 @@ def demo() -> int:
             print(response.read().decode())
     finally:
         step("kill -TERM <server>   (graceful shutdown)")
-        server.send_signal(signal.SIGTERM)
-        status = server.wait(timeout=30)
+        status = server.stop_blocking(signal.SIGTERM, timeout=30)
         print(f"server exited with status {status}")
     return 0
 

@@ -1,6 +1,6 @@
 """pytest plugin for the mutation runs of ``python3 dev.py mutate``.
 
-Loaded with ``-p mutation.plugin`` by the phases in ``mutation/driver.py``;
+Loaded with ``-p mutation.plugin`` by the phases in ``mutation/staging.py``;
 no other session loads it. It does four things:
 
 - **Fastest tests first.** mutmut runs the tests that executed a mutant's

@@ -8,13 +8,14 @@ the Ctrl+C and SIGTERM that cases send it.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import cast
 
-import httpx
 import pytest
 
 from conformance.contract import Implementation, ServerSpec
@@ -106,9 +107,37 @@ async def test_server_when_another_process_took_its_port_then_started_on_another
         assert server.port != taken
         assert listens_on(server.pid, server.port)
         assert not listens_on(server.pid, taken)
-        async with httpx.AsyncClient(base_url=server.url) as http:
-            assert (await http.get("/health")).text == "OK"
+        assert (await server.request("GET", "/health")).text == "OK"
     finally:
         await server.stop()
         squatter.close()
         await squatter.wait_closed()
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"squatter")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_server_when_started_blocking_on_a_taken_port_then_started_on_another() -> None:
+    server = ServerProcess(cast(Implementation, StdlibServer()), grace=1.0)
+    taken = server.port
+    # The blocking twin (reference tests, dev.py) must tell the squatter's answer from its own.
+    squatter = http.server.HTTPServer(("127.0.0.1", taken), _Answering)
+    thread = threading.Thread(target=squatter.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server.start_blocking()
+        assert server.port != taken
+        assert listens_on(server.pid, server.port)
+        assert not listens_on(server.pid, taken)
+    finally:
+        server.stop_blocking()
+        squatter.shutdown()
+        squatter.server_close()
+        thread.join(timeout=5)

@@ -1,6 +1,6 @@
 """The mutation summary ``python3 dev.py mutate`` writes, as the report reads it.
 
-``mutation/driver.py`` writes reports/mutation.json; ``dev.py report`` keeps
+``mutation/reports.py`` writes reports/mutation.json; ``dev.py report`` keeps
 it as results/mutation.json and conformance/report.py renders it in
 TEST_RESULTS.md. These tests build a summary from mutants whose results are
 given, without running mutmut.
@@ -21,39 +21,39 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from conformance import report  # noqa: E402
-from mutation import driver, hits  # noqa: E402
+from mutation import hits, judging, reports, running, sampling  # noqa: E402
 
 CHANGE = "`if size > limit:` → `if size >= limit:`"
 
 
-def mutants() -> list[driver.Mutant]:
+def mutants() -> list[running.Mutant]:
     """Five mutants of bus.py and one of sse.py, one of each status the score tells apart."""
     bus, sse = "src/streaming/bus.py", "src/streaming/sse.py"
     return [
-        driver.Mutant("streaming.bus.xǁHubǁpublish__mutmut_1", bus, status="killed"),
-        driver.Mutant("streaming.bus.xǁHubǁpublish__mutmut_2", bus, status="timeout"),
-        driver.Mutant(
+        running.Mutant("streaming.bus.xǁHubǁpublish__mutmut_1", bus, status="killed"),
+        running.Mutant("streaming.bus.xǁHubǁpublish__mutmut_2", bus, status="timeout"),
+        running.Mutant(
             "streaming.bus.xǁHubǁpublish__mutmut_3",
             bus,
             status="survived",
             where="bus.py:40",
             change=CHANGE,
         ),
-        driver.Mutant(
+        running.Mutant(
             "streaming.bus.x_encode__mutmut_1",
             bus,
             status="suspicious",
             where="bus.py:12",
             change="`a` → `b`",
         ),
-        driver.Mutant(
+        running.Mutant(
             "streaming.bus.x_encode__mutmut_2",
             bus,
             status="no tests",
             where="bus.py:13",
             change="`c` → `d`",
         ),
-        driver.Mutant("streaming.sse.x_frame__mutmut_1", sse, status="killed"),
+        running.Mutant("streaming.sse.x_frame__mutmut_1", sse, status="killed"),
     ]
 
 
@@ -61,12 +61,12 @@ def summary(tmp_path: Path, judgements: str = "") -> dict[str, Any]:
     path = tmp_path / "judgements.toml"
     path.write_text(judgements, encoding="utf-8")
     tested = mutants()
-    driver._judge_on_file(tested, path)
+    judging.judge_on_file(tested, path)
     return summarize(tested)
 
 
-def summarize(tested: list[driver.Mutant], **given: Any) -> dict[str, Any]:
-    """driver.summarize() of ``tested``, as a whole run of mutants() unless ``given`` differs."""
+def summarize(tested: list[running.Mutant], **given: Any) -> dict[str, Any]:
+    """reports.summarize() of ``tested``, as a whole run of mutants() unless ``given`` differs."""
     arguments: dict[str, Any] = {
         "tool": "mutmut 3.8.1",
         "command": "python3 dev.py mutate --sample 1 --max-children 2",
@@ -77,7 +77,7 @@ def summarize(tested: list[driver.Mutant], **given: Any) -> dict[str, Any]:
         "sample": 1,
         "only_mutate": ["src/streaming/bus.py", "src/streaming/sse.py"],
     }
-    return driver.summarize(tested=tested, **{**arguments, **given})
+    return reports.summarize(tested=tested, **{**arguments, **given})
 
 
 EQUIVALENT = f"""
@@ -127,7 +127,7 @@ def test_rejudge_when_judgement_added_then_scores_redone_without_a_run(tmp_path:
     made = json.loads(json.dumps(summary(tmp_path)))  # as read back from mutation.json
     path = tmp_path / "judged-later.toml"
     path.write_text(EQUIVALENT, encoding="utf-8")
-    again = driver.rejudge(made, path)
+    again = judging.rejudge(made, path)
     assert again["total"]["score_without_equivalents"] == 0.6
     assert again["modules"]["bus.py"]["score_without_equivalents"] == 0.5
     assert again["modules"]["sse.py"]["equivalent"] == 0
@@ -136,12 +136,12 @@ def test_rejudge_when_judgement_added_then_scores_redone_without_a_run(tmp_path:
 
 def test_again_when_survivors_retested_then_killed_ones_keep_their_result(tmp_path: Path) -> None:
     before = json.loads(json.dumps(summary(tmp_path)))
-    now = {m.id: driver.Mutant(m.id, m.source) for m in mutants()}  # none tested yet
+    now = {m.id: running.Mutant(m.id, m.source) for m in mutants()}  # none tested yet
     # This run tested only the survivors: one of them is killed now.
     now["streaming.bus.x_encode__mutmut_1"].status = "killed"
     for name in ("streaming.bus.xǁHubǁpublish__mutmut_3", "streaming.bus.x_encode__mutmut_2"):
         now[name].status = "survived"
-    driver._keep_killed(now, before, chosen=[])
+    sampling.keep_killed(now, before, chosen=[])
     statuses = [m.status for m in now.values()]
     assert statuses == ["killed", "killed", "survived", "killed", "survived", "killed"]
     earlier = now["streaming.sse.x_frame__mutmut_1"].killed_by
@@ -155,7 +155,7 @@ def test_again_when_survivors_retested_then_killed_ones_keep_their_result(tmp_pa
     assert made["total"]["killed"] == 4
     assert made["again"]["kept_killed"] == 3
     assert made["again"]["tested"] == len(before["survivors"]) == 3
-    assert "tested again only the 3 survivors" in driver.render_markdown(made)
+    assert "tested again only the 3 survivors" in reports.render_markdown(made)
     # The score the sample had before tests were written against it stays in view.
     assert made["again"]["first_pass"] == before["total"]
     section = "\n".join(report._mutation_section(json.loads(json.dumps(made))))
@@ -168,12 +168,12 @@ def test_again_when_mutated_modules_changed_since_then_refused(tmp_path: Path) -
     module.write_text("LIMIT = 1\n", encoding="utf-8")
     sources = ["src/streaming/bus.py"]
     (tmp_path / "reports").mkdir()
-    made = {"digest": driver._digest(tmp_path, sources), "survivors": [], "sample": 8}
+    made = {"digest": sampling.digest(tmp_path, sources), "survivors": [], "sample": 8}
     (tmp_path / "reports" / "mutation.json").write_text(json.dumps(made), encoding="utf-8")
-    assert driver._previous_run(tmp_path, sources)["path"] == "reports/mutation.json"
+    assert sampling.previous_run(tmp_path, sources)["path"] == "reports/mutation.json"
     module.write_text("LIMIT = 2\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="mutated modules changed since the run"):
-        driver._previous_run(tmp_path, sources)
+        sampling.previous_run(tmp_path, sources)
 
 
 def test_fresh_sample_when_offset_given_then_named_in_both_reports(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_fresh_sample_when_offset_given_then_named_in_both_reports(tmp_path: Pat
         offset=4,
     )
     assert made["offset"] == 4
-    assert "(mutants 5, 13, 21, ... in mutmut's order)" in driver.render_markdown(made)
+    assert "(mutants 5, 13, 21, ... in mutmut's order)" in reports.render_markdown(made)
     section = "\n".join(report._mutation_section(json.loads(json.dumps(made))))
     assert "every 8th mutant of each module, starting from its 5th, 6 of the 48" in section
 
@@ -194,7 +194,7 @@ def test_fresh_sample_when_offset_given_then_named_in_both_reports(tmp_path: Pat
 def test_written_summary_when_rendered_by_report_then_scores_and_modules_shown(
     tmp_path: Path,
 ) -> None:
-    driver.write_reports(tmp_path / "reports", summary(tmp_path, EQUIVALENT))
+    reports.write_reports(tmp_path / "reports", summary(tmp_path, EQUIVALENT))
     written = report._read_mutation(tmp_path / "reports" / "mutation.json")
     lines = report._mutation_section(written, "results/mutation.json")
     text = "\n".join(lines)

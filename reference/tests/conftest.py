@@ -2,7 +2,9 @@
 
 Nothing here sleeps to synchronise. Every wait is for the thing itself (a
 line on a process's output, the health endpoint answering, a row's status)
-under a deadline, through :func:`wait_until` or a condition variable.
+under a deadline, through the harness's processes (``conformance.processes``:
+:class:`ServerProcess`, :class:`ChildProcess`), ``conformance.waiting.wait_until``
+or a condition variable.
 
 How a test knows a stream client is listening: the server registers a
 client's subscriber before it sends the response headers, so a client is
@@ -22,181 +24,35 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
-from conformance.processes import with_default_signals
+from conformance.contract import ServerSpec
+from conformance.processes import ChildProcess, ServerProcess, with_default_signals
+from conformance.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 #: Deadline for one process to start, answer, or finish a short flow.
 DEADLINE = 20.0
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)  # the poll interval, not a synchronisation point
+class RunserverStream:
+    """``manage.py runserver_stream ...``: the server :class:`ServerProcess` starts."""
 
+    name = "runserver_stream"
 
-def free_port() -> int:
-    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
-        return int(sock.getsockname()[1])
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
 
-
-# -- processes -----------------------------------------------------------------
-
-
-class Proc:
-    """A background subprocess whose stdout and stderr threads collect, line by line."""
-
-    def __init__(
-        self, args: list[str], env: dict[str, str], *, open_files: int | None = None
-    ) -> None:
-        self.args = args
-        self.popen = subprocess.Popen(
-            with_default_signals([sys.executable, *args], open_files=open_files),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-        )
-        self._cond = threading.Condition()
-        self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._eof: set[str] = set()
-        self._readers = [
-            threading.Thread(target=self._read, args=(name, pipe), daemon=True)
-            for name, pipe in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, name: str, pipe: IO[str]) -> None:
-        for line in pipe:
-            with self._cond:
-                self._lines[name].append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof.add(name)
-            self._cond.notify_all()
-
-    def __repr__(self) -> str:
-        return f"<Proc {' '.join(self.args)} rc={self.popen.returncode}>"
-
-    def lines(self, name: str = "stdout") -> list[str]:
-        with self._cond:
-            return list(self._lines[name])
-
-    def text(self, name: str = "stdout") -> str:
-        return "\n".join(self.lines(name))
-
-    def describe(self) -> str:
-        return f"{self!r}\n--- stdout ---\n{self.text()}\n--- stderr ---\n{self.text('stderr')}"
-
-    def wait_for_line(self, line: str, timeout: float = DEADLINE, name: str = "stdout") -> int:
-        """Wait until ``line`` appears on ``name``; return its index."""
-        with self._cond:
-            found = self._cond.wait_for(
-                lambda: line in self._lines[name] or name in self._eof, timeout
-            )
-            if found and line in self._lines[name]:
-                return self._lines[name].index(line)
-        raise AssertionError(f"{line!r} never appeared on {name}\n{self.describe()}")
-
-    def send_signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
-
-    def wait(self, timeout: float = DEADLINE) -> int:
-        """Wait for the process to exit and its output to be read; return its exit status."""
-        try:
-            returncode = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running after {timeout:g}s\n{self.describe()}") from None
-        for reader in self._readers:
-            reader.join(timeout)
-        return returncode
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        """Signal the process if it runs, kill it if it outlives ``timeout``; close its pipes."""
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(sig)
-                try:
-                    self.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait(timeout)
-            for reader in self._readers:
-                reader.join(timeout)
-        finally:
-            for pipe in (self.popen.stdout, self.popen.stderr):
-                if pipe is not None:
-                    pipe.close()
-        return self.popen.returncode
-
-
-class ServerProcess(Proc):
-    """``manage.py runserver_stream`` on a free port."""
-
-    def __init__(self, env: dict[str, str], *extra: str, open_files: int | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(
-            ["manage.py", "runserver_stream", "--port", str(self.port), *extra],
-            env,
-            open_files=open_files,
-        )
-
-    def wait_listening(self, timeout: float = DEADLINE) -> bool:
-        """Wait until this process has bound its port; False if another process took it first.
-
-        Asking /health alone could get an answer from whoever took the port.
-        """
-        with self._cond:
-            self._cond.wait_for(
-                lambda: (
-                    any(
-                        "Uvicorn running on" in line or "address already in use" in line
-                        for line in self._lines["stderr"]
-                    )
-                    or "stderr" in self._eof
-                ),
-                timeout,
-            )
-            lines = list(self._lines["stderr"])
-        if any(f"Uvicorn running on {self.url} " in line for line in lines):
-            return True
-        if any("address already in use" in line for line in lines):
-            return False
-        raise AssertionError(f"the server did not start listening\n{self.describe()}")
-
-    def wait_healthy(self, timeout: float = DEADLINE) -> None:
-        def healthy() -> bool:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"the server exited before answering\n{self.describe()}")
-            try:
-                return httpx.get(f"{self.url}/health", timeout=1).text == "OK"
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, timeout, f"{self.url}/health to answer OK")
+    def server_command(self, host: str, port: int, *, grace: float) -> ServerSpec:
+        argv = [sys.executable, "manage.py", "runserver_stream", "--port", str(port)]
+        return ServerSpec(argv=[*argv, "--grace", f"{grace:g}", *self.extra], cwd=str(ROOT))
 
 
 def run(
@@ -372,8 +228,12 @@ def make_env_fixture() -> Callable[[Path], dict[str, str]]:
 
 @pytest.fixture(name="wait_until")
 def wait_until_fixture() -> Callable[..., Any]:
-    """``wait_until(predicate, timeout, what)``: poll for a condition under a deadline."""
-    return wait_until
+    """``wait_until(predicate, timeout, what)``: the harness's, for a condition under a deadline."""
+
+    def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        return wait_until(predicate, timeout=timeout, what=what)
+
+    return wait
 
 
 @pytest.fixture(name="run")
@@ -399,18 +259,18 @@ def count(database: Path) -> Callable[[str], int]:
 
 
 @pytest.fixture
-def spawn(env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
+def spawn(env: dict[str, str]) -> Iterator[Callable[..., ChildProcess]]:
     """``spawn("stream_client.py", ...)``: a background process, killed at teardown."""
-    started: list[Proc] = []
+    started: list[ChildProcess] = []
 
-    def start(*args: str, env: dict[str, str] = env) -> Proc:
-        proc = Proc(list(args), env)
+    def start(*args: str, env: dict[str, str] = env) -> ChildProcess:
+        proc = ChildProcess([sys.executable, *args], env=env, cwd=ROOT)
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
-        proc.stop(signal.SIGKILL)
+        proc.stop_blocking(signal.SIGKILL)
 
 
 @pytest.fixture
@@ -430,26 +290,23 @@ def start_server(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
         logs_tracebacks: bool = False,
         open_files: int | None = None,
     ) -> ServerProcess:
-        for _ in range(3):  # a free port can be taken before the server binds it
-            proc = ServerProcess(env, "--grace", "2", *extra, open_files=open_files)
-            started.append(proc)
-            if logs_tracebacks:
-                may_log_tracebacks.add(id(proc))
-            if proc.wait_listening():
-                proc.wait_healthy()
-                return proc
-            proc.stop()
-            started.remove(proc)
-        raise AssertionError(f"no free port found for the server\n{proc.describe()}")
+        server = ServerProcess(
+            RunserverStream(*extra), grace=2.0, base_env=env, open_files=open_files
+        )
+        started.append(server)
+        if logs_tracebacks:
+            may_log_tracebacks.add(id(server))
+        server.start_blocking()  # on a new port if another process took its own
+        return server
 
     yield start
     problems = []
-    for proc in started:
-        returncode = proc.stop(signal.SIGTERM)
-        output = proc.describe()
+    for server in started:
+        returncode = server.stop_blocking(signal.SIGTERM)
+        output = server.describe()
         if returncode != 0:
             problems.append(f"the server did not shut down cleanly\n{output}")
-        elif "Traceback" in output and id(proc) not in may_log_tracebacks:
+        elif "Traceback" in output and id(server) not in may_log_tracebacks:
             problems.append(f"the server logged an exception\n{output}")
     assert not problems, "\n\n".join(problems)
 

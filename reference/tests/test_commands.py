@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from conformance.processes import free_port
+
 DEADLINE = 20.0
 HELP_TAIL = "manage.py create_task: error: argument --type: invalid choice: 'bogus' (choose from "
 #: max_length of ExampleTask.message and ContinueTask.message.
@@ -89,8 +91,7 @@ def test_runserver_stream_when_port_is_taken_then_exits_nonzero_saying_so(spawn:
 def test_create_task_when_no_server_is_running_then_one_line_error_and_task_stays_ready(
     run: Any, status: Any
 ) -> None:
-    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
-        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed at once: refuses
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there: refused
 
     result = run("manage.py", "create_task", "--server", nobody)
 
@@ -314,8 +315,7 @@ def test_stream_when_model_or_id_is_unknown_then_404_reason_over_http_and_client
 def test_stream_client_when_server_is_unreachable_then_exits_1_with_clear_message(
     run: Any,
 ) -> None:
-    with closing(socket.create_server(("127.0.0.1", 0))) as sock:
-        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    nobody = f"http://127.0.0.1:{free_port()}"
 
     result = run("stream_client.py", "ExampleTask", "1", "--server", nobody)
 
