@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from . import behaviours
+from .clients import http_client
 from .contract import Capability, Implementation, Runtime, ServerSpec, TaskRef
 from .processes import ServerProcess, running_server, with_default_signals
 
@@ -169,7 +169,7 @@ class Clients:
 
 def cpu_seconds(server: ServerProcess) -> float:
     times = psutil.Process(server.pid).cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -247,7 +247,7 @@ async def idle_memory(target: Target) -> float:
     grown = psutil.Process(target.server.pid).memory_info().rss - before
     idle.process.kill()
     await idle.process.wait()
-    return grown / IDLE_STREAMS / 1024
+    return float(grown / IDLE_STREAMS / 1024)
 
 
 async def first_event(target: Target, count: int) -> dict[str, float]:
@@ -283,7 +283,7 @@ async def _to_everyone(target: Target, repeat: int, *, cancel: bool) -> dict[str
     latencies: list[float] = []
     # A connection opened beforehand: a new client would add its own set-up
     # (an SSL context, a TCP handshake: about 25 ms here) to every figure.
-    async with httpx.AsyncClient(base_url=target.server.url, timeout=30) as http:
+    async with http_client(target.server.url, timeout=30) as http:
         await http.get("/health")
         for _ in range(repeat):
             if cancel:
@@ -355,7 +355,7 @@ async def _bench(impl: Implementation, repeat: int) -> dict[str, Any]:
 
 
 async def _settle(server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with http_client(server.url) as http:
         assert (await http.get("/health")).status_code == 200
 
 

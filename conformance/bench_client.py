@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import json
 import re
-import sys
 import time
 from typing import Any
 
@@ -119,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

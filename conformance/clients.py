@@ -4,7 +4,10 @@ Both give a :class:`ClientStream`: an iterator of contract events that keeps
 the trace of what it saw, so a failing case can show it. The HTTP client
 talks to a real uvicorn server on 127.0.0.1 serving the implementation's ASGI
 app (:func:`serve_asgi`), and reads the stream with ``httpx-sse``, which
-shares nothing with any implementation.
+shares nothing with any implementation. Every HTTP client of the harness is
+made by :func:`http_client`; :mod:`conformance.wire` reads streams below any
+HTTP library. :class:`RawSubscription` reads a ``Runtime.subscribe``
+subscription with nothing of the harness in between.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 
 import httpx
@@ -29,6 +33,31 @@ def format_trace(events: Sequence[Event]) -> str:
     if not events:
         return "  (no events)"
     return "\n".join(f"  #{e.id} {e.type} {json.dumps(dict(e.data), default=str)}" for e in events)
+
+
+def http_client(
+    base_url: str = "", *, timeout: float = 10.0, streaming: bool = False
+) -> httpx.AsyncClient:
+    """An HTTP client: the one place the harness makes one.
+
+    ``timeout`` bounds each step of a request (connect, write, read); with
+    ``streaming``, a read may wait as long as the case does, for a stream
+    that is quiet until a task sends. There is no pool cap: a case may hold
+    hundreds of streams open at once.
+    """
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout, read=None if streaming else timeout),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+
+
+async def request(
+    base_url: str, method: str, path: str, *, timeout: float = 10.0, **kwargs: Any
+) -> httpx.Response:
+    """One request, on a client of its own (``kwargs`` as for ``httpx.AsyncClient.request``)."""
+    async with http_client(base_url, timeout=timeout) as http:
+        return await http.request(method, path, **kwargs)
 
 
 class ClientStream:
@@ -83,6 +112,12 @@ class ClientStream:
             f"The stream of {self.ref} went on after its end: {extra.type}. Seen:\n{self.trace()}"
         )
 
+    async def read_to_end(self, timeout: float = 10.0) -> ClientStream:
+        """Read through the terminal event; fail unless the stream then ends."""
+        await self.until(timeout=timeout)
+        await self.expect_end()
+        return self
+
     def trace(self) -> str:
         return format_trace(self.seen)
 
@@ -119,38 +154,110 @@ class InProcessClient:
             await subscription.aclose()
 
 
+class RawSubscription:
+    """A ``Runtime.subscribe`` subscription read with ``asyncio.wait_for``, and what was read.
+
+    Nothing of the harness stands between the case and the subscription: a
+    wait that times out cancels the subscription's own ``anext()``, as it
+    would for any user of the contract.
+    """
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.seen: list[Event] = []
+        self._events = aiter(subscription)
+
+    async def wait_next(self, timeout: float) -> Event:
+        """The next event under ``asyncio.wait_for``: TimeoutError if none comes in time."""
+        event = await asyncio.wait_for(anext(self._events), timeout)
+        self.seen.append(event)
+        return event
+
+    async def next(self, timeout: float = 5.0) -> Event:
+        """The next event; fails with the trace if none comes in time or the stream ends."""
+        try:
+            return await self.wait_next(timeout)
+        except TimeoutError:
+            raise WaitTimeout(f"No event within {timeout:g}s. Seen:\n{self.trace()}") from None
+        except StopAsyncIteration:
+            raise AssertionError(f"The stream ended early. Seen:\n{self.trace()}") from None
+
+    async def times_out(self, timeout: float) -> bool:
+        """Whether a wait for the next event raises TimeoutError (anything else propagates)."""
+        try:
+            await self.wait_next(timeout)
+        except TimeoutError:
+            return True
+        return False
+
+    async def until(self) -> list[Event]:
+        """Read through the next terminal event; return what was read."""
+        start = len(self.seen)
+        while not (await self.next()).is_terminal:
+            pass
+        return self.seen[start:]
+
+    def trace(self) -> str:
+        return format_trace(self.seen)
+
+
+@contextlib.asynccontextmanager
+async def raw_subscription(runtime: Runtime, ref: TaskRef) -> AsyncIterator[RawSubscription]:
+    """A :class:`RawSubscription` of ``ref``, closed on exit."""
+    subscription = await runtime.subscribe(ref)
+    try:
+        yield RawSubscription(subscription)
+    finally:
+        await subscription.aclose()
+
+
 class HttpStatusError(AssertionError):
-    def __init__(self, status: int, body: str) -> None:
+    """A stream request answered with another status than 200."""
+
+    def __init__(self, status: int, body: str, headers: httpx.Headers | None = None) -> None:
         super().__init__(f"HTTP {status}: {body}")
         self.status = status
         self.body = body
+        self.headers = headers if headers is not None else httpx.Headers()
 
 
 class HttpClient:
-    """Subscribes with ``GET /stream/<model>/<id>`` over a real socket, read by ``httpx-sse``."""
+    """Subscribes with ``GET /stream/<model>/<id>`` over a real socket, read by ``httpx-sse``.
+
+    ``answer_within`` bounds the wait for a stream's response headers, for
+    cases where a refusal must come at once. Use it as an async context
+    manager, or close it with :meth:`aclose`: either closes its streams.
+    """
 
     mode = "http"
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, answer_within: float | None = None) -> None:
         self.base_url = base_url
-        # No pool cap: a case may hold hundreds of streams open at once.
-        self.http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(10, read=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-        )
+        self.http = http_client(base_url, streaming=True)
+        self._answer_within = answer_within
         self._open: list[SSEReader] = []
 
-    async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> ClientStream:
-        headers = {} if last_event_id is None else {"last-event-id": str(last_event_id)}
+    async def subscribe(
+        self,
+        ref: TaskRef,
+        *,
+        last_event_id: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ClientStream:
+        """A stream of ``ref``; :class:`HttpStatusError` if it is not answered 200."""
+        sent = dict(headers or {})
+        if last_event_id is not None:
+            sent["last-event-id"] = str(last_event_id)
         stack = contextlib.AsyncExitStack()
-        source = await stack.enter_async_context(
-            aconnect_sse(self.http, "GET", ref.stream_path, headers=headers)
-        )
-        if source.response.status_code != 200:
-            body = (await source.response.aread()).decode(errors="replace")
-            await stack.aclose()
-            raise HttpStatusError(source.response.status_code, body)
+        async with asyncio.timeout(self._answer_within):
+            source = await stack.enter_async_context(
+                aconnect_sse(self.http, "GET", ref.stream_path, headers=sent)
+            )
+            response = source.response
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                await stack.aclose()
+                raise HttpStatusError(response.status_code, body, response.headers)
         reader = SSEReader(source, stack)
         self._open.append(reader)
         return ClientStream(ref, reader, reader.aclose)
@@ -159,6 +266,17 @@ class HttpClient:
         for reader in self._open:
             await reader.aclose()
         await self.http.aclose()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 _END = object()
@@ -241,67 +359,6 @@ def _to_event(sse: ServerSentEvent) -> Event:
     )
 
 
-async def read_raw_stream(
-    base_url: str, ref: TaskRef, *, opened: Callable[[], None] | None = None
-) -> bytes:
-    """One bare-socket SSE client: send the request, check the headers, read to EOF.
-
-    ``opened`` is called once the response headers are in, that is once the
-    server has registered this client (HTTP-4). Light enough to run by the
-    thousand in one process, where an HTTP client library would not be.
-    """
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        # Connection: close, so the stream's end is the connection's, not a
-        # keep-alive timeout later.
-        request = f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        writer.write(request.encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise HttpStatusError(int(head[9:12]), head.decode(errors="replace"))
-        if opened is not None:
-            opened()
-        return await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def raw_frames(body: bytes) -> list[dict[str, str]]:
-    """The SSE frames of a raw response body that carry data (chunked encoding removed)."""
-    text = _unchunk(body).decode(errors="replace")
-    frames: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if line == "":
-            if "data" in current:
-                frames.append(current)
-            current = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            current[name] = value.removeprefix(" ")
-    return frames
-
-
-def _unchunk(body: bytes) -> bytes:
-    """The payload of an HTTP/1.1 chunked body (a body that is not chunked comes back whole)."""
-    out = bytearray()
-    rest = body
-    while rest:
-        size_line, sep, rest = rest.partition(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0], 16)
-        except ValueError:
-            return body  # not chunked after all
-        if not sep or size == 0:
-            break
-        out += rest[:size]
-        rest = rest[size + 2 :]
-    return bytes(out)
-
-
 @contextlib.asynccontextmanager
 async def serve_asgi(app: ASGIApp) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port; yield its base URL."""
@@ -344,10 +401,12 @@ __all__ = [
     "HttpClient",
     "HttpStatusError",
     "InProcessClient",
+    "RawSubscription",
     "SSEReader",
     "format_trace",
+    "http_client",
     "open_client",
-    "raw_frames",
-    "read_raw_stream",
+    "raw_subscription",
+    "request",
     "serve_asgi",
 ]

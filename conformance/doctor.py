@@ -43,7 +43,7 @@ DESCRIPTION = "Check an implementation against the contract before grading it."
 GUIDE = Path(__file__).with_name("GUIDE.md")
 #: What a capability needs beyond the abstract methods: (class, method) pairs
 #: whose contract default only raises NotImplementedError.
-NEEDED = {
+NEEDED: dict[Capability, list[tuple[type, str]]] = {
     Capability.RETRY: [(Runtime, "retry_task")],
     Capability.AUTHORIZATION: [(Runtime, "guarded_asgi_app"), (Implementation, "credentials_for")],
     Capability.RATE_LIMITS: [(Runtime, "guarded_asgi_app")],

@@ -11,6 +11,10 @@ counts per client address sees them apart from the victim on 127.0.0.1.
 Whether a server held up is judged from the victim's side, as a ratio:
 :func:`latencies` times the same requests before and during an attack, on
 the same connection, so a loaded machine slows both alike.
+
+Malformed requests are drawn by hypothesis (:func:`hostile_request`): any
+method, path, header bytes and body, half of them on the real routes of a
+real task, where a request gets furthest before it is judged.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-import httpx
+from hypothesis import strategies as st
+
+from .clients import http_client
+from .contract import TaskRef
 
 #: The address attackers connect from: a second client, as far as the server can tell.
 ATTACKER = "127.0.0.2"
@@ -71,6 +78,24 @@ def websocket_handshake(url: str, path: str) -> int | None:
     return _status(head)
 
 
+def handshake_paths(ref: TaskRef) -> list[str]:
+    """Where a WebSocket handshake is tried: ``ref``'s stream and task, a probe, no route."""
+    return [ref.stream_path, f"/tasks/{ref.model}/{ref.id}", "/health", "/no-such-path"]
+
+
+async def handshakes(url: str, ref: TaskRef) -> dict[str, int | None]:
+    """The status each of :func:`handshake_paths` answers a WebSocket handshake with."""
+    return {
+        path: await asyncio.to_thread(websocket_handshake, url, path)
+        for path in handshake_paths(ref)
+    }
+
+
+def refused_with_4xx(answers: dict[str, int | None]) -> bool:
+    """Whether every handshake was answered, with a 4xx."""
+    return all(status is not None and 400 <= status < 500 for status in answers.values())
+
+
 @contextlib.contextmanager
 def logged_errors() -> Iterator[list[logging.LogRecord]]:
     """Log records at ERROR or above, from any logger of this process, while the context is open.
@@ -100,15 +125,10 @@ def logged_errors() -> Iterator[list[logging.LogRecord]]:
             logger.removeHandler(handler)
 
 
-def request_with_header(url: str, path: str, size: int) -> int | None:
-    """The status of a complete ``GET path`` carrying one header of ``size`` bytes."""
+def status_of(url: str, request: bytes, *, timeout: float = 10.0) -> int | None:
+    """Send one raw request; the response's status, or None if the server closed without one."""
     host, port = _address(url)
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nX-Padding: ".encode()
-        + b"a" * size
-        + b"\r\n\r\n"
-    )
-    with socket.create_connection((host, port), timeout=30) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         with contextlib.suppress(OSError):  # refused mid-send: the answer may still be there
             sock.sendall(request)
         head = b""
@@ -119,6 +139,96 @@ def request_with_header(url: str, path: str, size: int) -> int | None:
                     break
                 head += chunk
     return _status(head)
+
+
+def request_with_header(url: str, path: str, size: int) -> int | None:
+    """The status of a complete ``GET path`` carrying one header of ``size`` bytes."""
+    host, port = _address(url)
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nX-Padding: ".encode()
+        + b"a" * size
+        + b"\r\n\r\n"
+    )
+    return status_of(url, request, timeout=30)
+
+
+# -- malformed requests ---------------------------------------------------------------------
+
+
+def build_request(method: str, path: str, pairs: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """An HTTP/1.1 request of ``method`` and ``path`` with header ``pairs`` and ``body``."""
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    head += [name + b": " + value for name, value in pairs]
+    head += [b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def nested(depth: int) -> bytes:
+    """A JSON array nested ``depth`` deep: a recursive parser's stack overflow."""
+    return b"[" * depth + b"]" * depth
+
+
+#: Header values, with the bytes a UTF-8 decoder refuses; never CR or LF (that is framing).
+_HEADER_VALUES = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+_HEADER_NAMES = st.sampled_from(
+    [b"Last-Event-ID", b"Last-Event-ID", b"Content-Type", b"Accept", b"Origin", b"X-Anything"]
+) | st.from_regex(rb"\A[A-Za-z0-9-]{1,20}\Z")
+_SPECIAL_BODIES = st.sampled_from(
+    [
+        b'{"reason": "fine"}',
+        b'{"reason": 42}',
+        b'{"reason": "\\ud800"}',
+        b"[]",
+        b"null",
+        b'"just a string"',
+        nested(20_000),
+        b"[" * 50_000,
+        b'{"reason": "' + b"x" * 2_000_000 + b'"}',
+        b"\xff\xfe{}",
+    ]
+)
+_BODIES = st.one_of(st.just(b""), st.binary(max_size=200))
+
+
+def hostile_request(model: str, task_id: str) -> st.SearchStrategy[bytes]:
+    """Whole HTTP/1.1 requests: any method, path, header bytes and body.
+
+    Half of them use the real routes of a real task with the right method,
+    where a request gets furthest into the implementation before it is judged.
+    """
+    segment = st.sampled_from([model, "NoSuchModel", task_id, "0", "-1", "%00", "%ff", "..", ""])
+    segment |= st.text(min_size=1, max_size=12).map(lambda t: t.encode().hex())
+    real = st.sampled_from(
+        [
+            ("GET", f"/stream/{model}/{task_id}"),
+            ("POST", f"/tasks/{model}/{task_id}/start"),
+            ("POST", f"/tasks/{model}/{task_id}/cancel"),
+            ("POST", f"/tasks/{model}/{task_id}/retry"),
+            ("GET", "/health"),
+        ]
+    )
+    made_up_paths = st.one_of(
+        segment.map(lambda p: f"/stream/{model}/{p}"),
+        st.tuples(segment, segment).map(lambda p: f"/stream/{p[0]}/{p[1]}"),
+        st.tuples(segment, st.sampled_from(["start", "cancel", "retry", "stop", ""])).map(
+            lambda p: f"/tasks/{model}/{p[0]}/{p[1]}"
+        ),
+        st.sampled_from(["/", "/stream", "/tasks", "//stream//", "/%2e%2e/etc", "*"]),
+        st.lists(segment, max_size=5).map(lambda parts: "/" + "/".join(parts)),
+    )
+    methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
+    methods |= st.from_regex(r"\A[A-Z]{1,12}\Z")
+    made_up = st.tuples(methods, made_up_paths)
+    headers = st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=6)
+    return st.builds(
+        lambda route, pairs, body: build_request(route[0], route[1], pairs, body),
+        st.one_of(real, made_up),
+        headers,
+        st.one_of(_BODIES, _SPECIAL_BODIES),
+    )
+
+
+# -- floods -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -181,7 +291,7 @@ async def latencies(url: str, path: str, count: int) -> list[float]:
     Every answer must be 200: a victim refused is a victim denied.
     """
     took: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with http_client(url, timeout=30) as http:
         await http.get(path)  # the connection is open before the first measurement
         for _ in range(count):
             began = time.perf_counter()
@@ -280,11 +390,18 @@ __all__ = [
     "SLOWDOWN_LIMIT",
     "Flood",
     "SlowConnection",
+    "build_request",
     "flood_heads",
+    "handshake_paths",
+    "handshakes",
+    "hostile_request",
     "latencies",
     "logged_errors",
+    "nested",
+    "refused_with_4xx",
     "request_with_header",
     "slow_connections",
     "slowdown",
+    "status_of",
     "websocket_handshake",
 ]

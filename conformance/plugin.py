@@ -351,7 +351,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"No implementation named: pass --impl NAME (registered: {known}), a "
             "module:factory path, or set conformance_impls in the ini."
         )
-    selected, deselected = [], []
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
     for item in items:
         case_id = _case_id(item)
         if case_id is None:
@@ -563,14 +564,14 @@ def grade(phases: dict[str, pytest.TestReport], level: spec.Level) -> tuple[str,
             return "xfail", f"passed this time; {call.wasxfail}"
         return "error", f"unexpected pass of an expected failure: {call.wasxfail}"
     for when in ("setup", "call", "teardown"):
-        report = phases.get(when)
-        if report is None or not report.failed:
+        failed = phases.get(when)
+        if failed is None or not failed.failed:
             continue
-        missing = getattr(report, "not_implemented", None)
+        missing = getattr(failed, "not_implemented", None)
         if missing is not None:
             # The implementation left out what the case needs: its error, not a broken MUST.
             return "error", f"not implemented: {missing}"
-        text = str(report.longrepr)
+        text = str(failed.longrepr)
         summary = _summary(text)
         if "[XPASS(strict)]" in text:
             return "error", f"unexpected pass of an expected failure: {summary}"

@@ -21,6 +21,11 @@ past the others' await points, never waits for something to happen. Cases
 still wait for conditions (an event on a stream, a stored state) with
 :mod:`conformance.waiting`.
 
+The race cases' own tools close the module: how many loop turns a start or
+a cancel lasts here (:func:`start_span`), clients that join one after
+another across a task's ending (:class:`Storm`), and the highest event id
+any client has seen (:class:`HighWater`).
+
 ``CONFORMANCE_RACE_SEED_BASE=N`` shifts every case's seeds to explore other
 interleavings; the node IDs still name the seed that ran.
 """
@@ -31,19 +36,35 @@ import asyncio
 import functools
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import httpx
 import pytest
+
+from . import behaviours
+from .clients import Client, ClientStream
+from .contract import Event, Runtime, TaskRef
+from .waiting import finished
+
+if TYPE_CHECKING:
+    from .processes import ServerProcess
 
 __all__ = [
     "DEFAULT_MAX_YIELDS",
+    "HighWater",
     "Race",
+    "Storm",
     "at_loop_time",
+    "cancel_span",
     "interleave",
     "jitter",
+    "post_at",
+    "raise_first",
     "replayable",
     "seeds",
+    "start_span",
+    "storm_size",
     "yields",
     "yields_during",
 ]
@@ -286,3 +307,116 @@ class Race:
 
     def __repr__(self) -> str:
         return f"<Race seed={self.seed} steps={len(self.plan)}>"
+
+
+# -- the race cases' tools ----------------------------------------------------------------
+
+
+def raise_first(race: Race, results: Iterable[T | BaseException], what: str) -> list[T]:
+    """Fail with the first exception an operation of the race ended with; else the results."""
+    values: list[T] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise AssertionError(f"{race}: {what} raised {result!r}") from result
+        values.append(result)
+    return values
+
+
+async def start_span(runtime: Runtime) -> int:
+    """Loop turns a start of a READY task lasts here (median of three): a yardstick."""
+    turns = []
+    for _ in range(3):
+        probe = await runtime.create_task(behaviours.steps, {"steps": 0})
+        started, took = await yields_during(runtime.start_task(probe))
+        assert started is True, f"the probe {probe} did not start"
+        await finished(runtime, probe)
+        turns.append(took)
+    return max(sorted(turns)[1], 1)
+
+
+async def cancel_span(runtime: Runtime) -> int:
+    """Loop turns a cancel of a READY task lasts here (median of three)."""
+    turns = []
+    for _ in range(3):
+        probe = await runtime.create_task(behaviours.steps, {"steps": 0})
+        _, took = await yields_during(runtime.cancel_task(probe, "probe"))
+        turns.append(took)
+    return max(sorted(turns)[1], 1)
+
+
+async def post_at(when: float, server: ServerProcess, path: str, **kwargs: Any) -> httpx.Response:
+    """POST ``path`` to ``server`` once the loop's clock reaches ``when``."""
+    await at_loop_time(when)
+    return await server.request("POST", path, **kwargs)
+
+
+class HighWater:
+    """The highest event id any client has seen: a floor under the latest event sent."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._changed = asyncio.Condition()
+
+    async def saw(self, event: Event) -> None:
+        """Raise the mark to ``event``'s id if it is higher."""
+        if event.id > self.value:
+            self.value = event.id
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def reached(self, event_id: int, timeout: float = 10.0) -> None:
+        """Wait until some client has seen ``event_id``."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.value >= event_id)
+
+
+def storm_size(client: Client) -> int:
+    """The most clients a storm starts: HTTP ones each hold a connection of a bounded pool."""
+    return 300 if client.mode == "inprocess" else 60
+
+
+class Storm:
+    """Clients that join one after another, seeded turns apart, each read to its end.
+
+    A join does not wait for the one before it to be registered: subscribes
+    overlap, so some are under way at every await point of the task's ending.
+    The storm lasts until :attr:`ended` is set (the watcher saw the terminal
+    event) and ``extra`` more clients have joined, so its clients span the
+    ending: before, during and after. The number of gaps caps it.
+    """
+
+    def __init__(self, client: Client, ref: TaskRef, gaps: Sequence[int], extra: int = 3) -> None:
+        self.client = client
+        self.ref = ref
+        self.gaps = gaps
+        self.extra = extra
+        self.ended = asyncio.Event()
+        self.streams: list[ClientStream] = []
+        self._joins: list[asyncio.Task[ClientStream]] = []
+
+    async def watch(self, watcher: ClientStream) -> None:
+        """Read ``watcher`` to its end; then the storm lets ``extra`` more clients join."""
+        try:
+            await watcher.read_to_end()
+        finally:
+            self.ended.set()
+
+    async def run(self) -> None:
+        """Start the joins, one per gap, until the ending has passed or the gaps run out."""
+        after = 0
+        for index, gap in enumerate(self.gaps):
+            await yields(gap)
+            self._joins.append(asyncio.create_task(self._join(), name=f"storm-{index}"))
+            if self.ended.is_set():
+                after += 1
+                if after >= self.extra:
+                    return
+
+    async def _join(self) -> ClientStream:
+        stream = await self.client.subscribe(self.ref)
+        self.streams.append(stream)
+        return await stream.read_to_end()
+
+    async def results(self) -> list[Any]:
+        """Each join's stream, read to its end, or the exception it ended with."""
+        return await asyncio.gather(*self._joins, return_exceptions=True)

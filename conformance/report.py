@@ -298,12 +298,12 @@ def _summary_section(results: Sequence[CaseResult]) -> list[str]:
         lines += ["", "## Planted faults", "", _PLANTED_NOTE, ""]
         rows = []
         for (implementation,), group in _grouped(planted, lambda r: (r.implementation,)):
-            environments = _grouped(group, lambda r: r.environment)
+            graded_in = _grouped(group, lambda r: r.environment)
             grades = Counter(r.grade for r in group)
             rows.append(
                 [
                     implementation,
-                    str(len(environments)),
+                    str(len(graded_in)),
                     _joined(r.case for r in group),
                     ", ".join(f"{g} {grades[g]}" for g in GRADES if grades[g]),
                 ]

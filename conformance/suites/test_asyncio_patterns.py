@@ -5,40 +5,33 @@ Timeouts (the task's own and the implementation's), cancellation through
 context variables, eager task factories, debug mode and cancellation-safe
 clients. Every case observes the implementation through the contract: the
 events a client sees, the persisted state, and what the behaviours of
-:mod:`conformance.asyncio_behaviours` report from inside the task.
+:mod:`conformance.behaviours` report from inside the task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import inspect
 import logging
 import re
-import sys
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
-from typing import Any
 
 import pytest
 
-from conformance import asyncio_behaviours as ab
 from conformance import behaviours, hygiene
-from conformance.clients import Client, ClientStream, InProcessClient, format_trace
-from conformance.contract import (
-    Capability,
-    Event,
-    Runtime,
-    Subscription,
-    TaskRef,
-    TaskState,
-    TaskStatus,
-    UnknownTask,
+from conformance.checks import ended, listed_errors, names_limit, ran_for, terminals
+from conformance.clients import Client, InProcessClient, raw_subscription
+from conformance.contract import Capability, Runtime, TaskRef, TaskStatus, UnknownTask
+from conformance.eventloop import (
+    SLOW_CALLBACK,
+    SlowCallbacks,
+    eager_tasks,
+    no_task_pending_since,
+    pending_since,
 )
-from conformance.waiting import WaitTimeout, eventually, finished, status_is, stored
+from conformance.tasks import run_watched
+from conformance.waiting import eventually, finished, status_is, stored, suspended
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,92 +39,6 @@ pytestmark = pytest.mark.asyncio
 SHORT = 0.2
 #: A task timeout no case reaches.
 GENEROUS = 30.0
-
-
-def names_limit(event: Event, seconds: float) -> bool:
-    limit = event.data.get("timeout")
-    return (
-        isinstance(limit, int | float)
-        and not isinstance(limit, bool)
-        and abs(limit - seconds) < 1e-6
-    )
-
-
-def ended(state: TaskState) -> datetime:
-    assert state.completed_at, state
-    return datetime.fromisoformat(state.completed_at)
-
-
-def ran_for(state: TaskState) -> float:
-    """Seconds from the recorded start to the recorded end of a run."""
-    assert state.started_at, state
-    return (ended(state) - datetime.fromisoformat(state.started_at)).total_seconds()
-
-
-def terminal(events: list[Event]) -> list[str]:
-    return [e.type for e in events if e.is_terminal]
-
-
-def listed_errors(event: Event) -> list[tuple[str, str]]:
-    return [(e.get("error_type"), e.get("message")) for e in event.data.get("errors", [])]
-
-
-def pending_since(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
-    current = asyncio.current_task()
-    return [t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done()]
-
-
-async def no_task_pending_since(before: set[asyncio.Task[Any]], what: str) -> None:
-    try:
-        await eventually(lambda: not pending_since(before), timeout=3, what=what)
-    except WaitTimeout as exc:
-        names = ", ".join(sorted(t.get_name() for t in pending_since(before)))
-        raise AssertionError(f"{exc} Still pending: {names}") from None
-
-
-@contextlib.asynccontextmanager
-async def raw(runtime: Runtime, ref: TaskRef) -> AsyncIterator[tuple[Subscription, list[Event]]]:
-    """A raw subscription (closed on exit) and the list of events read from it, for traces."""
-    subscription = await runtime.subscribe(ref)
-    try:
-        yield subscription, []
-    finally:
-        await subscription.aclose()
-
-
-async def wait_next(events: AsyncIterator[Event], seen: list[Event], timeout: float) -> Event:
-    """The next event under ``asyncio.wait_for``: TimeoutError if none comes in time."""
-    event = await asyncio.wait_for(anext(events), timeout)
-    seen.append(event)
-    return event
-
-
-async def next_event(
-    events: AsyncIterator[Event], seen: list[Event], timeout: float = 5.0
-) -> Event:
-    """The next event; fails with the trace if none comes in time or the stream ends."""
-    try:
-        return await wait_next(events, seen, timeout)
-    except TimeoutError:
-        raise WaitTimeout(f"No event within {timeout:g}s. Seen:\n{format_trace(seen)}") from None
-    except StopAsyncIteration:
-        raise AssertionError(f"The stream ended early. Seen:\n{format_trace(seen)}") from None
-
-
-async def times_out(events: AsyncIterator[Event], seen: list[Event], timeout: float) -> bool:
-    """Whether a wait for the next event raises TimeoutError (anything else propagates)."""
-    try:
-        await wait_next(events, seen, timeout)
-    except TimeoutError:
-        return True
-    return False
-
-
-async def read_to_end(events: AsyncIterator[Event], seen: list[Event]) -> list[Event]:
-    start = len(seen)
-    while not (await next_event(events, seen)).is_terminal:
-        pass
-    return seen[start:]
 
 
 # -- timeouts -------------------------------------------------------------------
@@ -142,12 +49,12 @@ async def read_to_end(events: AsyncIterator[Event], seen: list[Event]) -> list[E
 async def test_task_when_it_runs_past_its_timeout_then_one_timeout_event_and_timed_out(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.park, timeout=SHORT)
+    ref = await runtime.create_task(behaviours.park, timeout=SHORT)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
     await stream.expect_end()
-    assert [e.type for e in events] == ["parked", "timeout"], stream.trace()
+    assert [e.type for e in events] == ["start", "timeout"], stream.trace()
     assert names_limit(events[-1], SHORT), f"the limit {SHORT}s is not named:\n{stream.trace()}"
     message = events[-1].data.get("message")
     assert isinstance(message, str) and message.strip(), (
@@ -165,7 +72,7 @@ async def test_task_when_it_finishes_within_its_timeout_then_complete_and_no_tim
     quick = await runtime.create_task(behaviours.steps, {"steps": 2}, timeout=SHORT)
     # Started after the quick task with the same timeout: its timeout event
     # says the quick task's deadline has passed too.
-    witness = await runtime.create_task(ab.park, timeout=SHORT)
+    witness = await runtime.create_task(behaviours.park, timeout=SHORT)
     stream = await client.subscribe(quick)
     witness_stream = await client.subscribe(witness)
     await runtime.start_task(quick)
@@ -186,11 +93,11 @@ async def test_task_when_it_finishes_within_its_timeout_then_complete_and_no_tim
 async def test_task_when_its_own_asyncio_timeout_expires_uncaught_then_error_and_failed(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.own_timeout_expires, {"own": 0.05}, timeout=GENEROUS)
+    ref = await runtime.create_task(behaviours.own_timeout_expires, {"own": 0.05}, timeout=GENEROUS)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
-    assert terminal(events) == ["error"], stream.trace()
+    assert terminals(events) == ["error"], stream.trace()
     assert events[-1].data["error_type"] == "TimeoutError", stream.trace()
     state = await finished(runtime, ref)
     assert state.status is TaskStatus.FAILED, state
@@ -201,7 +108,7 @@ async def test_task_when_its_own_asyncio_timeout_expires_uncaught_then_error_and
 async def test_task_when_it_catches_its_own_timeout_then_runs_on_and_completes(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.own_timeout_caught, {"own": 0.05}, timeout=GENEROUS)
+    ref = await runtime.create_task(behaviours.own_timeout_caught, {"own": 0.05}, timeout=GENEROUS)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -215,7 +122,9 @@ async def test_task_when_it_catches_its_own_timeout_then_runs_on_and_completes(
 async def test_task_timeout_when_task_is_inside_its_own_longer_timeout_then_timed_out(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.inside_long_timeout, {"own": GENEROUS}, timeout=SHORT)
+    ref = await runtime.create_task(
+        behaviours.inside_long_timeout, {"own": GENEROUS}, timeout=SHORT
+    )
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -229,7 +138,7 @@ async def test_task_timeout_when_task_is_inside_its_own_longer_timeout_then_time
 async def test_cancel_when_task_is_inside_its_own_timeout_then_cancelled_not_timeout(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.inside_long_timeout, {"own": GENEROUS})
+    ref = await runtime.create_task(behaviours.inside_long_timeout, {"own": GENEROUS})
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("inside")
@@ -245,7 +154,7 @@ async def test_cancel_when_task_is_inside_its_own_timeout_then_cancelled_not_tim
 async def test_cancel_when_task_handles_it_then_current_task_cancelling_is_at_least_one(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.report_cancelling)
+    ref = await runtime.create_task(behaviours.report_cancelling)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("parked")
@@ -262,7 +171,9 @@ async def test_cancel_when_task_handles_it_then_current_task_cancelling_is_at_le
 async def test_taskgroup_when_one_child_fails_then_siblings_cancelled_and_one_error_lists_it(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.group_one_fails, {"siblings": 2, "message": "child boom"})
+    ref = await runtime.create_task(
+        behaviours.group_one_fails, {"siblings": 2, "message": "child boom"}
+    )
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -271,7 +182,7 @@ async def test_taskgroup_when_one_child_fails_then_siblings_cancelled_and_one_er
     assert sorted(e.data["index"] for e in events if e.type == "sibling-cancelled") == [0, 1], (
         stream.trace()
     )
-    assert terminal(events) == ["error"] and types[-1] == "error", stream.trace()
+    assert terminals(events) == ["error"] and types[-1] == "error", stream.trace()
     assert listed_errors(events[-1]) == [("ValueError", "child boom")], stream.trace()
     await status_is(runtime, ref, TaskStatus.FAILED)
 
@@ -281,7 +192,7 @@ async def test_taskgroup_when_several_children_fail_then_one_error_lists_every_e
     runtime: Runtime, client: Client
 ) -> None:
     errors = [["ValueError", "first"], ["RuntimeError", "second"], ["LookupError", "third"]]
-    ref = await runtime.create_task(ab.group_many_fail, {"errors": errors})
+    ref = await runtime.create_task(behaviours.group_many_fail, {"errors": errors})
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -295,7 +206,7 @@ async def test_taskgroup_when_several_children_fail_then_one_error_lists_every_e
 async def test_exception_group_when_handled_with_except_star_then_task_completes(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.handle_with_except_star, {"children": 2})
+    ref = await runtime.create_task(behaviours.handle_with_except_star, {"children": 2})
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -334,7 +245,7 @@ async def test_concurrent_starts_when_one_fails_then_the_others_run_to_completio
 async def test_cancel_when_shutdown_follows_at_once_then_cancelled_state_is_persisted(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.cleanup_writes_on_cancel)
+    ref = await runtime.create_task(behaviours.cleanup_writes_on_cancel)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("parked")
@@ -344,7 +255,7 @@ async def test_cancel_when_shutdown_follows_at_once_then_cancelled_state_is_pers
     assert state.status is TaskStatus.CANCELLED, state
     assert state.completed_at is not None, state
     events = await stream.until()
-    assert terminal(events) == ["cancelled"], stream.trace()
+    assert terminals(events) == ["cancelled"], stream.trace()
 
 
 @pytest.mark.case("ASYNC-27")
@@ -352,7 +263,7 @@ async def test_cancel_when_shutdown_follows_at_once_then_cancelled_state_is_pers
 async def test_cancel_when_task_awaits_shield_then_cancelled_and_shielded_work_finishes(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.shielded_work)
+    ref = await runtime.create_task(behaviours.shielded_work)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("shielding")
@@ -369,56 +280,6 @@ async def test_cancel_when_task_awaits_shield_then_cancelled_and_shielded_work_f
 # -- the event loop: blocking, names, leaks, loop errors ---------------------------
 
 
-#: ASYNC-13's limit: asyncio debug mode reports callbacks that take longer.
-SLOW_CALLBACK = 0.1
-
-
-def _waited_for_cpu() -> float | None:
-    """Seconds this thread has spent runnable but off the CPU (Linux schedstat), else None."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as stats:
-            return int(stats.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class _SlowCallbacks(logging.Handler):
-    """The slow callbacks asyncio's debug mode reports, less the time the CPU was elsewhere.
-
-    On a loaded machine the OS may keep the loop's thread waiting for a CPU
-    in the middle of a quick callback; that is not the callback blocking the
-    loop. A tick every few milliseconds notes how long the thread has waited
-    so far; when asyncio reports a slow callback (right after it ran), the
-    wait since the last tick, which began before the callback did, is taken
-    off its duration. Without schedstat (not Linux) nothing is taken off.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.WARNING)
-        self.loop = loop
-        self.blocking: list[str] = []
-        self._mark = _waited_for_cpu()
-        self._timer = loop.call_later(0.005, self._tick)
-
-    def _tick(self) -> None:
-        self._mark = _waited_for_cpu()
-        self._timer = self.loop.call_later(0.005, self._tick)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.name != "asyncio" or not message.startswith("Executing"):
-            return
-        took = float(record.args[-1]) if isinstance(record.args, tuple) else SLOW_CALLBACK
-        now, mark = _waited_for_cpu(), self._mark
-        off_cpu = now - mark if now is not None and mark is not None else 0.0
-        if took - off_cpu >= SLOW_CALLBACK:
-            self.blocking.append(f"{message} ({off_cpu:.3f}s of it waiting for a CPU)")
-
-    def close(self) -> None:
-        self._timer.cancel()
-        super().close()
-
-
 @pytest.mark.case("ASYNC-13")
 async def test_event_loop_when_tasks_run_stream_and_store_in_debug_mode_then_no_slow_callback(
     runtime: Runtime, client: Client, caplog: pytest.LogCaptureFixture
@@ -426,7 +287,7 @@ async def test_event_loop_when_tasks_run_stream_and_store_in_debug_mode_then_no_
     loop = asyncio.get_running_loop()
     debug, slow = loop.get_debug(), loop.slow_callback_duration
     caplog.set_level(logging.WARNING, logger="asyncio")
-    watch = _SlowCallbacks(loop)
+    watch = SlowCallbacks(loop)
     logging.getLogger("asyncio").addHandler(watch)
     loop.set_debug(True)
     loop.slow_callback_duration = SLOW_CALLBACK
@@ -460,7 +321,7 @@ async def test_event_loop_when_tasks_run_stream_and_store_in_debug_mode_then_no_
 async def test_asyncio_task_when_it_runs_a_task_then_its_name_has_model_and_id(
     runtime: Runtime,
 ) -> None:
-    ref = await runtime.create_task(ab.report_task_name)
+    ref = await runtime.create_task(behaviours.report_task_name)
     await runtime.start_task(ref)
     name = await stored(runtime, ref, "task_name")
     assert ref.model in name, f"{name!r} does not name the model {ref.model!r}"
@@ -472,13 +333,6 @@ async def test_asyncio_task_when_it_runs_a_task_then_its_name_has_model_and_id(
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
-async def _run_to_end(client: Client, ref: TaskRef, runtime: Runtime) -> ClientStream:
-    stream = await client.subscribe(ref)
-    await runtime.start_task(ref)
-    await stream.until()
-    return stream
-
-
 @pytest.mark.case("ASYNC-15")
 async def test_runs_when_completed_or_failed_and_clients_left_then_no_asyncio_task_pending(
     runtime: Runtime, client: Client
@@ -487,11 +341,11 @@ async def test_runs_when_completed_or_failed_and_clients_left_then_no_asyncio_ta
     kinds = [
         (behaviours.steps, {"steps": 2}),
         (behaviours.fail, {}),
-        (ab.group_one_fails, {"siblings": 2}),
-        (ab.concurrent_senders, {"children": 3, "each": 3}),
+        (behaviours.group_one_fails, {"siblings": 2}),
+        (behaviours.concurrent_senders, {"children": 3, "each": 3}),
     ]
     refs = [await runtime.create_task(kind, fields) for kind, fields in kinds]
-    streams = [await _run_to_end(client, ref, runtime) for ref in refs]
+    streams = [await run_watched(client, runtime, ref) for ref in refs]
     for stream in streams:
         await stream.aclose()
     await no_task_pending_since(before, "every asyncio task of the ended runs to be done")
@@ -503,7 +357,7 @@ async def test_runs_when_cancelled_and_clients_left_then_no_asyncio_task_pending
     runtime: Runtime, client: Client
 ) -> None:
     before = set(asyncio.all_tasks())
-    refs = [await runtime.create_task(ab.cleanup_on_stop) for _ in range(3)]
+    refs = [await runtime.create_task(behaviours.cleanup_on_stop) for _ in range(3)]
     streams = [await client.subscribe(ref) for ref in refs]
     for ref, stream in zip(refs, streams, strict=True):
         await runtime.start_task(ref)
@@ -525,9 +379,9 @@ async def test_failing_tasks_when_collected_then_no_unretrieved_exception_or_una
         warnings.simplefilter("always")
         refs = [
             await runtime.create_task(behaviours.fail, {"message": "retrieve me"}),
-            await runtime.create_task(ab.group_one_fails, {"siblings": 1}),
+            await runtime.create_task(behaviours.group_one_fails, {"siblings": 1}),
             await runtime.create_task(
-                ab.group_many_fail, {"errors": [["ValueError", "a"], ["RuntimeError", "b"]]}
+                behaviours.group_many_fail, {"errors": [["ValueError", "a"], ["RuntimeError", "b"]]}
             ),
         ]
         for ref in refs:
@@ -553,27 +407,14 @@ async def test_context_variable_when_set_by_the_caller_of_start_then_visible_in_
     runtime: Runtime,
 ) -> None:
     value = f"caller-{uuid.uuid4().hex[:8]}"
-    ref = await runtime.create_task(ab.report_context)
-    token = ab.CALLER_VALUE.set(value)
+    ref = await runtime.create_task(behaviours.report_context)
+    token = behaviours.CALLER_VALUE.set(value)
     try:
         await runtime.start_task(ref)
     finally:
-        ab.CALLER_VALUE.reset(token)
+        behaviours.CALLER_VALUE.reset(token)
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
     assert (await runtime.get_state(ref)).fields.get("seen") == value
-
-
-@contextlib.contextmanager
-def eager_tasks() -> Iterator[None]:
-    if sys.version_info < (3, 12):
-        pytest.skip("unsupported: asyncio.eager_task_factory needs Python 3.12+")
-    loop = asyncio.get_running_loop()
-    previous = loop.get_task_factory()
-    loop.set_task_factory(asyncio.eager_task_factory)
-    try:
-        yield
-    finally:
-        loop.set_task_factory(previous)
 
 
 @pytest.mark.case("ASYNC-18")
@@ -600,10 +441,10 @@ async def test_eager_task_factory_when_installed_then_run_stream_late_join_and_c
             assert [e.type for e in early.seen] == ["start", "progress", "progress", "complete"]
             assert [e.id for e in late.seen] == [2, 3, 4], late.trace()
 
-            parked = await runtime.create_task(ab.park)
+            parked = await runtime.create_task(behaviours.park)
             watcher = await client.subscribe(parked)
             await runtime.start_task(parked)
-            await watcher.until("parked")
+            await watcher.until("start")
             assert await runtime.cancel_task(parked, "eager cancel")
             assert [e.type for e in await watcher.until()] == ["cancelled"], watcher.trace()
             await status_is(runtime, parked, TaskStatus.CANCELLED)
@@ -619,16 +460,15 @@ async def test_next_event_when_wait_for_times_out_then_no_event_lost_and_subscri
     runtime: Runtime,
 ) -> None:
     ref = await runtime.create_task(behaviours.stepper, {"total": 2})
-    async with raw(runtime, ref) as (subscription, seen):
-        events = aiter(subscription)
+    async with raw_subscription(runtime, ref) as raw:
         await runtime.start_task(ref)
-        assert (await next_event(events, seen)).type == "start", format_trace(seen)
+        assert (await raw.next()).type == "start", raw.trace()
         for _ in range(3):
-            assert await times_out(events, seen, 0.05), format_trace(seen)
+            assert await raw.times_out(0.05), raw.trace()
         await runtime.write_fields(ref, allow=2)
-        rest = await read_to_end(events, seen)
+        rest = await raw.until()
         expected = [(2, "progress"), (3, "progress"), (4, "complete")]
-        assert [(e.id, e.type) for e in rest] == expected, format_trace(seen)
+        assert [(e.id, e.type) for e in rest] == expected, raw.trace()
 
 
 @pytest.mark.case("ASYNC-19")
@@ -636,21 +476,20 @@ async def test_next_event_when_waits_time_out_while_events_arrive_then_none_is_l
     runtime: Runtime,
 ) -> None:
     count = 40
-    ref = await runtime.create_task(ab.trickle, {"count": count, "interval": 0.002})
+    ref = await runtime.create_task(behaviours.trickle, {"count": count, "interval": 0.002})
     timeouts = 0
-    async with raw(runtime, ref) as (subscription, seen):
-        events = aiter(subscription)
+    async with raw_subscription(runtime, ref) as raw:
         await runtime.start_task(ref)
-        while not (seen and seen[-1].is_terminal):
+        while not (raw.seen and raw.seen[-1].is_terminal):
             try:
-                await wait_next(events, seen, timeout=0.001)
+                await raw.wait_next(0.001)
             except TimeoutError:
                 timeouts += 1
             except StopAsyncIteration:
-                pytest.fail(f"The stream ended before a terminal event:\n{format_trace(seen)}")
+                pytest.fail(f"The stream ended before a terminal event:\n{raw.trace()}")
         assert timeouts > 0, "no wait timed out: the case tested nothing"
-        assert [e.id for e in seen] == list(range(1, count + 2)), format_trace(seen)
-        assert [e.data.get("index") for e in seen[:-1]] == list(range(count)), format_trace(seen)
+        assert [e.id for e in raw.seen] == list(range(1, count + 2)), raw.trace()
+        assert [e.data.get("index") for e in raw.seen[:-1]] == list(range(count)), raw.trace()
 
 
 @pytest.mark.case("ASYNC-26")
@@ -658,16 +497,15 @@ async def test_wait_for_next_event_when_none_comes_in_time_then_timeout_error_an
     runtime: Runtime,
 ) -> None:
     ref = await runtime.create_task(behaviours.wait_for_flag, {"go": False})
-    async with raw(runtime, ref) as (subscription, seen):
-        events = aiter(subscription)
+    async with raw_subscription(runtime, ref) as raw:
         await runtime.start_task(ref)
-        assert (await next_event(events, seen)).type == "started", format_trace(seen)
+        assert (await raw.next()).type == "started", raw.trace()
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(anext(events), 0.05)
+            await raw.wait_next(0.05)
         assert (await runtime.get_state(ref)).status is TaskStatus.RUNNING
         await runtime.write_fields(ref, go=True)
-        rest = await read_to_end(events, seen)
-        assert [e.type for e in rest] == ["final", "complete"], format_trace(seen)
+        rest = await raw.until()
+        assert [e.type for e in rest] == ["final", "complete"], raw.trace()
     await status_is(runtime, ref, TaskStatus.SUCCESSFUL)
 
 
@@ -683,7 +521,7 @@ async def test_client_when_cancelled_while_waiting_then_task_and_other_clients_u
     waiting = asyncio.create_task(leaving.next(timeout=30), name="conformance:waiting-client")
     await eventually(lambda: runtime.stats().subscribers == 2, what="both clients to be registered")
     await eventually(
-        lambda: inspect.getcoroutinestate(waiting.get_coro()) == inspect.CORO_SUSPENDED,
+        lambda: suspended(waiting),
         what="the client to be parked waiting for its next event",
     )
     waiting.cancel()
@@ -705,7 +543,9 @@ async def test_children_when_they_send_concurrently_then_ids_distinct_increasing
     runtime: Runtime, client: Client
 ) -> None:
     children, each = 4, 25
-    ref = await runtime.create_task(ab.concurrent_senders, {"children": children, "each": each})
+    ref = await runtime.create_task(
+        behaviours.concurrent_senders, {"children": children, "each": each}
+    )
     streams = [await client.subscribe(ref) for _ in range(2)]
     await runtime.start_task(ref)
     for stream in streams:
@@ -724,7 +564,7 @@ async def test_client_when_it_reads_nothing_then_task_completes_and_others_get_e
     runtime: Runtime, client: Client
 ) -> None:
     count = 1200
-    ref = await runtime.create_task(ab.yielding_burst, {"count": count})
+    ref = await runtime.create_task(behaviours.yielding_burst, {"count": count})
     idle = await client.subscribe(ref)
     reader = await client.subscribe(ref)
     await runtime.start_task(ref)
@@ -758,7 +598,7 @@ async def test_start_task_when_called_then_returns_while_the_work_still_runs(
 async def test_timed_out_task_when_cleaning_up_then_finally_runs_and_its_events_come_first(
     runtime: Runtime, client: Client
 ) -> None:
-    ref = await runtime.create_task(ab.cleanup_on_stop, timeout=SHORT)
+    ref = await runtime.create_task(behaviours.cleanup_on_stop, timeout=SHORT)
     stream = await client.subscribe(ref)
     await runtime.start_task(ref)
     events = await stream.until()
@@ -773,8 +613,8 @@ async def test_two_tasks_of_one_kind_when_timeouts_differ_then_each_stops_at_its
     runtime: Runtime, client: Client
 ) -> None:
     shorter, longer = 0.15, 0.5
-    quick = await runtime.create_task(ab.park, timeout=shorter)
-    slow = await runtime.create_task(ab.park, timeout=longer)
+    quick = await runtime.create_task(behaviours.park, timeout=shorter)
+    slow = await runtime.create_task(behaviours.park, timeout=longer)
     quick_stream, slow_stream = await client.subscribe(quick), await client.subscribe(slow)
     await runtime.start_task(slow)
     await runtime.start_task(quick)

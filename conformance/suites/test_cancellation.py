@@ -9,23 +9,18 @@ the cancel, never a race with the task's own progress.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
 
 from conformance import behaviours
-from conformance.clients import Client, HttpClient
-from conformance.contract import Capability, Event, Implementation, Runtime, TaskRef, TaskStatus
-from conformance.processes import ServerProcess
-from conformance.waiting import MARGIN, eventually, status_is
+from conformance.checks import told
+from conformance.clients import Client, HttpClient, http_client
+from conformance.contract import Capability, Implementation, Runtime, TaskRef, TaskStatus
+from conformance.servers import Spawn
+from conformance.waiting import MARGIN, eventually, nothing_running, status_is
+from conformance.wire import HangingUpstream
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.CANCEL)]
-
-
-async def nothing_running(runtime: Runtime) -> None:
-    await eventually(lambda: runtime.stats().running_tasks == 0, what="no task running")
 
 
 @pytest.mark.case("CANCEL-1")
@@ -44,12 +39,6 @@ async def test_running_task_when_cancelled_then_every_client_gets_one_cancelled_
         assert [e.type for e in stream.seen] == ["start", "cancelled"], stream.trace()
         assert events[-1].data.get("reason") == "user asked", stream.trace()
         assert told(events[-1]), f"SPEC's table: 'cancelled' carries a message\n{stream.trace()}"
-
-
-def told(event: Event) -> bool:
-    """Whether ``event`` carries the human-readable ``message`` SPEC's table asks of it."""
-    message = event.data.get("message")
-    return isinstance(message, str) and bool(message.strip())
 
 
 @pytest.mark.case("CANCEL-2")
@@ -189,39 +178,11 @@ async def test_task_with_taskgroup_children_when_cancelled_then_every_child_is_c
     await nothing_running(runtime)
 
 
-class HangingHttpServer:
-    """Answers every request with headers and then nothing; notes when a client hangs up."""
-
-    def __init__(self) -> None:
-        self.connected = asyncio.Event()
-        self.closed = asyncio.Event()
-        self._server: asyncio.Server | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
-        )
-        await writer.drain()
-        self.connected.set()
-        await reader.read()  # b"" once the client closes its end
-        self.closed.set()
-        writer.close()
-        await writer.wait_closed()
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[str]:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        async with self._server:
-            yield f"http://127.0.0.1:{port}/slow"
-
-
 @pytest.mark.case("CANCEL-11")
 async def test_task_with_request_in_flight_when_cancelled_then_connection_is_closed(
     runtime: Runtime, client: Client
 ) -> None:
-    upstream = HangingHttpServer()
+    upstream = HangingUpstream()
     async with upstream.running() as url:
         ref = await runtime.create_task(behaviours.fetch, {"url": url})
         stream = await client.subscribe(ref)
@@ -263,13 +224,12 @@ async def test_cancel_endpoint_when_posted_then_200_true_reason_told_then_false_
     runtime: Runtime, server_url: str
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
-    sse = HttpClient(server_url)
-    try:
+    async with HttpClient(server_url) as sse:
         stream = await sse.subscribe(ref)
         await runtime.start_task(ref)
         await stream.until("start")
         path = f"/tasks/{ref.model}/{ref.id}/cancel"
-        async with httpx.AsyncClient(base_url=server_url) as http:
+        async with http_client(server_url) as http:
             first = await http.post(path, json={"reason": "from the web"})
             assert (first.status_code, first.json()) == (200, {"cancelled": True}), first.text
             event = await stream.next()
@@ -278,8 +238,6 @@ async def test_cancel_endpoint_when_posted_then_200_true_reason_told_then_false_
             assert (again.status_code, again.json()) == (200, {"cancelled": False}), again.text
             missing = await http.post(f"/tasks/{ref.model}/987654321/cancel")
             assert missing.status_code == 404 and missing.text.strip(), missing.text
-    finally:
-        await sse.aclose()
 
 
 @pytest.mark.case("CANCEL-14")
@@ -319,12 +277,11 @@ async def test_one_task_when_cancelled_then_another_task_and_its_clients_carry_o
 @pytest.mark.case("CANCEL-2")
 @pytest.mark.requires(Capability.PERSISTENCE, Capability.PROCESS, Capability.HTTP)
 async def test_task_cancelled_in_a_server_when_clients_told_then_cancelled_is_readable_elsewhere(
-    runtime: Runtime, spawn_server: Callable[..., Awaitable[ServerProcess]]
+    runtime: Runtime, spawn_server: Spawn
 ) -> None:
     server = await spawn_server()
     ref = await runtime.create_task(behaviours.park)
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         stream = await sse.subscribe(ref)
         await server.start_task(ref)
         await stream.until("start")
@@ -334,6 +291,4 @@ async def test_task_cancelled_in_a_server_when_clients_told_then_cancelled_is_re
         assert (await stream.until())[-1].type == "cancelled", stream.trace()
         # At once, in another process: the outcome was stored before it was sent.
         state = await runtime.get_state(ref)
-    finally:
-        await sse.aclose()
     assert state.status is TaskStatus.CANCELLED and "from afar" in state.error, state

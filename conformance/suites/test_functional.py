@@ -8,7 +8,6 @@ Every case that takes ``client`` runs twice: in-process and over HTTP.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -26,7 +25,7 @@ from conformance.contract import (
     UnknownTask,
 )
 from conformance.processes import ServerProcess
-from conformance.waiting import eventually, status_is
+from conformance.waiting import eventually, status_is, suspended
 
 pytestmark = pytest.mark.asyncio
 
@@ -322,7 +321,7 @@ async def test_subscription_when_closed_while_a_read_is_pending_then_the_read_en
 
     pending = asyncio.create_task(read(), name="conformance:pending-read")
     await eventually(
-        lambda: inspect.getcoroutinestate(pending.get_coro()) == inspect.CORO_SUSPENDED,
+        lambda: suspended(pending),
         what="the read to wait for an event",
     )
     await subscription.aclose()
@@ -392,8 +391,7 @@ async def test_terminal_event_when_it_reaches_a_client_then_the_status_is_readab
 ) -> None:
     server = await spawn_server()
     ref = await runtime.create_task(behaviours.stepper, {"total": 1})
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         stream = await sse.subscribe(ref)
         await server.start_task(ref)
         await stream.until("start")
@@ -401,8 +399,6 @@ async def test_terminal_event_when_it_reaches_a_client_then_the_status_is_readab
         assert (await stream.until())[-1].type == "complete", stream.trace()
         # At once, in another process: the outcome was stored before it was sent.
         state = await runtime.get_state(ref)
-    finally:
-        await sse.aclose()
     assert state.status is TaskStatus.SUCCESSFUL and state.completed_at, state
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from conformance import behaviours, hostile
 from conformance.clients import HttpClient
@@ -24,47 +22,13 @@ from conformance.contract import (
     Capability,
     Implementation,
     Runtime,
-    TaskRef,
     TaskStatus,
 )
-from conformance.processes import ServerProcess
+from conformance.servers import Spawn
 from conformance.waiting import eventually, status_is
+from conformance.wire import read_frames
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.HTTP)]
-
-
-@pytest_asyncio.fixture
-async def http(server_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server_url, timeout=httpx.Timeout(10, read=None)) as c:
-        yield c
-
-
-@pytest_asyncio.fixture
-async def sse(server_url: str) -> AsyncIterator[HttpClient]:
-    client = HttpClient(server_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-async def read_frames(response: httpx.Response) -> list[dict[str, str]]:
-    """Raw SSE frames (field name -> value) that carry data, until the stream ends.
-
-    As in the WHATWG parser, a block without ``data`` dispatches no event
-    (a lone ``retry:`` block only sets the reconnection time).
-    """
-    frames, current = [], {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if "data" in current:
-                frames.append(current)
-            current = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            assert name not in current, f"field {name!r} repeated in one frame: {line!r}"
-            current[name] = value.removeprefix(" ")
-    return frames
 
 
 @pytest.mark.case("HTTP-1")
@@ -228,34 +192,18 @@ async def test_undefined_request_when_sent_then_404_or_405_with_reason(
 # -- HTTP-9, HTTP-10: what a server must refuse at its edge -------------------------------
 
 
-def handshake_paths(ref: TaskRef) -> list[str]:
-    return [ref.stream_path, f"/tasks/{ref.model}/{ref.id}", "/health", "/no-such-path"]
-
-
-async def handshakes(url: str, ref: TaskRef) -> dict[str, int | None]:
-    return {
-        path: await asyncio.to_thread(hostile.websocket_handshake, url, path)
-        for path in handshake_paths(ref)
-    }
-
-
-def refused_with_4xx(answers: dict[str, int | None]) -> bool:
-    return all(status is not None and 400 <= status < 500 for status in answers.values())
-
-
 @pytest.mark.case("HTTP-9")
 async def test_websocket_handshake_when_sent_to_the_app_then_4xx_and_no_error_logged(
     runtime: Runtime, server_url: str
 ) -> None:
     ref = await runtime.create_task(behaviours.steps, {"steps": 1})
     with hostile.logged_errors() as errors:
-        answers = await handshakes(server_url, ref)
-    assert refused_with_4xx(answers), f"each handshake must be refused with a 4xx: {answers}"
+        answers = await hostile.handshakes(server_url, ref)
+    assert hostile.refused_with_4xx(answers), (
+        f"each handshake must be refused with a 4xx: {answers}"
+    )
     logged = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in errors]
     assert not logged, f"WebSocket handshakes were logged as errors: {logged[:3]}"
-
-
-Spawn = Callable[..., Awaitable[ServerProcess]]
 
 
 @pytest.mark.case("HTTP-9")
@@ -267,8 +215,10 @@ async def test_websocket_handshake_when_sent_to_a_server_process_then_4xx_and_no
     ref = await runtime.create_task(behaviours.steps, {"steps": 1})
     answers = {}
     for _ in range(5):  # a log line per handshake adds up: the finding was 385 KB for 500
-        answers = await handshakes(server.url, ref)
-        assert refused_with_4xx(answers), f"each handshake must be refused with a 4xx: {answers}"
+        answers = await hostile.handshakes(server.url, ref)
+        assert hostile.refused_with_4xx(answers), (
+            f"each handshake must be refused with a 4xx: {answers}"
+        )
     health = await server.request("GET", "/health")
     assert health.status_code == 200, server.output()
     stderr = server.stderr.decode(errors="replace")

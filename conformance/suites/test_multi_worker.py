@@ -13,22 +13,14 @@ to differ.
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable, Sequence
 
-import httpx
 import pytest
 
 from conformance import behaviours
-from conformance.clients import ClientStream, HttpClient
-from conformance.contract import (
-    FAREWELL_EVENT,
-    Capability,
-    Event,
-    Implementation,
-    Runtime,
-    TaskStatus,
-)
-from conformance.processes import ServerProcess
+from conformance.checks import seen_as
+from conformance.clients import ClientStream, HttpClient, request
+from conformance.contract import FAREWELL_EVENT, Capability, Implementation, Runtime, TaskStatus
+from conformance.servers import Spawn, two_workers
 from conformance.waiting import MARGIN, status_is
 
 pytestmark = [
@@ -39,25 +31,6 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-Spawn = Callable[..., Awaitable[ServerProcess]]
-
-
-def seen_as(events: Sequence[Event]) -> list[tuple[int, str, dict[str, object]]]:
-    """What two clients must agree on: each event's id, type and data."""
-    return [(event.id, event.type, dict(event.data)) for event in events]
-
-
-async def through_step(stream: ClientStream, step: int) -> list[Event]:
-    """Read a :func:`~conformance.behaviours.stepper` task's stream up to ``progress`` ``step``."""
-    while True:
-        event = await stream.next()
-        if event.type == "progress" and event.data.get("step") == step:
-            return list(stream.seen)
-
-
-async def two_workers(spawn_server: Spawn, *, grace: float = 5.0) -> tuple[ServerProcess, ...]:
-    return (await spawn_server(grace=grace), await spawn_server(grace=grace))
-
 
 @pytest.mark.case("MULTI-1")
 async def test_client_of_another_worker_when_task_runs_then_same_events_ids_and_end(
@@ -65,8 +38,7 @@ async def test_client_of_another_worker_when_task_runs_then_same_events_ids_and_
 ) -> None:
     runs_it, other = await two_workers(spawn_server)
     ref = await runtime.create_task(behaviours.stepper, {"total": 4})
-    here, there = HttpClient(runs_it.url), HttpClient(other.url)
-    try:
+    async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
         local = await here.subscribe(ref)
         remote = await there.subscribe(ref)
         await runs_it.start_task(ref)
@@ -76,9 +48,6 @@ async def test_client_of_another_worker_when_task_runs_then_same_events_ids_and_
         await remote.until("complete", timeout=10)
         await remote.expect_end()
         local_events, remote_events = local.seen, remote.seen
-    finally:
-        await here.aclose()
-        await there.aclose()
     assert [e.id for e in remote_events] == list(range(1, 7)), remote.trace()
     assert seen_as(remote_events) == seen_as(local_events), (
         f"a client of another worker must see what the running worker's clients see\n"
@@ -95,8 +64,7 @@ async def test_clients_of_another_worker_when_task_sends_a_burst_then_every_even
     count = 3000
     runs_it, other = await two_workers(spawn_server)
     ref = await runtime.create_task(behaviours.burst, {"count": count})
-    there = HttpClient(other.url)
-    try:
+    async with HttpClient(other.url) as there:
         streams = [await there.subscribe(ref) for _ in range(5)]
         await runs_it.start_task(ref)
         for stream in streams:
@@ -106,8 +74,6 @@ async def test_clients_of_another_worker_when_task_sends_a_burst_then_every_even
                 f"{next((e for e in events if e.type != 'tick'), None)}"
             )
             assert [e.data["index"] for e in events[:-1]] == list(range(count))
-    finally:
-        await there.aclose()
 
 
 @pytest.mark.case("MULTI-2")
@@ -116,12 +82,11 @@ async def test_late_client_of_another_worker_when_task_runs_then_latest_event_fi
 ) -> None:
     runs_it, other = await two_workers(spawn_server)
     ref = await runtime.create_task(behaviours.stepper, {"total": 3, "allow": 2})
-    here, there = HttpClient(runs_it.url), HttpClient(other.url)
-    try:
+    async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
         local = await here.subscribe(ref)
         await runs_it.start_task(ref)
         await behaviours.reached(runtime, ref, 2)
-        latest = (await through_step(local, 2))[-1]
+        latest = (await behaviours.through_step(local, 2))[-1]
         late = await there.subscribe(ref)
         first = await late.next(timeout=2)
         assert seen_as([first]) == seen_as([latest]), (
@@ -131,9 +96,6 @@ async def test_late_client_of_another_worker_when_task_runs_then_latest_event_fi
         await runtime.write_fields(ref, allow=3)
         rest = await late.until("complete", timeout=10)
         await late.expect_end()
-    finally:
-        await here.aclose()
-        await there.aclose()
     assert [e.id for e in rest] == [first.id + 1, first.id + 2], late.trace()
     assert [e.type for e in rest] == ["progress", "complete"], late.trace()
 
@@ -145,17 +107,18 @@ async def test_cancel_sent_to_another_worker_when_task_runs_then_stopped_and_all
 ) -> None:
     runs_it, other = await two_workers(spawn_server)
     ref = await runtime.create_task(behaviours.cleanup_probe)
-    here, there = HttpClient(runs_it.url), HttpClient(other.url)
     deadline = impl.timings.cancel_grace + MARGIN
-    try:
+    async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
         streams = [await here.subscribe(ref), await there.subscribe(ref)]
         await runs_it.start_task(ref)
         for stream in streams:
             await stream.until("start")
-        async with httpx.AsyncClient(base_url=other.url, timeout=10) as http:
-            answer = await http.post(
-                f"/tasks/{ref.model}/{ref.id}/cancel", json={"reason": "from the other worker"}
-            )
+        answer = await request(
+            other.url,
+            "POST",
+            f"/tasks/{ref.model}/{ref.id}/cancel",
+            json={"reason": "from the other worker"},
+        )
         assert (answer.status_code, answer.json()) == (200, {"cancelled": True}), answer.text
         for stream in streams:
             events = await stream.until("cancelled", timeout=deadline)
@@ -163,9 +126,6 @@ async def test_cancel_sent_to_another_worker_when_task_runs_then_stopped_and_all
             assert [e.type for e in events].count("cancelled") == 1, stream.trace()
             assert events[-1].data.get("reason") == "from the other worker", stream.trace()
             assert "cleanup" in [e.type for e in events], stream.trace()
-    finally:
-        await here.aclose()
-        await there.aclose()
     state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert state.fields.get("finally_ran") is True, state
     assert state.fields.get("released") is True, state
@@ -179,11 +139,10 @@ async def test_client_resuming_on_another_worker_then_exactly_the_events_after_i
 ) -> None:
     runs_it, other = await two_workers(spawn_server)
     ref = await runtime.create_task(behaviours.stepper, {"total": 5, "allow": 2})
-    here, there = HttpClient(runs_it.url), HttpClient(other.url)
-    try:
+    async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
         first = await here.subscribe(ref)
         await runs_it.start_task(ref)
-        before = await through_step(first, 2)  # start, step 1, step 2
+        before = await behaviours.through_step(first, 2)  # start, step 1, step 2
         await first.aclose()
         if when == "finished":
             await runtime.write_fields(ref, allow=5)
@@ -193,9 +152,6 @@ async def test_client_resuming_on_another_worker_then_exactly_the_events_after_i
             await runtime.write_fields(ref, allow=5)
         rest = await resumed.until("complete", timeout=10)
         await resumed.expect_end()
-    finally:
-        await here.aclose()
-        await there.aclose()
     ids = [e.id for e in rest]
     assert ids == list(range(before[-1].id + 1, before[-1].id + 1 + len(ids))), resumed.trace()
     assert [e.type for e in rest] == ["progress"] * 3 + ["complete"], resumed.trace()
@@ -210,8 +166,7 @@ async def test_worker_when_killed_then_other_workers_clients_told_interrupted_ot
     doomed, survivor = await two_workers(spawn_server)
     lost = await runtime.create_task(behaviours.park)
     kept = await runtime.create_task(behaviours.stepper, {"total": 2})
-    there = HttpClient(survivor.url)
-    try:
+    async with HttpClient(survivor.url) as there:
         of_lost = await there.subscribe(lost)
         of_kept = await there.subscribe(kept)
         await doomed.start_task(lost)
@@ -227,8 +182,6 @@ async def test_worker_when_killed_then_other_workers_clients_told_interrupted_ot
         await runtime.write_fields(kept, allow=2)
         rest = await of_kept.until("complete", timeout=10)
         assert [e.type for e in rest] == ["progress", "progress", "complete"], of_kept.trace()
-    finally:
-        await there.aclose()
     await status_is(runtime, lost, TaskStatus.INTERRUPTED)
     await status_is(runtime, kept, TaskStatus.SUCCESSFUL)
 
@@ -242,8 +195,7 @@ async def test_worker_when_draining_then_only_its_own_clients_get_farewell(
     draining, staying = await two_workers(spawn_server, grace=grace)
     parked = await runtime.create_task(behaviours.park)
     stepping = await runtime.create_task(behaviours.stepper, {"total": 2})
-    here, there = HttpClient(draining.url), HttpClient(staying.url)
-    try:
+    async with HttpClient(draining.url) as here, HttpClient(staying.url) as there:
         own: ClientStream = await here.subscribe(parked)
         of_parked = await there.subscribe(parked)
         of_stepping = await there.subscribe(stepping)
@@ -267,6 +219,3 @@ async def test_worker_when_draining_then_only_its_own_clients_get_farewell(
             f"a client on another worker must get the draining worker's run's terminal "
             f"event, not its farewell\n{of_parked.trace()}"
         )
-    finally:
-        await here.aclose()
-        await there.aclose()

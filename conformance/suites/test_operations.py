@@ -5,215 +5,51 @@ Access control and limits are read on the guarded interface
 implementation declares (``Implementation.credentials_for``,
 ``Implementation.limits``); the origin and host checks, the metrics and
 the probes on the default one. Every interface is served by a real uvicorn
-on 127.0.0.1. A refusal must come at once: each request has a deadline, so
-a request left waiting fails the case rather than passing it late.
+on 127.0.0.1. A refusal must come at once: each request has a deadline
+(:mod:`conformance.access`), so a request left waiting fails the case
+rather than passing it late.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-import pytest_asyncio
-from httpx_sse import aconnect_sse
 
-from conformance import behaviours, prometheus
-from conformance.clients import ClientStream, HttpStatusError, SSEReader, serve_asgi
-from conformance.contract import Capability, Implementation, Runtime, TaskRef, TaskStatus
-from conformance.processes import ServerProcess
-from conformance.requirements import UNSUPPORTED, skip_unsupported
+from conformance import behaviours
+from conformance.access import (
+    ANSWER_DEADLINE,
+    accepted_stream,
+    answer,
+    cancel_refused,
+    command,
+    credentials,
+    refused_stream,
+    refused_with_reason,
+    require_limit,
+    retry_after,
+    retry_refused,
+    start_refused,
+    stream_refused,
+    until_refused,
+)
+from conformance.clients import HttpClient
+from conformance.contract import Capability, Implementation, Runtime, TaskStatus
+from conformance.metrics import Samples, scrape, value
+from conformance.requirements import UNSUPPORTED
+from conformance.servers import Spawn
 from conformance.waiting import MARGIN, eventually, status_is
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires(Capability.HTTP)]
 
-Spawn = Callable[..., Awaitable[ServerProcess]]
-
-#: Seconds a refusal may take: it is an answer on arrival, not a wait.
-ANSWER_DEADLINE = 5.0
 #: A page on another site.
 FOREIGN_ORIGIN = "https://attacker.example"
 JSON = {"content-type": "application/json"}
 
 
-# -- fixtures and helpers -----------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def http(server_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the default interface."""
-    async with _client(server_url) as client:
-        yield client
-
-
-@pytest_asyncio.fixture
-async def guarded(impl: Implementation, runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the guarded interface, on a uvicorn of its own."""
-    if not {Capability.AUTHORIZATION, Capability.RATE_LIMITS} & set(impl.capabilities):
-        skip_unsupported(impl, [Capability.AUTHORIZATION])
-    async with serve_asgi(runtime.guarded_asgi_app()) as url, _client(url) as client:
-        yield client
-
-
-@contextlib.asynccontextmanager
-async def _client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    # No pool cap: cases hold several streams open at once.
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(ANSWER_DEADLINE, read=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-    ) as client:
-        yield client
-
-
-def credentials(impl: Implementation, ref: TaskRef, action: str) -> Mapping[str, str]:
-    """What allows ``action`` on ``ref``; none needed where only limits are guarded."""
-    if Capability.AUTHORIZATION in impl.capabilities:
-        return dict(impl.credentials_for(ref, action))
-    return {}
-
-
-class Refused(HttpStatusError):
-    """A stream request answered with another status than 200, with its response's headers."""
-
-    def __init__(self, status: int, body: str, headers: httpx.Headers) -> None:
-        super().__init__(status, body)
-        self.headers = headers
-
-
-class Streams:
-    """Streams opened with headers of the case's choosing; all closed when the case ends."""
-
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
-        self._open: list[ClientStream] = []
-
-    async def open(self, ref: TaskRef, headers: Mapping[str, str]) -> ClientStream:
-        """A stream of ``ref``; :class:`HttpStatusError` if it is not answered 200."""
-        stack = contextlib.AsyncExitStack()
-        async with asyncio.timeout(ANSWER_DEADLINE):
-            source = await stack.enter_async_context(
-                aconnect_sse(self.http, "GET", ref.stream_path, headers=dict(headers))
-            )
-            response = source.response
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                await stack.aclose()
-                raise Refused(response.status_code, body, response.headers)
-        reader = SSEReader(source, stack)
-        stream = ClientStream(ref, reader, reader.aclose)
-        self._open.append(stream)
-        return stream
-
-    async def refused(self, ref: TaskRef, headers: Mapping[str, str]) -> Refused:
-        """Open a stream that must be refused; the refusal."""
-        try:
-            stream = await self.open(ref, headers)
-        except Refused as refusal:
-            return refusal
-        await stream.aclose()
-        raise AssertionError(f"A stream of {ref} was accepted; a refusal was expected.")
-
-    async def accepted(self, ref: TaskRef, headers: Mapping[str, str]) -> ClientStream | None:
-        """A stream of ``ref`` if it is accepted now; None if it is refused (with 429)."""
-        try:
-            return await self.open(ref, headers)
-        except Refused as refusal:
-            assert refusal.status == 429, (refusal.status, refusal.body)
-            return None
-
-    async def aclose(self) -> None:
-        for stream in self._open:
-            await stream.aclose()
-
-
-@pytest_asyncio.fixture
-async def streams(guarded: httpx.AsyncClient) -> AsyncIterator[Streams]:
-    opened = Streams(guarded)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
-async def command(
-    http: httpx.AsyncClient, ref: TaskRef, action: str, **kwargs: object
-) -> httpx.Response:
-    async with asyncio.timeout(ANSWER_DEADLINE):
-        return await http.post(f"/tasks/{ref.model}/{ref.id}/{action}", **kwargs)  # type: ignore[arg-type]
-
-
-def refused_with_reason(response: httpx.Response | HttpStatusError, statuses: set[int]) -> None:
-    status, body = (
-        (response.status_code, response.text)
-        if isinstance(response, httpx.Response)
-        else (response.status, response.body)
-    )
-    assert status in statuses, (status, body)
-    assert body.strip(), f"a {status} must say why"
-
-
-def retry_after(response: httpx.Response | Refused) -> int:
-    """The whole seconds of a 429's ``Retry-After``; fails unless there are some."""
-    value = response.headers.get("retry-after", "")
-    assert value.isdigit() and int(value) >= 1, f"Retry-After must be whole seconds: {value!r}"
-    return int(value)
-
-
-def require_limit(impl: Implementation, name: str) -> int | float:
-    value = getattr(impl.limits, name)
-    if value is None:
-        pytest.skip(f"{UNSUPPORTED}: {impl.name} declares no Limits.{name}")
-    return value  # type: ignore[no-any-return]
-
-
 # -- OPS-1, OPS-2: credentials --------------------------------------------------------
-
-
-async def stream_refused(
-    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient
-) -> httpx.Response:
-    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
-    async with asyncio.timeout(ANSWER_DEADLINE):
-        response = await guarded.get(ref.stream_path)
-    assert runtime.stats().subscribers == 0, "a refused stream must not be registered"
-    return response
-
-
-async def start_refused(
-    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient
-) -> httpx.Response:
-    ref = await runtime.create_task(behaviours.stepper, {"total": 1})
-    response = await command(guarded, ref, "start")
-    assert (await runtime.get_state(ref)).status is TaskStatus.READY
-    return response
-
-
-async def cancel_refused(
-    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient
-) -> httpx.Response:
-    ref = await runtime.create_task(behaviours.park)
-    await runtime.start_task(ref)
-    await status_is(runtime, ref, TaskStatus.RUNNING)
-    response = await command(guarded, ref, "cancel", json={"reason": "nobody asked"})
-    # Unchanged: a cancel of the run now is the first, so it still answers True.
-    assert await runtime.cancel_task(ref, "cleanup"), "the refused cancel cancelled the task"
-    return response
-
-
-async def retry_refused(
-    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient
-) -> httpx.Response:
-    ref = await runtime.create_task(behaviours.fail)
-    await runtime.start_task(ref)
-    await status_is(runtime, ref, TaskStatus.FAILED)
-    response = await command(guarded, ref, "retry")
-    state = await runtime.get_state(ref)
-    assert (state.status, state.attempt) == (TaskStatus.FAILED, 1), state
-    return response
 
 
 @pytest.mark.case("OPS-1")
@@ -242,14 +78,14 @@ async def test_guarded_when_no_credentials_then_401_or_403_with_reason_and_nothi
 @pytest.mark.case("OPS-2")
 @pytest.mark.requires(Capability.AUTHORIZATION, Capability.CANCEL)
 async def test_guarded_when_credentials_given_then_they_allow_their_action_on_their_task_only(
-    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient, streams: Streams
+    impl: Implementation, runtime: Runtime, guarded: httpx.AsyncClient, streams: HttpClient
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
     other = await runtime.create_task(behaviours.park)
 
     for wrong in (credentials(impl, other, "stream"), credentials(impl, ref, "start")):
-        refused_with_reason(await streams.refused(ref, wrong), {403})
-    stream = await streams.open(ref, credentials(impl, ref, "stream"))
+        refused_with_reason(await refused_stream(streams, ref, wrong), {403})
+    stream = await streams.subscribe(ref, headers=credentials(impl, ref, "stream"))
 
     for wrong in (credentials(impl, ref, "stream"), credentials(impl, other, "start")):
         refused_with_reason(await command(guarded, ref, "start", headers=wrong), {403})
@@ -388,7 +224,7 @@ async def test_request_when_host_not_served_then_400_and_own_host_served(
 @pytest.mark.case("OPS-7")
 @pytest.mark.requires(Capability.RATE_LIMITS)
 async def test_streams_when_client_holds_its_limit_then_429_and_open_ones_carry_on(
-    impl: Implementation, runtime: Runtime, streams: Streams
+    impl: Implementation, runtime: Runtime, streams: HttpClient
 ) -> None:
     limit = int(require_limit(impl, "streams_per_client"))
     burst = impl.limits.stream_burst
@@ -396,14 +232,17 @@ async def test_streams_when_client_holds_its_limit_then_429_and_open_ones_carry_
         pytest.skip(f"{UNSUPPORTED}: stream_burst {burst} is below the streams this case opens")
     # One task per stream, so that no task reaches a limit of its own.
     refs = [await runtime.create_task(behaviours.stepper, {"total": 1}) for _ in range(limit + 1)]
-    held = [await streams.open(ref, credentials(impl, ref, "stream")) for ref in refs[:limit]]
+    held = [
+        await streams.subscribe(ref, headers=credentials(impl, ref, "stream"))
+        for ref in refs[:limit]
+    ]
     for ref in refs:
         await runtime.start_task(ref)
     for stream in held:
         await stream.until("start")
 
     extra = refs[-1]
-    refusal = await streams.refused(extra, credentials(impl, extra, "stream"))
+    refusal = await refused_stream(streams, extra, credentials(impl, extra, "stream"))
     refused_with_reason(refusal, {429})
     retry_after(refusal)
 
@@ -414,7 +253,7 @@ async def test_streams_when_client_holds_its_limit_then_429_and_open_ones_carry_
         assert events[-1].type == "complete", stream.trace()
     await held[0].aclose()
     accepted = await eventually(
-        lambda: streams.accepted(extra, credentials(impl, extra, "stream")),
+        lambda: accepted_stream(streams, extra, credentials(impl, extra, "stream")),
         timeout=ANSWER_DEADLINE + MARGIN,
         what="a stream to be accepted once the client holds fewer",
     )
@@ -424,7 +263,7 @@ async def test_streams_when_client_holds_its_limit_then_429_and_open_ones_carry_
 @pytest.mark.case("OPS-8")
 @pytest.mark.requires(Capability.RATE_LIMITS)
 async def test_streams_when_task_has_its_limit_then_429_and_other_tasks_served(
-    impl: Implementation, runtime: Runtime, streams: Streams
+    impl: Implementation, runtime: Runtime, streams: HttpClient
 ) -> None:
     limit = int(require_limit(impl, "subscribers_per_task"))
     per_client = impl.limits.streams_per_client
@@ -433,16 +272,16 @@ async def test_streams_when_task_has_its_limit_then_429_and_other_tasks_served(
     ref = await runtime.create_task(behaviours.stepper, {"total": 1})
     other = await runtime.create_task(behaviours.stepper, {"total": 1})
     allowed = credentials(impl, ref, "stream")
-    held = [await streams.open(ref, allowed) for _ in range(limit)]
+    held = [await streams.subscribe(ref, headers=allowed) for _ in range(limit)]
 
-    refusal = await streams.refused(ref, allowed)
+    refusal = await refused_stream(streams, ref, allowed)
     refused_with_reason(refusal, {429})
     retry_after(refusal)
-    beside = await streams.open(other, credentials(impl, other, "stream"))
+    beside = await streams.subscribe(other, headers=credentials(impl, other, "stream"))
 
     await held[0].aclose()
     joined = await eventually(
-        lambda: streams.accepted(ref, allowed),
+        lambda: accepted_stream(streams, ref, allowed),
         timeout=ANSWER_DEADLINE + MARGIN,
         what="a stream of the task to be accepted once it has fewer",
     )
@@ -452,26 +291,6 @@ async def test_streams_when_task_has_its_limit_then_429_and_other_tasks_served(
     for stream in (*held[1:], joined, beside):
         events = await stream.until()
         assert events[-1].type == "complete", stream.trace()
-
-
-async def until_refused(
-    send: Callable[[], Awaitable[httpx.Response]], burst: int, rate: float
-) -> tuple[list[httpx.Response], httpx.Response, float]:
-    """Send until one is refused; the ones served, the refusal, and the seconds it took."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    served: list[httpx.Response] = []
-    # A client that spends tokens faster than they refill runs out: after at
-    # most burst + rate * elapsed requests, plus the one refused.
-    while True:
-        response = await send()
-        elapsed = loop.time() - began
-        if response.status_code == 429:
-            return served, response, elapsed
-        served.append(response)
-        assert len(served) <= burst + math.ceil(rate * elapsed) + 1, (
-            f"{len(served)} served in {elapsed:.2f}s: past a burst of {burst} and {rate:g}/s"
-        )
 
 
 @pytest.mark.case("OPS-9")
@@ -533,26 +352,6 @@ async def test_streams_when_opened_past_the_rate_then_429_then_served_after_retr
 
 # -- OPS-10, OPS-11: metrics --------------------------------------------------------------
 
-Samples = prometheus.Samples
-
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    async with asyncio.timeout(ANSWER_DEADLINE):
-        response = await http.get("/metrics")
-    assert response.status_code == 200, response.text
-    kind = response.headers.get("content-type", "")
-    assert kind.startswith(("text/plain", "application/openmetrics-text")), kind
-    return prometheus.parse(response.text)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``; fails if none."""
-    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
-    assert found, (
-        f"no sample {name}{labels or ''} in the metrics: {sorted({n for n, _ in samples})}"
-    )
-    return sum(found)
-
 
 @pytest.mark.case("OPS-10")
 @pytest.mark.requires(Capability.METRICS)
@@ -575,11 +374,11 @@ async def test_metrics_when_scraped_then_prometheus_text_with_the_named_series(
 @pytest.mark.case("OPS-11")
 @pytest.mark.requires(Capability.METRICS)
 async def test_metrics_when_events_reach_a_client_then_counters_and_gauges_move(
-    runtime: Runtime, http: httpx.AsyncClient, streams_default: Streams
+    runtime: Runtime, http: httpx.AsyncClient, streams_default: HttpClient
 ) -> None:
     ref = await runtime.create_task(behaviours.stepper, {"total": 2})
     before = await scrape(http)
-    stream = await streams_default.open(ref, {})
+    stream = await streams_default.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("start")
 
@@ -611,10 +410,10 @@ async def test_metrics_when_events_reach_a_client_then_counters_and_gauges_move(
 @pytest.mark.case("OPS-11")
 @pytest.mark.requires(Capability.METRICS, Capability.CANCEL)
 async def test_metrics_when_a_task_is_cancelled_then_cancellations_grow_by_one(
-    runtime: Runtime, http: httpx.AsyncClient, streams_default: Streams
+    runtime: Runtime, http: httpx.AsyncClient, streams_default: HttpClient
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
-    stream = await streams_default.open(ref, {})
+    stream = await streams_default.subscribe(ref)
     await runtime.start_task(ref)
     await stream.until("start")
     before = value(await scrape(http), "streaming_cancellations_total")
@@ -626,21 +425,7 @@ async def test_metrics_when_a_task_is_cancelled_then_cancellations_grow_by_one(
     assert after == before + 1, (before, after)
 
 
-@pytest_asyncio.fixture
-async def streams_default(http: httpx.AsyncClient) -> AsyncIterator[Streams]:
-    opened = Streams(http)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
 # -- OPS-12: liveness and readiness -------------------------------------------------------
-
-
-async def probe(get: Callable[[str], Awaitable[httpx.Response]], path: str) -> httpx.Response:
-    async with asyncio.timeout(ANSWER_DEADLINE):
-        return await get(path)
 
 
 @pytest.mark.case("OPS-12")
@@ -649,10 +434,10 @@ async def test_probes_when_draining_then_live_200_and_ready_503_with_reason(
     runtime: Runtime, http: httpx.AsyncClient
 ) -> None:
     for path in ("/live", "/ready"):
-        response = await probe(http.get, path)
+        response = await answer(http.get(path))
         assert response.status_code == 200, (path, response.text)
     await runtime.shutdown(1.0)
-    live, ready = await probe(http.get, "/live"), await probe(http.get, "/ready")
+    live, ready = await answer(http.get("/live")), await answer(http.get("/ready"))
     assert live.status_code == 200, live.text
     refused_with_reason(ready, {503})
 

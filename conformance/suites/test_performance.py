@@ -12,82 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 
-import psutil
 import pytest
 
 from conformance import behaviours
-from conformance.clients import Client, raw_frames, read_raw_stream
-from conformance.contract import Capability, Runtime, TaskRef, TaskStatus
-from conformance.processes import ServerProcess
-from conformance.waiting import eventually, finished
+from conformance.clients import Client
+from conformance.contract import Capability, Runtime, TaskStatus
+from conformance.servers import Spawn, cpu_for, rss
+from conformance.waiting import finished
+from conformance.wire import close_streams, frame_ids, open_streams, raw_frames, stream_bodies
 
 pytestmark = pytest.mark.asyncio
 
-Spawn = Callable[..., Awaitable[ServerProcess]]
 process_case = pytest.mark.requires(Capability.PROCESS, Capability.HTTP, Capability.PERSISTENCE)
 
 MB = 1024 * 1024
 #: What doubling the work may cost at most: twice, plus room for noise; a cost
 #: that grows with the square of clients or events would show four times.
 LINEAR = 3.0
-
-
-def rss(server: ServerProcess) -> int:
-    return psutil.Process(server.pid).memory_info().rss
-
-
-def cpu_seconds(server: ServerProcess) -> float:
-    times = psutil.Process(server.pid).cpu_times()
-    return times.user + times.system
-
-
-async def open_streams(
-    server: ServerProcess, ref: TaskRef, count: int
-) -> list[asyncio.Task[bytes]]:
-    """``count`` bare SSE clients of ``ref``, returned once every one is registered."""
-    registered: list[None] = []
-    readers = [
-        asyncio.create_task(
-            read_raw_stream(server.url, ref, opened=lambda: registered.append(None)),
-            name=f"conformance:raw-client-{n}",
-        )
-        for n in range(count)
-    ]
-    await eventually(
-        lambda: len(registered) == count or any(r.done() for r in readers),
-        timeout=60,
-        what=f"{count} streams to be open",
-    )
-    failed = [r.exception() for r in readers if r.done() and r.exception()]
-    assert len(registered) == count, f"{len(registered)} of {count} streams opened: {failed[:3]}"
-    return readers
-
-
-async def close_all(readers: list[asyncio.Task[bytes]]) -> None:
-    for reader in readers:
-        reader.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
-
-
-async def bodies(readers: list[asyncio.Task[bytes]], timeout: float) -> list[bytes]:
-    """What each client received, once every stream has ended."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await asyncio.gather(*readers)
-    finally:
-        await close_all(readers)
-
-
-def ids_of(body: bytes) -> list[int]:
-    return [int(frame.get("id", 0)) for frame in raw_frames(body)]
-
-
-async def run_to_end(server: ServerProcess, runtime: Runtime, ref: TaskRef) -> None:
-    await server.start_task(ref)
-    state = await finished(runtime, ref, timeout=120)
-    assert state.status is TaskStatus.SUCCESSFUL, state
 
 
 @pytest.mark.case("PERF-1")
@@ -116,11 +58,11 @@ async def test_thousand_clients_of_one_task_when_it_runs_then_each_gets_every_ev
     server = await spawn_server()
     count = 50
     ref = await runtime.create_task(behaviours.burst, {"count": count})
-    readers = await open_streams(server, ref, 1000)
+    readers = await open_streams(server.url, ref, 1000)
     await server.start_task(ref)
-    received = await bodies(readers, timeout=120)
+    received = await stream_bodies(readers, timeout=120)
     expected = list(range(1, count + 2))
-    wrong = [n for n, body in enumerate(received) if ids_of(body) != expected]
+    wrong = [n for n, body in enumerate(received) if frame_ids(body) != expected]
     assert not wrong, f"{len(wrong)} of 1000 clients missed or reordered events: {wrong[:5]}"
     last = raw_frames(received[0])[-1]
     assert last.get("event") == "complete", last
@@ -135,11 +77,11 @@ async def test_ten_thousand_events_when_sent_back_to_back_then_each_client_gets_
     server = await spawn_server()
     count = 10_000
     ref = await runtime.create_task(behaviours.burst, {"count": count})
-    readers = await open_streams(server, ref, 10)
+    readers = await open_streams(server.url, ref, 10)
     await server.start_task(ref)
-    received = await bodies(readers, timeout=120)
+    received = await stream_bodies(readers, timeout=120)
     for number, body in enumerate(received):
-        ids = ids_of(body)
+        ids = frame_ids(body)
         assert ids == list(range(1, count + 2)), (
             f"client {number} got {len(ids)} events of {count + 1}; first gap after "
             f"{next((a for a, b in itertools.pairwise(ids) if b != a + 1), None)}"
@@ -180,29 +122,15 @@ async def test_server_when_a_thousand_idle_streams_are_open_then_each_costs_less
     server = await spawn_server()
     ref = await runtime.create_task(behaviours.park)
     await server.start_task(ref)
-    await close_all(await open_streams(server, ref, 200))  # warm up: buffers, pools
+    await close_streams(await open_streams(server.url, ref, 200))  # warm up: buffers, pools
     before = rss(server)
-    readers = await open_streams(server, ref, 1000)
+    readers = await open_streams(server.url, ref, 1000)
     try:
         per_stream = (rss(server) - before) / 1000
     finally:
-        await close_all(readers)
+        await close_streams(readers)
     print(f"PERF-5: {per_stream / 1024:.1f} KB per idle stream")
     assert per_stream < 64 * 1024, f"{per_stream / 1024:.1f} KB of resident memory per idle stream"
-
-
-async def cpu_for(server: ServerProcess, runtime: Runtime, *, clients: int, events: int) -> float:
-    """Server CPU seconds to fan ``events`` events out to ``clients`` clients."""
-    ref = await runtime.create_task(behaviours.burst, {"count": events})
-    readers = await open_streams(server, ref, clients)
-    before = cpu_seconds(server)
-    await server.start_task(ref)
-    received = await bodies(readers, timeout=120)
-    spent = cpu_seconds(server) - before
-    # Counted, not parsed: parsing them all would cost this process more than
-    # the server spent sending them.
-    assert all(body.count(b"\nid: ") == events + 1 for body in received)
-    return spent
 
 
 @pytest.mark.case("PERF-6")

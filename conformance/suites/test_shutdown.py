@@ -12,70 +12,33 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 
 from conformance import behaviours
-from conformance.clients import Client, ClientStream, HttpClient
+from conformance.checks import farewell_then_end
+from conformance.clients import Client, HttpClient, http_client, request
 from conformance.contract import (
     FAREWELL_EVENT,
     Behaviour,
     Capability,
     Runtime,
     RuntimeClosed,
-    TaskRef,
     TaskStatus,
 )
-from conformance.processes import ServerProcess
+from conformance.servers import Spawn, draining, draining_server
 from conformance.waiting import eventually, status_is
+from conformance.wire import open_streams, stream_bodies
 
 pytestmark = pytest.mark.asyncio
 
-Spawn = Callable[..., Awaitable[ServerProcess]]
 #: Seconds beyond the grace period a server may take to exit.
 EXIT_MARGIN = 3.0
 
 process_case = pytest.mark.requires(Capability.PROCESS, Capability.SIGNALS, Capability.HTTP)
 
 
-async def status_of(runtime: Runtime, ref: TaskRef) -> TaskStatus:
-    return (await runtime.get_state(ref)).status
-
-
-async def draining(server: ServerProcess) -> None:
-    async def health_is_503() -> bool:
-        async with httpx.AsyncClient(base_url=server.url, timeout=2) as http:
-            return (await http.get("/health")).status_code == 503
-
-    await eventually(health_is_503, what="/health to answer 503 while draining")
-
-
-async def farewell_then_end(stream: ClientStream) -> dict:
-    event = await stream.until("shutdown")
-    await stream.expect_end()
-    return dict(event[-1].data)
-
-
 # -- real processes, real signals ------------------------------------------------
-
-
-async def exits_zero_with_open_stream(
-    runtime: Runtime, spawn_server: Spawn, sig: signal.Signals
-) -> None:
-    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
-    server = await spawn_server(grace=1)
-    ref = await runtime.create_task(behaviours.park)
-    sse = HttpClient(server.url)
-    try:
-        stream = await sse.subscribe(ref)
-        await server.start_task(ref)
-        await stream.until("start")
-        server.send_signal(sig)
-        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
-    finally:
-        await sse.aclose()
 
 
 @pytest.mark.case("SHUT-1")
@@ -83,7 +46,15 @@ async def exits_zero_with_open_stream(
 async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
-    await exits_zero_with_open_stream(runtime, spawn_server, signal.SIGTERM)
+    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
+    server = await spawn_server(grace=1)
+    ref = await runtime.create_task(behaviours.park)
+    async with HttpClient(server.url) as sse:
+        stream = await sse.subscribe(ref)
+        await server.start_task(ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
 
 
 @pytest.mark.case("SHUT-2")
@@ -91,7 +62,15 @@ async def test_server_with_open_stream_when_sigterm_then_exits_zero_within_grace
 async def test_server_with_open_stream_when_sigint_then_exits_zero_within_grace(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
-    await exits_zero_with_open_stream(runtime, spawn_server, signal.SIGINT)
+    # An open SSE stream is what makes a plain uvicorn wait forever on shutdown.
+    server = await spawn_server(grace=1)
+    ref = await runtime.create_task(behaviours.park)
+    async with HttpClient(server.url) as sse:
+        stream = await sse.subscribe(ref)
+        await server.start_task(ref)
+        await stream.until("start")
+        server.send_signal(signal.SIGINT)
+        assert await server.wait_exit(1 + EXIT_MARGIN) == 0, server.output()
 
 
 @pytest.mark.case("SHUT-3")
@@ -111,8 +90,7 @@ async def test_open_streams_when_sigterm_then_each_gets_farewell_with_last_id_th
 ) -> None:
     server = await spawn_server(grace=0.5)
     ref = await runtime.create_task(behaviours.park)
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         streams = [await sse.subscribe(ref) for _ in range(3)]
         await server.start_task(ref)
         for stream in streams:
@@ -121,24 +99,7 @@ async def test_open_streams_when_sigterm_then_each_gets_farewell_with_last_id_th
         for stream in streams:
             data = await farewell_then_end(stream)
             assert data.get("last_event_id") == stream.seen[-2].id == 1, stream.trace()
-    finally:
-        await sse.aclose()
     assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
-
-
-async def _raw_stream(url: str, ref: TaskRef, registered: list[int]) -> bytes:
-    """One bare-socket SSE client: request, headers, then everything until EOF."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        registered.append(1)
-        return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 @pytest.mark.case("SHUT-5")
@@ -149,21 +110,10 @@ async def test_thousand_streams_when_sigterm_then_all_get_farewell_and_exit_zero
 ) -> None:
     server = await spawn_server(grace=2)
     ref = await runtime.create_task(behaviours.park)
-    registered: list[int] = []
-    readers = [asyncio.create_task(_raw_stream(server.url, ref, registered)) for _ in range(1000)]
-    try:
-        await eventually(
-            lambda: len(registered) == 1000 or any(r.done() for r in readers),
-            timeout=60,
-            what="1,000 streams to be open",
-        )
-        assert len(registered) == 1000, [r.exception() for r in readers if r.done()][:3]
-        server.send_signal(signal.SIGTERM)
-        bodies = await asyncio.wait_for(asyncio.gather(*readers), 2 + EXIT_MARGIN + 10)
-    finally:
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+    # Kept alive: each stream ends only when the draining server closes its connection.
+    readers = await open_streams(server.url, ref, 1000, keep_alive=True)
+    server.send_signal(signal.SIGTERM)
+    bodies = await stream_bodies(readers, timeout=2 + EXIT_MARGIN + 10)
     told = sum(b"event: shutdown" in body for body in bodies)
     assert told == 1000, f"{told} of 1000 streams received the farewell"
     assert await server.wait_exit(2 + EXIT_MARGIN) == 0, server.output()
@@ -176,8 +126,7 @@ async def test_task_when_it_finishes_within_grace_then_completes_and_clients_get
 ) -> None:
     server = await spawn_server(grace=20)
     ref = await runtime.create_task(behaviours.stepper, {"total": 2})
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         stream = await sse.subscribe(ref)
         await server.start_task(ref)
         await stream.until("start")
@@ -187,10 +136,8 @@ async def test_task_when_it_finishes_within_grace_then_completes_and_clients_get
         events = await stream.until()
         assert events[-1].type == "complete", stream.trace()
         await stream.expect_end()
-    finally:
-        await sse.aclose()
     assert await server.wait_exit(20 + EXIT_MARGIN) == 0, server.output()
-    assert await status_of(runtime, ref) is TaskStatus.SUCCESSFUL
+    assert (await runtime.get_state(ref)).status is TaskStatus.SUCCESSFUL
 
 
 @pytest.mark.case("SHUT-7")
@@ -204,27 +151,14 @@ async def test_task_when_still_running_after_grace_then_interrupted_not_running(
     await status_is(runtime, ref, TaskStatus.RUNNING)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
-    assert await status_of(runtime, ref) is TaskStatus.INTERRUPTED
-
-
-async def _drain_with_parked_task(
-    runtime: Runtime, spawn_server: Spawn, behaviour: Behaviour = behaviours.park
-) -> ServerProcess:
-    server = await spawn_server(grace=30)
-    ref = await runtime.create_task(behaviour)
-    await server.start_task(ref)
-    await status_is(runtime, ref, TaskStatus.RUNNING)
-    server.send_signal(signal.SIGTERM)
-    await draining(server)
-    return server
+    assert (await runtime.get_state(ref)).status is TaskStatus.INTERRUPTED
 
 
 @pytest.mark.case("SHUT-8")
 @process_case
 async def test_health_when_draining_then_503(runtime: Runtime, spawn_server: Spawn) -> None:
-    server = await _drain_with_parked_task(runtime, spawn_server)
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.get("/health")
+    server = await draining_server(runtime, spawn_server)
+    response = await request(server.url, "GET", "/health")
     assert response.status_code == 503, response.text
     server.send_signal(signal.SIGTERM)
     await server.wait_exit(EXIT_MARGIN)
@@ -235,10 +169,9 @@ async def test_health_when_draining_then_503(runtime: Runtime, spawn_server: Spa
 async def test_new_stream_when_draining_then_503_with_reason(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
-    server = await _drain_with_parked_task(runtime, spawn_server)
+    server = await draining_server(runtime, spawn_server)
     ref = await runtime.create_task(behaviours.steps)
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.get(ref.stream_path)
+    response = await request(server.url, "GET", ref.stream_path)
     assert response.status_code == 503 and response.text.strip(), response.text
     server.send_signal(signal.SIGTERM)
     await server.wait_exit(EXIT_MARGIN)
@@ -249,12 +182,11 @@ async def test_new_stream_when_draining_then_503_with_reason(
 async def test_start_when_draining_then_503_and_task_stays_ready(
     runtime: Runtime, spawn_server: Spawn
 ) -> None:
-    server = await _drain_with_parked_task(runtime, spawn_server)
+    server = await draining_server(runtime, spawn_server)
     ref = await runtime.create_task(behaviours.steps)
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.post(f"/tasks/{ref.model}/{ref.id}/start")
+    response = await request(server.url, "POST", f"/tasks/{ref.model}/{ref.id}/start")
     assert response.status_code == 503, response.text
-    assert await status_of(runtime, ref) is TaskStatus.READY
+    assert (await runtime.get_state(ref)).status is TaskStatus.READY
     server.send_signal(signal.SIGTERM)
     await server.wait_exit(EXIT_MARGIN)
 
@@ -267,7 +199,7 @@ async def test_start_when_draining_then_503_and_task_stays_ready(
 async def test_second_signal_when_draining_then_exits_at_once_with_status_zero(
     runtime: Runtime, spawn_server: Spawn, behaviour: Behaviour
 ) -> None:
-    server = await _drain_with_parked_task(runtime, spawn_server, behaviour)
+    server = await draining_server(runtime, spawn_server, behaviour)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(3.0) == 0, server.output()
 
@@ -287,7 +219,7 @@ async def test_stored_tasks_when_server_shuts_down_then_nothing_is_lost(
     await status_is(runtime, failed, TaskStatus.FAILED)
     server.send_signal(signal.SIGTERM)
     assert await server.wait_exit(2 + EXIT_MARGIN) == 0, server.output()
-    statuses = [await status_of(runtime, ref) for ref in (done, failed, ready)]
+    statuses = [(await runtime.get_state(ref)).status for ref in (done, failed, ready)]
     assert statuses == [TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.READY]
 
 
@@ -299,8 +231,7 @@ async def test_server_when_it_shuts_down_busy_then_stderr_has_no_warning_or_trac
     server = await spawn_server(grace=0.5, env={"PYTHONWARNINGS": "always"})
     parked = await runtime.create_task(behaviours.cleanup_probe)
     finished = await runtime.create_task(behaviours.steps, {"steps": 2})
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         streams = [await sse.subscribe(parked), await sse.subscribe(finished)]
         await server.start_task(parked)
         await server.start_task(finished)
@@ -308,8 +239,6 @@ async def test_server_when_it_shuts_down_busy_then_stderr_has_no_warning_or_trac
         await streams[1].until()
         server.send_signal(signal.SIGTERM)
         await farewell_then_end(streams[0])
-    finally:
-        await sse.aclose()
     assert await server.wait_exit(0.5 + EXIT_MARGIN) == 0, server.output()
     stderr = server.stderr.decode(errors="replace")
     for symptom in (
@@ -330,16 +259,13 @@ async def test_interrupted_task_when_server_shuts_down_then_its_cleanup_ran(
 ) -> None:
     server = await spawn_server(grace=0.2)
     ref = await runtime.create_task(behaviours.cleanup_probe)
-    sse = HttpClient(server.url)
-    try:
+    async with HttpClient(server.url) as sse:
         stream = await sse.subscribe(ref)
         await server.start_task(ref)
         await stream.until("start")
         server.send_signal(signal.SIGTERM)
         await stream.until("shutdown")
         assert [e.type for e in stream.seen] == ["start", "cleanup", "shutdown"], stream.trace()
-    finally:
-        await sse.aclose()
     assert await server.wait_exit(0.2 + EXIT_MARGIN) == 0, server.output()
     state = await runtime.get_state(ref)
     assert state.status is TaskStatus.INTERRUPTED, state
@@ -378,8 +304,8 @@ async def test_runtime_shutdown_when_tasks_run_then_finishers_complete_rest_inte
     await runtime.write_fields(finisher, allow=1)
     assert (await finisher_stream.until())[-1].type == "complete", finisher_stream.trace()
     await shutting
-    assert await status_of(runtime, finisher) is TaskStatus.SUCCESSFUL
-    assert await status_of(runtime, stuck) is TaskStatus.INTERRUPTED
+    assert (await runtime.get_state(finisher)).status is TaskStatus.SUCCESSFUL
+    assert (await runtime.get_state(stuck)).status is TaskStatus.INTERRUPTED
     stats = runtime.stats()
     assert (stats.running_tasks, stats.topics) == (0, 0), stats
 
@@ -416,7 +342,7 @@ async def test_start_when_runtime_shut_down_then_refused_and_task_stays_ready(
     except RuntimeClosed:  # the one exception the contract names for this refusal
         started = False
     assert started is False
-    assert await status_of(runtime, ref) is TaskStatus.READY
+    assert (await runtime.get_state(ref)).status is TaskStatus.READY
 
 
 @pytest.mark.case("SHUT-19")
@@ -445,7 +371,7 @@ async def test_farewell_when_sent_over_http_then_positive_retry_and_id_of_the_la
     runtime: Runtime, server_url: str
 ) -> None:
     ref = await runtime.create_task(behaviours.park)
-    async with httpx.AsyncClient(base_url=server_url, timeout=10) as http:
+    async with http_client(server_url) as http:
         async with http.stream("GET", ref.stream_path) as response:
             await runtime.start_task(ref)
             lines = response.aiter_lines()

@@ -1,0 +1,354 @@
+"""The SSE wire below any HTTP library: clients on bare sockets, and frames read from bytes.
+
+Some cases need what a client library hides or cannot afford: a thousand
+streams open in one process, a client that resets its connection, stops
+reading, reads slowly or dies with its process, the frames exactly as they
+were sent. These clients talk to a server on 127.0.0.1 over asyncio streams
+(or from a child process) and parse the frames themselves. A test double of
+the other side is here too: an upstream that answers and then hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import psutil
+
+from .clients import HttpStatusError
+from .contract import TaskRef
+from .waiting import eventually
+
+#: Bytes a bare client's reader buffers: one read of a big frame.
+READ_LIMIT = 2**16
+
+
+def _address(base_url: str) -> tuple[str, int]:
+    host, port = base_url.removeprefix("http://").rstrip("/").split(":")
+    return host, int(port)
+
+
+def _check_head(head: bytes) -> None:
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise HttpStatusError(int(head[9:12]), head.decode(errors="replace"))
+
+
+# -- streams by the hundred -------------------------------------------------------------
+
+
+async def read_raw_stream(
+    base_url: str,
+    ref: TaskRef,
+    *,
+    opened: Callable[[], None] | None = None,
+    keep_alive: bool = False,
+) -> bytes:
+    """One bare-socket SSE client: send the request, check the headers, read to EOF.
+
+    ``opened`` is called once the response headers are in, that is once the
+    server has registered this client (HTTP-4). The request asks for the
+    connection to close with the stream, unless ``keep_alive``: then the
+    stream ends when the server closes the connection (as a draining server
+    must). Light enough to run by the thousand in one process, where an HTTP
+    client library would not be.
+    """
+    host, port = _address(base_url)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        closing = "" if keep_alive else "Connection: close\r\n"
+        writer.write(f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\n{closing}\r\n".encode())
+        _check_head(await reader.readuntil(b"\r\n\r\n"))
+        if opened is not None:
+            opened()
+        return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def open_streams(
+    base_url: str, ref: TaskRef, count: int, *, keep_alive: bool = False
+) -> list[asyncio.Task[bytes]]:
+    """``count`` :func:`read_raw_stream` clients of ``ref``, returned once every one is registered.
+
+    Each reads in a task of its own; :func:`stream_bodies` collects what they
+    read, :func:`close_streams` closes them. If not all of them open, they
+    are closed and the case fails.
+    """
+    registered: list[None] = []
+    readers = [
+        asyncio.create_task(
+            read_raw_stream(
+                base_url, ref, opened=lambda: registered.append(None), keep_alive=keep_alive
+            ),
+            name=f"conformance:raw-client-{n}",
+        )
+        for n in range(count)
+    ]
+    try:
+        await eventually(
+            lambda: len(registered) == count or any(r.done() for r in readers),
+            timeout=60,
+            what=f"{count} streams to be open",
+        )
+        failed = [r.exception() for r in readers if r.done() and r.exception()]
+        assert len(registered) == count, (
+            f"{len(registered)} of {count} streams opened: {failed[:3]}"
+        )
+    except BaseException:
+        await close_streams(readers)
+        raise
+    return readers
+
+
+async def close_streams(readers: list[asyncio.Task[bytes]]) -> None:
+    """Close the streams of :func:`open_streams`."""
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def stream_bodies(readers: list[asyncio.Task[bytes]], timeout: float) -> list[bytes]:
+    """What each stream of :func:`open_streams` received, once every one has ended."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.gather(*readers)
+    finally:
+        await close_streams(readers)
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def raw_frames(body: bytes) -> list[dict[str, str]]:
+    """The SSE frames of a raw response body that carry data (chunked encoding removed)."""
+    text = _unchunk(body).decode(errors="replace")
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line == "":
+            if "data" in current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            current[name] = value.removeprefix(" ")
+    return frames
+
+
+def frame_ids(body: bytes) -> list[int]:
+    """The ids of a raw body's frames, in order (0 for a frame without one)."""
+    return [int(frame.get("id", 0)) for frame in raw_frames(body)]
+
+
+def _unchunk(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (a body that is not chunked comes back whole)."""
+    out = bytearray()
+    rest = body
+    while rest:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            return body  # not chunked after all
+        if not sep or size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2 :]
+    return bytes(out)
+
+
+async def read_frames(response: httpx.Response) -> list[dict[str, str]]:
+    """The frames (field name -> value) of a streamed response that carry data, until it ends.
+
+    As in the WHATWG parser, a block without ``data`` dispatches no event
+    (a lone ``retry:`` block only sets the reconnection time). A field that
+    appears twice in one frame fails the case.
+    """
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in current:
+                frames.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            assert name not in current, f"field {name!r} repeated in one frame: {line!r}"
+            current[name] = value.removeprefix(" ")
+    return frames
+
+
+# -- careless clients ----------------------------------------------------------------------
+
+
+async def open_raw_stream(
+    base_url: str, ref: TaskRef, *, receive_buffer: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream of ``ref`` on a bare socket, its headers read; the case reads the rest.
+
+    ``receive_buffer`` shrinks the socket's receive buffer, so that a client
+    that stops reading fills it, and then the server's, soon.
+    """
+    host, port = _address(base_url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+    writer.write(f"GET {ref.stream_path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    _check_head(await reader.readuntil(b"\r\n\r\n"))
+    return reader, writer
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with an RST instead of a FIN: SO_LINGER with a zero timeout."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def connect_and_reset(base_url: str, ref: TaskRef, frames: int) -> int:
+    """Open a stream on a bare socket, read ``frames`` frames, then reset the connection.
+
+    Returns the frames read by then (a read may bring more than asked for).
+    """
+    async with asyncio.timeout(5):
+        reader, writer = await open_raw_stream(base_url, ref)
+        try:
+            body = b""
+            # Each frame ends with a blank line; chunked framing never adds "\n\n".
+            while body.count(b"\n\n") < frames:
+                chunk = await reader.read(65536)
+                assert chunk, f"the stream ended after {body!r}"
+                body += chunk
+        finally:
+            reset(writer)
+    return body.count(b"\n\n")
+
+
+async def read_slowly(reader: asyncio.StreamReader, *, rate: float, until: bytes) -> bytes:
+    """Read at about ``rate`` bytes a second until ``until`` has arrived; return it all.
+
+    The pauses pace a slow client; they synchronise nothing.
+    """
+    body = bytearray()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while until not in body[-len(until) - 65536 :]:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the stream after {len(body)} bytes")
+        body += chunk
+        ahead = len(body) / rate - (loop.time() - began)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    return bytes(body)
+
+
+_KILLED_CLIENT = """
+import socket, sys, time
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sock = socket.create_connection((host, port))
+sock.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n".encode())
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    head += sock.recv(1)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+async def killed_client(base_url: str, ref: TaskRef) -> None:
+    """A client in a process of its own opens a stream of ``ref``, and the process is killed.
+
+    Its connection ends the way a crashed client's does: the kernel closes it,
+    with no request of the client's to say goodbye.
+    """
+    host, port = _address(base_url)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_CLIENT,
+        host,
+        str(port),
+        ref.stream_path,
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(20):
+            assert (await child.stdout.readline()).strip() == b"ready"
+    finally:
+        child.kill()
+        await child.wait()
+
+
+def server_side_connection(port: int, client_port: int) -> bool:
+    """Whether this process holds the server end of the connection from ``client_port``."""
+    return any(
+        conn.laddr and conn.raddr and conn.laddr.port == port and conn.raddr.port == client_port
+        for conn in psutil.Process().net_connections(kind="tcp")
+    )
+
+
+# -- the other side --------------------------------------------------------------------------
+
+
+class HangingUpstream:
+    """An HTTP server that answers every request with headers and then nothing.
+
+    A task's request to it is in flight for as long as the task runs; it
+    notes when a client has connected and when one hangs up.
+    """
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        self.connected.set()
+        await reader.read()  # b"" once the client closes its end
+        self.closed.set()
+        writer.close()
+        await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """Serve on a free 127.0.0.1 port; yield the URL to request."""
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            yield f"http://127.0.0.1:{port}/slow"
+
+
+__all__ = [
+    "READ_LIMIT",
+    "HangingUpstream",
+    "close_streams",
+    "connect_and_reset",
+    "frame_ids",
+    "killed_client",
+    "open_raw_stream",
+    "open_streams",
+    "raw_frames",
+    "read_frames",
+    "read_raw_stream",
+    "read_slowly",
+    "reset",
+    "server_side_connection",
+    "stream_bodies",
+]
