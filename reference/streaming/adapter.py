@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
@@ -44,6 +44,9 @@ from conformance.contract import (
     UnknownTask,
     behaviour_path,
 )
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
 
 SETTINGS_MODULE = "streaming_project.settings"
 
@@ -429,7 +432,7 @@ class ReferenceSubscription(Subscription):
 
 
 class ReferenceRuntime(Runtime):
-    def __init__(self, coordinator: Any) -> None:
+    def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._app: ASGIApp | None = None
         self._guarded: ASGIApp | None = None
@@ -460,14 +463,19 @@ class ReferenceRuntime(Runtime):
 
     async def start_task(self, ref: TaskRef) -> bool:
         with _contract_errors():
-            return await self.coordinator.start_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
+            return await self.coordinator.start_task(ref.model, _pk(ref))
 
     async def retry_task(self, ref: TaskRef) -> bool:
         with _contract_errors():
-            return await self.coordinator.retry_task(ref.model, _pk(ref))  # type: ignore[no-any-return]
+            return await self.coordinator.retry_task(ref.model, _pk(ref))
 
     async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
-        return await self.coordinator.cancel_task(ref.model, _pk(ref), reason)  # type: ignore[no-any-return]
+        from .errors import UnknownTask as ReferenceUnknownTask
+
+        try:
+            return await self.coordinator.cancel_task(ref.model, _pk(ref), reason)
+        except ReferenceUnknownTask:
+            return False  # the contract: nothing to cancel
 
     async def get_state(self, ref: TaskRef) -> TaskState:
         from . import db
@@ -501,7 +509,7 @@ class ReferenceRuntime(Runtime):
             raise UnknownTask(f"{ref} does not exist.")
 
     async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
-        from .coordinator import NothingMissed
+        from .errors import NothingMissed
 
         with _contract_errors():
             try:
@@ -538,8 +546,8 @@ class ReferenceRuntime(Runtime):
 @contextlib.contextmanager
 def _contract_errors() -> Iterator[None]:
     """Raise the reference's refusals as the contract's (imported late: they need Django)."""
-    from .coordinator import CoordinatorClosed
-    from .coordinator import UnknownTask as ReferenceUnknownTask
+    from .errors import CoordinatorClosed
+    from .errors import UnknownTask as ReferenceUnknownTask
 
     try:
         yield
@@ -550,7 +558,7 @@ def _contract_errors() -> Iterator[None]:
 
 
 def _model(name: str) -> Any:
-    from .coordinator import resolve_model
+    from .kinds import resolve_model
 
     with _contract_errors():
         return resolve_model(name)

@@ -45,6 +45,10 @@ class Bus(ABC):
     async def close(self) -> None:  # noqa: B027 - nothing to stop in memory
         """Stop the background work; what is already published is delivered first."""
 
+    async def problem(self) -> str | None:
+        """Why the bus cannot be used now, or None (readiness; in memory it always can)."""
+        return None
+
     # -- publishing ----------------------------------------------------------------
 
     def open(self, key: str) -> None:

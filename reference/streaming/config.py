@@ -8,10 +8,13 @@ with other values without touching Django settings.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +105,35 @@ class Config:
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Config:
-        """The configuration ``settings.STREAMING`` gives, with ``overrides`` on top."""
+        """The configuration ``settings.STREAMING`` gives, with ``overrides`` on top.
+
+        A key neither knows is a mistake, never dropped: ``ImproperlyConfigured``
+        for ``settings.STREAMING``, ``TypeError`` for ``overrides``, each naming
+        the key and the known one it is closest to.
+        """
         configured = getattr(settings, "STREAMING", {})
         names = {field.name for field in dataclasses.fields(cls)}
-        values = {key.lower(): value for key, value in configured.items() if key.lower() in names}
-        unknown = set(overrides) - names
-        if unknown:
-            raise TypeError(f"Unknown streaming setting(s): {', '.join(sorted(unknown))}.")
+        for key in configured:
+            if key.lower() not in names:
+                raise ImproperlyConfigured(
+                    f"Unknown key {key!r} in settings.STREAMING"
+                    f"{_closest(key.lower(), names, upper=True) or '.'}"
+                )
+        for key in overrides:
+            if key not in names:
+                raise TypeError(f"Unknown streaming setting {key!r}{_closest(key, names) or '.'}")
+        values = {key.lower(): value for key, value in configured.items()}
         return cls(**{**values, **overrides})
 
     @property
     def heartbeat(self) -> float:
         """Seconds between two renewals of a lease (and two looks for lost runs)."""
         return self.lease / 3
+
+
+def _closest(name: str, known: Iterable[str], *, upper: bool = False) -> str:
+    """ "; did you mean 'X'?" for the known name closest to ``name``, or ""."""
+    found = difflib.get_close_matches(name, sorted(known), n=1)
+    if not found:
+        return ""
+    return f"; did you mean {(found[0].upper() if upper else found[0])!r}?"

@@ -12,12 +12,18 @@ it, and any live coordinator that finds it expired records the run
 INTERRUPTED. Each run's claim moves the task to RUNNING with one guarded
 UPDATE and a new attempt number, which fences every later write of the run.
 
-The coordinator's own states::
+The coordinator's own state, one :class:`State`::
 
-    OPEN -> DRAINING -> CLOSED      (shutdown(); idempotent)
+    NEW -> OPEN -> DRAINING -> CLOSED        (open(), then shutdown(); idempotent)
+    NEW | OPEN -> ABANDONED -> DRAINING      (abandon(), a second signal)
 
-abandon() (a second signal) also leaves OPEN for DRAINING at once; it closes
-nothing itself, so a shutdown() after it still does the closing.
+It accepts work while NEW or OPEN. abandon() stops every run at once but
+closes nothing itself, so a shutdown() after it still does the closing.
+
+Who does what: a :class:`~streaming.runs.Run` numbers and publishes a task's
+events; ``endings`` writes how a task ended; the
+:class:`~streaming.leases.Keeper` keeps leases and recovers lost runs. Both
+of the latter know this class only through the small Protocols they declare.
 """
 
 from __future__ import annotations
@@ -28,71 +34,60 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.apps import apps
 from django.db.models.functions import Now
 
-from . import db, outcomes
+from . import db, endings, outcomes
 from .bus import Bus, InMemoryBus
 from .config import Config
+from .errors import CoordinatorClosed, NothingMissed, UnknownTask
 from .eventlog import EventLog
-from .events import EVENT_TYPE, FAREWELL, TERMINAL_TYPES, Event, encode_data, now_iso
+from .events import FAREWELL, Event, now_iso
 from .hub import Hub, Message, Subscriber
+from .keys import TaskKey
+from .kinds import resolve_model, task_models
 from .leases import Keeper
 from .locks import KeyedLocks
 from .models import StreamTask
 from .outcomes import Outcome
+from .runs import ID_BLOCK, Run
 from .states import RERUN_FROM, RETRY_FROM, START_FROM, TaskStatus
+
+__all__ = [
+    "Coordinator",
+    "CoordinatorClosed",
+    "NothingMissed",
+    "State",
+    "UnknownTask",
+    "make_bus",
+    "make_owner",
+    "resolve_model",
+    "task_models",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Event ids a run reserves at a time (see ``StreamTask.event_id_ceiling``).
-ID_BLOCK = 1000
-#: Events a task may send in a row before it gives its clients' writers a turn.
-YIELD_EVERY = 16
 #: Reads a cancel makes of a task's row while other workers' writes keep
 #: changing it under its guarded writes (see ``Coordinator._cancel``).
 _CANCEL_READS = 3
 
 
-class _State(enum.Enum):
+class State(enum.Enum):
+    """Where a coordinator is in its life (see the module docstring)."""
+
+    NEW = "new"
     OPEN = "open"
+    ABANDONED = "abandoned"
     DRAINING = "draining"
     CLOSED = "closed"
 
 
-class UnknownTask(LookupError):
-    """No such task model, or no task with that id."""
-
-    def __init__(self, message: str, *, known: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        #: The task models there are, for a message to someone allowed to know.
-        self.known = tuple(known)
-
-
-class CoordinatorClosed(RuntimeError):
-    """The coordinator refuses new work: it is shutting down or has shut down."""
-
-
-class NothingMissed(Exception):
-    """A client resumed from the terminal event of a finished task, or past it."""
-
-
-def task_models() -> dict[str, type[StreamTask]]:
-    """Concrete StreamTask models by class name: the only ones reachable by name."""
-    return {model.__name__: model for model in apps.get_models() if issubclass(model, StreamTask)}
-
-
-def resolve_model(name: str) -> type[StreamTask]:
-    models = task_models()
-    try:
-        return models[name]
-    except KeyError:
-        raise UnknownTask(f"Unknown task model {name!r}.", known=sorted(models)) from None
+#: The states in which a coordinator takes new work.
+ACCEPTING = frozenset({State.NEW, State.OPEN})
 
 
 def make_bus(config: Config) -> Bus:
@@ -120,104 +115,6 @@ def make_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Run:
-    """One run of one task: its event ids, its lease, and how it is being stopped."""
-
-    __slots__ = (
-        "attempt",
-        "cancel_reason",
-        "coordinator",
-        "finished",
-        "key",
-        "lost",
-        "model",
-        "next_id",
-        "reserved",
-        "reserving",
-        "supervisor",
-        "task",
-        "timeout",
-        "unyielded",
-    )
-
-    def __init__(self, coordinator: Coordinator, task: StreamTask, attempt: int) -> None:
-        self.coordinator = coordinator
-        self.task = task
-        self.model = type(task).__name__
-        self.key = f"{self.model}:{task.pk}"
-        self.attempt = attempt
-        #: Ids continue above every id an earlier run may have sent.
-        self.next_id = task.event_id_ceiling + 1
-        #: The highest id this run has reserved in the database.
-        self.reserved = task.event_id_ceiling + ID_BLOCK
-        self.reserving: asyncio.Task[None] | None = None
-        #: Events sent since the run last let the loop turn.
-        self.unyielded = 0
-        self.timeout = task.effective_timeout(coordinator.config.task_timeout)
-        #: Set by cancel_task(); the reason clients are told.
-        self.cancel_reason: str | None = None
-        #: Its lease was found lost: another coordinator recorded how it ended.
-        self.lost = False
-        #: The outcome is recorded; nothing more is sent for this run.
-        self.finished = False
-        self.supervisor: asyncio.Task[Any] | None = None
-
-    def event(self, type: str, data: Mapping[str, Any]) -> Event:
-        event = Event(self.next_id, type, data, self.task.pk, self.model, now_iso())
-        self.next_id += 1
-        return event
-
-    async def send(self, type: str, data: Mapping[str, Any]) -> None:
-        if type in TERMINAL_TYPES or type == FAREWELL:
-            raise ValueError(
-                f"Cannot send {type!r} from {self.key}: the coordinator sends terminal "
-                "events itself when process() returns, raises or is stopped."
-            )
-        if not isinstance(type, str) or not EVENT_TYPE.fullmatch(type):
-            raise ValueError(
-                f"Cannot send event type {type!r} from {self.key}: a type is 1 to 64 ASCII "
-                "letters, digits, '-', '_' or '.'."
-            )
-        try:
-            data_json = encode_data(data)
-        except ValueError as exc:
-            raise ValueError(
-                f"Cannot send {type!r} from {self.key}: its data is not strict JSON ({exc}); "
-                "JSON has no NaN or infinity."
-            ) from None
-        if self.finished:
-            # The run was given up on (it ignored cancellation past the grace
-            # period): every further await of send_event is a cancellation point.
-            raise asyncio.CancelledError(f"{self.key} was stopped")
-        if (
-            self.next_id > self.reserved - ID_BLOCK // 2
-            and self.reserving is None
-            and not self.lost
-        ):
-            self.reserving = self.coordinator._spawn(
-                self.coordinator._reserve_ids(self), f"streaming:reserve:{self.key}"
-            )
-        while self.next_id > self.reserved:
-            # Every reserved id is used: an id the database has not reserved
-            # could be sent again by the next run if this process died now.
-            if self.reserving is None:  # the reservation found the task taken over
-                raise asyncio.CancelledError(f"{self.key} lost its task")
-            await asyncio.shield(self.reserving)
-        await self.coordinator._publish(self.event(type, data), json_data=data_json)
-        # Publishing to the in-memory hub never suspends: a task sending in a
-        # tight loop would starve its clients' writers until their bounded
-        # queues overflowed. A turn of the loop every few events keeps them
-        # level, and lets each writer send those events in one write instead
-        # of one write per event.
-        self.unyielded += 1
-        if self.unyielded >= YIELD_EVERY:
-            self.unyielded = 0
-            await asyncio.sleep(0)
-
-    def __repr__(self) -> str:
-        return f"<Run {self.key} attempt={self.attempt} next_id={self.next_id}>"
-
-
 class Coordinator:
     """Starts tasks by model and id, fans their events out, stops them on request."""
 
@@ -234,13 +131,12 @@ class Coordinator:
             enabled=config.event_log,
         )
         self.keeper = Keeper(self)
-        self._state = _State.OPEN
-        self._runs: dict[str, Run] = {}
+        self._state = State.NEW
+        self._runs: dict[str, Run] = {}  # by TaskKey
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = KeyedLocks()
+        #: Set once CLOSED, for a second shutdown() to wait on.
         self._closed = asyncio.Event()
-        self._closing = False  # a shutdown() is under way or done
-        self._opened = False
         #: Told of every event this coordinator publishes (ops.metrics counts them).
         self.on_publish: Callable[[Event], None] | None = None
 
@@ -248,16 +144,37 @@ class Coordinator:
         return f"<Coordinator {self._state.value} runs={len(self._runs)} owner={self.owner}>"
 
     @property
+    def state(self) -> State:
+        return self._state
+
+    @property
     def accepting(self) -> bool:
-        return self._state is _State.OPEN
+        """Whether it takes new work (starts, retries, new streams)."""
+        return self._state in ACCEPTING
 
     def open(self) -> None:
         """Start the keeper (leases, lost runs), the event log's writer and the bus. Idempotent."""
-        if self._state is _State.OPEN and not self._opened:
-            self._opened = True
+        if self._state is State.NEW:
+            self._state = State.OPEN
             self.keeper.start()
             self.log.start()
-            self.bus.start(self.owner, self._cancel_asked)
+            self.bus.start(self.owner, self.cancel_asked)
+
+    def running(self) -> list[Run]:
+        """This coordinator's runs, as they are now."""
+        return list(self._runs.values())
+
+    def run_of(self, key: str) -> Run | None:
+        """The run of task ``key`` here, if it has one."""
+        return self._runs.get(key)
+
+    def tracked(self) -> set[asyncio.Task[None]]:
+        """Work of this coordinator still under way: runs, outcome writes, id reservations."""
+        return {task for task in self._tasks if not task.done()}
+
+    def runs_here(self, key: str) -> bool:
+        """Whether task ``key`` has a run of this coordinator."""
+        return key in self._runs
 
     async def started(self) -> None:
         """:meth:`open`, then wait until the bus is connected: the coordinator is ready."""
@@ -269,6 +186,13 @@ class Coordinator:
         if not self.accepting:
             return "draining"
         return await db.probe(timeout)
+
+    async def readiness(self) -> list[str]:
+        """What keeps this coordinator from serving now: draining, the database, the bus."""
+        if not self.accepting:
+            return ["draining"]
+        found = [await db.probe(2.0), await self.bus.problem()]
+        return [problem for problem in found if problem is not None]
 
     # -- starting -------------------------------------------------------------
 
@@ -291,8 +215,8 @@ class Coordinator:
     ) -> bool:
         if isinstance(model, str):
             model = resolve_model(model)
-        key = f"{model.__name__}:{pk}"
-        if self._state is not _State.OPEN:
+        key = TaskKey(model.__name__, pk)
+        if not self.accepting:
             raise CoordinatorClosed(f"Cannot start {key}: the coordinator is {self._state.value}.")
         async with self._serial.hold(key):
             return await self._launch(model, key, pk, sources, **claim)
@@ -300,7 +224,7 @@ class Coordinator:
     async def _launch(
         self,
         model: type[StreamTask],
-        key: str,
+        key: TaskKey,
         pk: Any,
         sources: frozenset[TaskStatus],
         **claim: Any,
@@ -310,12 +234,13 @@ class Coordinator:
         task = await db.run(lambda: model._default_manager.filter(pk=pk).afirst())
         if task is None:
             raise UnknownTask(f"{model.__name__} {pk} does not exist.")
-        if key in self._runs or self._state is not _State.OPEN or task.status not in sources:
+        if key in self._runs or not self.accepting or task.status not in sources:
             return False
         self.open()
         # The guarded UPDATE is the start: across processes exactly one caller
         # moves the row to RUNNING, and its new attempt number fences the run.
-        run = Run(self, task, attempt=task.attempt + 1)
+        timeout = task.effective_timeout(self.config.task_timeout)
+        run = Run(self, task, attempt=task.attempt + 1, timeout=timeout)
         self._runs[key] = run
         claimed = False
         try:
@@ -325,9 +250,9 @@ class Coordinator:
                 del self._runs[key]
         if not claimed:
             return False
-        task._run = run
+        task.bind(run)
         self.bus.open(key)
-        supervisor = self._spawn(self._supervise(run), f"streaming:{key}")
+        supervisor = self.spawn(self._supervise(run), f"streaming:{key}")
         run.supervisor = supervisor
         supervisor.add_done_callback(lambda _: self._release(run))
         logger.info("started %s (attempt %d)", key, run.attempt)
@@ -358,25 +283,6 @@ class Coordinator:
                 **claim,
             )
         )
-
-    async def _reserve_ids(self, run: Run) -> None:
-        """Raise the task's id ceiling by a block, for the run to go on sending."""
-        model = type(run.task)
-        ceiling = run.reserved + ID_BLOCK
-        try:
-            reserved = await db.run_until_available(
-                lambda: model._default_manager.filter(
-                    pk=run.task.pk, attempt=run.attempt, status=TaskStatus.RUNNING
-                ).aupdate(event_id_ceiling=ceiling),
-                what=f"{run.key}: reserving event ids",
-                keep_trying=lambda: not run.finished,
-            )
-        finally:
-            run.reserving = None
-        if reserved:
-            run.reserved = ceiling
-        else:
-            self.lose(run, "its task was taken over while it reserved event ids")
 
     # -- running --------------------------------------------------------------
 
@@ -415,11 +321,11 @@ class Coordinator:
         neither its ``except`` nor its ``finally``: this done-callback is what
         records such a run, so no path leaves a task RUNNING.
         """
-        run.task._run = None
+        run.task.bind(None)
         if self._runs.get(run.key) is run:
             del self._runs[run.key]
         if not run.finished:
-            self._spawn(
+            self.spawn(
                 self._finish(run, self._stopped_outcome(run)), f"streaming:stopped:{run.key}"
             )
 
@@ -443,17 +349,18 @@ class Coordinator:
             return outcomes.cancelled(run.cancel_reason)
         return outcomes.interrupted("stopped by the server's shutdown")
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task of ours: shutdown() waits for it and hygiene can name it."""
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _publish(
-        self, event: Event, *, final: bool = False, json_data: str | None = None
+    async def publish(
+        self, key: TaskKey, event: Event, *, final: bool = False, json_data: str | None = None
     ) -> Message:
-        message = await self.bus.publish(event.key, event, final=final, json_data=json_data)
+        """Send ``event`` to every client of task ``key``, here and on other workers."""
+        message = await self.bus.publish(key, event, final=final, json_data=json_data)
         self.log.append(message)
         if self.on_publish is not None:
             self.on_publish(event)
@@ -467,26 +374,16 @@ class Coordinator:
         # Shielded: the record must be written even if we are cancelled again
         # (shutdown while a cancel is being recorded); tracked, so that
         # shutdown() still waits for it.
-        await asyncio.shield(self._spawn(self._record(run, outcome), f"streaming:record:{run.key}"))
+        await asyncio.shield(self.spawn(self._record(run, outcome), f"streaming:record:{run.key}"))
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
-        model = type(run.task)
+        model, pk = type(run.task), run.task.pk
         event = run.event(outcome.event_type, outcome.data)
         try:
             recorded = await db.run_until_available(
-                lambda: model.atransition(
-                    run.task.pk,
-                    outcome.status,
-                    fence=run.attempt,
-                    completed_at=datetime.now(UTC),
-                    error=outcome.error,
-                    final_event=event.to_json(),
-                    event_id_ceiling=event.id,
-                    owner="",
-                    lease_expires_at=None,
-                ),
+                lambda: endings.write(model, pk, outcome, event, fence=run.attempt),
                 what=f"{run.key}: recording {outcome.status}",
-                keep_trying=lambda: self._state is not _State.CLOSED,
+                keep_trying=lambda: self._state is not State.CLOSED,
             )
         except db.DatabaseUnavailable:
             logger.error("%s: outcome %s lost: the database stayed away", run.key, outcome.status)
@@ -496,23 +393,14 @@ class Coordinator:
             # Someone else settled this run (a cancel from another process, a
             # keeper that found its lease expired): tell clients what the
             # database says, not what we would have said.
-            stored = await db.run(
-                lambda: (
-                    model._default_manager.filter(pk=run.task.pk)
-                    .values("status", "final_event")
-                    .afirst()
-                )
-            )
+            status, final = await db.run(lambda: endings.stored(model, pk))
             logger.warning(
-                "%s: outcome %s not recorded; the task is %s",
-                run.key,
-                outcome.status,
-                stored and stored["status"],
+                "%s: outcome %s not recorded; the task is %s", run.key, outcome.status, status
             )
-            if not (stored and stored["final_event"]):
+            if final is None:
                 self.bus.release(run.key)
                 return
-            event = Event.from_json(stored["final_event"])
+            event = final
         elif outcome.status is TaskStatus.INTERRUPTED and not self.accepting:
             # Stopped by our shutdown: its clients here get the farewell, which
             # says "reconnect"; those who do are sent this event from the
@@ -522,7 +410,7 @@ class Coordinator:
             await self.bus.announce(run.key, event)
             logger.info("finished %s: %s", run.key, outcome.status)
             return
-        await self._publish(event, final=True)
+        await self.publish(run.key, event, final=True)
         logger.info("finished %s: %s", run.key, outcome.status)
 
     def lose(self, run: Run, why: str) -> None:
@@ -539,23 +427,21 @@ class Coordinator:
     async def cancel_task(
         self, model: type[StreamTask] | str, pk: Any, reason: str | None = None
     ) -> bool:
-        """Cancel a READY or RUNNING task; False when there is nothing to cancel.
+        """Cancel a READY or RUNNING task; False when it is in neither state.
 
         Idempotent: a second cancel of the same run returns False. A task that
         swallows CancelledError is given ``cancel_grace`` seconds, then recorded
         as cancelled anyway; its further ``send_event`` calls raise CancelledError.
+        Raises :class:`UnknownTask` if there is no such task.
         """
         if isinstance(model, str):
-            try:
-                model = resolve_model(model)
-            except UnknownTask:
-                return False
-        key = f"{model.__name__}:{pk}"
+            model = resolve_model(model)
+        key = TaskKey(model.__name__, pk)
         reason = reason or "cancelled by request"
         async with self._serial.hold(key):
             return await self._cancel(model, key, pk, reason)
 
-    async def _cancel(self, model: type[StreamTask], key: str, pk: Any, reason: str) -> bool:
+    async def _cancel(self, model: type[StreamTask], key: TaskKey, pk: Any, reason: str) -> bool:
         # Each write below is guarded by what was read. When another worker's
         # write lands in between (it starts the task, or takes its run over),
         # the guard matches no row: read again, since a cancel of a READY or
@@ -573,7 +459,7 @@ class Coordinator:
                 )
             )
             if row is None:
-                return False
+                raise UnknownTask(f"{model.__name__} {pk} does not exist.")
             if row["status"] == TaskStatus.RUNNING:
                 if row["cancel_requested"] is not None:
                     return False  # asked already: a second cancel of the run
@@ -596,25 +482,17 @@ class Coordinator:
         without the other.
         """
         outcome = outcomes.cancelled(reason)
-        event = Event(ceiling + 1, "cancelled", outcome.data, pk, model.__name__, now_iso())
+        event = endings.final_event(model.__name__, pk, outcome, ceiling + 1)
         cancelled = await db.run(
-            lambda: model.atransition(
-                pk,
-                TaskStatus.CANCELLED,
-                sources=START_FROM,
-                completed_at=datetime.now(UTC),
-                error=outcome.error,
-                final_event=event.to_json(),
-                event_id_ceiling=event.id,
-            )
+            lambda: endings.write(model, pk, outcome, event, sources=START_FROM)
         )
         if not cancelled:
             return False
-        await self._publish(event, final=True)
+        await self.publish(TaskKey(model.__name__, pk), event, final=True)
         return True
 
     async def _cancel_elsewhere(
-        self, model: type[StreamTask], key: str, pk: Any, owner: str, reason: str
+        self, model: type[StreamTask], key: TaskKey, pk: Any, owner: str, reason: str
     ) -> bool:
         """Cancel a run another coordinator owns: leave the request in its row, and tell it.
 
@@ -633,8 +511,8 @@ class Coordinator:
         await self.bus.request_cancel(owner, key, reason)
         return True
 
-    def _cancel_asked(self, key: str, reason: str) -> None:
-        """Another worker asks us to cancel a run of ours (the bus calls this)."""
+    def cancel_asked(self, key: str, reason: str) -> None:
+        """Another worker asks us to cancel a run of ours (the bus and the keeper call this)."""
         run = self._runs.get(key)
         if run is not None:
             self._cancel_run(run, reason)
@@ -661,7 +539,7 @@ class Coordinator:
         outcome = self._stopped_outcome(run).noting(
             f" (did not stop within {grace:g}s)", forced=True
         )
-        self._spawn(self._finish(run, outcome), f"streaming:give-up:{run.key}")
+        self.spawn(self._finish(run, outcome), f"streaming:give-up:{run.key}")
         supervisor.cancel()
 
     # -- subscribing ----------------------------------------------------------
@@ -678,7 +556,7 @@ class Coordinator:
         """
         if isinstance(model, str):
             model = resolve_model(model)
-        key = f"{model.__name__}:{pk}"
+        key = TaskKey(model.__name__, pk)
         final: Event | None = None
         if key not in self._runs:
             stored = await db.run(
@@ -701,7 +579,7 @@ class Coordinator:
         return subscriber
 
     async def _backfill(
-        self, subscriber: Subscriber, model: str, pk: Any, key: str, after: int
+        self, subscriber: Subscriber, model: str, pk: Any, key: TaskKey, after: int
     ) -> None:
         """Give a resuming client what this process no longer keeps: from the bus, then storage."""
         kept = self.bus.kept_since(key)
@@ -725,12 +603,11 @@ class Coordinator:
         """
         if grace is None:
             grace = self.config.shutdown_grace
-        if self._closing:
+        if self._state in (State.DRAINING, State.CLOSED):
             await self._closed.wait()
             return
-        # From OPEN, or DRAINING after an abandon(), which closes nothing itself.
-        self._closing = True
-        self._state = _State.DRAINING
+        # From NEW, OPEN, or ABANDONED (abandon() closes nothing itself).
+        self._state = State.DRAINING
         try:
             # A start under way may still launch its run: let it, then drain it too.
             await self._serial.settled()
@@ -754,7 +631,7 @@ class Coordinator:
             await self.log.close(timeout=self.config.cancel_grace)
             await self.bus.close()
         finally:
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
             self._closed.set()
 
     def abandon(self) -> None:
@@ -763,23 +640,37 @@ class Coordinator:
         Runs still record INTERRUPTED as their cancellation unwinds, for as
         long as the process lives; nobody waits for them.
         """
-        self._state = _State.DRAINING if self._state is _State.OPEN else self._state
+        if self._state in ACCEPTING:
+            self._state = State.ABANDONED
         for run in list(self._runs.values()):
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
         self.bus.say_farewell(self._farewell)
 
     def _farewell(self, key: str, last_id: int) -> Event:
-        model, _, pk = key.partition(":")
+        task = TaskKey.parse(key)
         return Event(
             last_id,
             FAREWELL,
             {"message": "Server is shutting down; reconnect to resume", "last_event_id": last_id},
-            pk,
-            model,
+            task.pk,
+            task.model,
             now_iso(),
             retry=self.config.retry_ms,
         )
+
+    # -- reading ----------------------------------------------------------------
+
+    async def status_of(self, model: type[StreamTask] | str, pk: Any) -> TaskStatus:
+        """Task ``pk``'s status as stored; raises UnknownTask if there is no such task."""
+        if isinstance(model, str):
+            model = resolve_model(model)
+        status = await db.run(
+            lambda: model._default_manager.filter(pk=pk).values_list("status", flat=True).afirst()
+        )
+        if status is None:
+            raise UnknownTask(f"{model.__name__} {pk} does not exist.")
+        return TaskStatus(status)
 
     async def close_connections(self) -> None:
         """Close the ORM's connections in the thread that owns them."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from asgiref.sync import sync_to_async
@@ -97,6 +97,15 @@ def _recover() -> bool:
 async def recover() -> bool:
     """:func:`_recover`, in the thread that owns the connections."""
     return await sync_to_async(_recover, thread_sensitive=True)()
+
+
+async def listed(rows: Iterable[T]) -> list[T]:
+    """Evaluate ``rows`` (a queryset) in the ORM's thread, as sync_to_async runs the ORM."""
+
+    def evaluate() -> list[T]:
+        return list(rows)
+
+    return await sync_to_async(evaluate, thread_sensitive=True)()
 
 
 async def run(operation: Callable[[], Awaitable[T]]) -> T:

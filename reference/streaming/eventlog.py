@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -104,9 +105,7 @@ class EventLog:
                 batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
                 self._writing = len(batch)
                 await db.run_until_available(
-                    lambda batch=batch: sync_to_async(_write, thread_sensitive=True)(
-                        batch, self.keep
-                    ),
+                    partial(sync_to_async(_write, thread_sensitive=True), batch, self.keep),
                     what=f"event log ({len(batch)} events)",
                     keep_trying=lambda: not self._closing,
                 )
@@ -123,7 +122,7 @@ class EventLog:
         if before is not None:
             rows = rows.filter(event_id__lt=before)
         values = rows.order_by("event_id").values_list("event_id", "type", "data", "timestamp")
-        found = await db.run(lambda: sync_to_async(list, thread_sensitive=True)(values))
+        found = await db.run(partial(db.listed, values))
         return [
             Message(Event(event_id, type, json.loads(data), task_id, model, ts), json_data=data)
             for event_id, type, data, ts in found

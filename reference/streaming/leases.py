@@ -28,19 +28,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from typing import Any, Protocol
 
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from . import db, outcomes
-from .events import Event, now_iso
+from . import db, endings, outcomes
+from .bus import Bus
+from .config import Config
+from .errors import CoordinatorClosed, UnknownTask
+from .events import Event
+from .hub import Message
+from .keys import TaskKey
+from .kinds import task_models
+from .models import StreamTask
+from .runs import Run
 from .states import TaskStatus
-
-if TYPE_CHECKING:
-    from .coordinator import Coordinator, Run
-    from .models import StreamTask
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +54,41 @@ logger = logging.getLogger(__name__)
 EXPIRED = Q(lease_expires_at__lt=Now()) | Q(lease_expires_at__isnull=True)
 
 
+class KeeperHost(Protocol):
+    """What a keeper needs of the coordinator it keeps leases for."""
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def bus(self) -> Bus: ...
+
+    def running(self) -> Iterable[Run]:
+        """This coordinator's runs."""
+        ...
+
+    def runs_here(self, key: str) -> bool:
+        """Whether task ``key`` has a run of this coordinator."""
+        ...
+
+    def lose(self, run: Run, why: str) -> None: ...
+
+    def cancel_asked(self, key: str, reason: str) -> None: ...
+
+    async def rerun(self, model: type[StreamTask], pk: Any) -> bool: ...
+
+    async def publish(
+        self, key: TaskKey, event: Event, *, final: bool = False, json_data: str | None = None
+    ) -> Message: ...
+
+
 class Keeper:
     """Renews this coordinator's leases and recovers runs that other owners lost."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: KeeperHost) -> None:
         self.coordinator = coordinator
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -111,7 +148,7 @@ class Keeper:
     async def renew(self) -> None:
         coordinator = self.coordinator
         by_model: dict[type[StreamTask], list[Run]] = defaultdict(list)
-        for run in list(coordinator._runs.values()):
+        for run in list(coordinator.running()):
             if run.supervisor is not None and not run.finished:
                 by_model[type(run.task)].append(run)
         lease = timedelta(seconds=coordinator.config.lease)
@@ -121,35 +158,28 @@ class Keeper:
                 owner=coordinator.owner,
                 status=TaskStatus.RUNNING,
             )
-            await db.run(lambda ours=ours: ours.aupdate(lease_expires_at=Now() + lease))
-            rows = await db.run(
-                lambda ours=ours: _listed(ours.values_list("pk", "cancel_requested"))
-            )
+            await db.run(partial(ours.aupdate, lease_expires_at=Now() + lease))
+            rows = await db.run(partial(db.listed, ours.values_list("pk", "cancel_requested")))
             asked = dict(rows)
             for run in runs:
                 if run.task.pk not in asked:
                     coordinator.lose(run, "its row names another owner or another status")
                 elif (reason := asked[run.task.pk]) is not None:
-                    coordinator._cancel_asked(run.key, reason)
+                    coordinator.cancel_asked(run.key, reason)
 
     # -- 2. runs lost with their process -----------------------------------------------
 
     async def recover_lost(self) -> None:
         coordinator = self.coordinator
-        from .coordinator import task_models
-
         for model in task_models().values():
             expired = model._default_manager.filter(EXPIRED, status=TaskStatus.RUNNING)
-            rows = await db.run(
-                lambda expired=expired: _listed(
-                    expired.values("pk", "attempt", "owner", "event_id_ceiling", "cancel_requested")
-                )
-            )
+            columns = ("pk", "attempt", "owner", "event_id_ceiling", "cancel_requested")
+            rows = await db.run(partial(db.listed, expired.values(*columns)))
             for row in rows:
-                if f"{model.__name__}:{row['pk']}" not in coordinator._runs:
+                if not coordinator.runs_here(TaskKey(model.__name__, row["pk"])):
                     await self._interrupt(model, row)
 
-    async def _interrupt(self, model: type[StreamTask], row: dict) -> None:
+    async def _interrupt(self, model: type[StreamTask], row: dict[str, Any]) -> None:
         owner = row["owner"] or "an unknown owner"
         if row["cancel_requested"] is not None:
             # Cancelled from another worker, which was told true: it ends so.
@@ -158,44 +188,26 @@ class Keeper:
             )
         else:
             outcome = outcomes.interrupted(f"lost with its process ({owner}): its lease expired")
-        event = Event(
-            row["event_id_ceiling"] + 1,
-            outcome.event_type,
-            outcome.data,
-            row["pk"],
-            model.__name__,
-            now_iso(),
-        )
+        pk = row["pk"]
+        event = endings.final_event(model.__name__, pk, outcome, row["event_id_ceiling"] + 1)
         recorded = await db.run(
-            lambda: model.atransition(
-                row["pk"],
-                outcome.status,
-                fence=row["attempt"],
-                where=EXPIRED,
-                completed_at=datetime.now(UTC),
-                error=outcome.error,
-                final_event=event.to_json(),
-                event_id_ceiling=event.id,
-                owner="",
-                lease_expires_at=None,
-            )
+            lambda: endings.write(model, pk, outcome, event, fence=row["attempt"], where=EXPIRED)
         )
         if recorded:
-            logger.warning("%s: run %d %s", event.key, row["attempt"], outcome.error)
-            await self.coordinator._publish(event, final=True)
+            key = TaskKey(model.__name__, pk)
+            logger.warning("%s: run %d %s", key, row["attempt"], outcome.error)
+            await self.coordinator.publish(key, event, final=True)
 
     # -- 3. interrupted runs with attempts left -------------------------------------------
 
     async def rerun(self) -> None:
         coordinator = self.coordinator
-        from .coordinator import CoordinatorClosed, UnknownTask, task_models
-
         for model in task_models().values():
             again = model._default_manager.filter(
                 model.attempts_left(coordinator.config.max_attempts),
                 status=TaskStatus.INTERRUPTED,
             )
-            pks = await db.run(lambda again=again: _listed(again.values_list("pk", flat=True)[:50]))
+            pks = await db.run(partial(db.listed, again.values_list("pk", flat=True)[:50]))
             for pk in pks:
                 try:
                     if await coordinator.rerun(model, pk):
@@ -210,27 +222,19 @@ class Keeper:
     async def tell_watchers(self) -> None:
         coordinator = self.coordinator
         bus = coordinator.bus
-        from .coordinator import task_models
-
         models = task_models()
         by_model: dict[str, list[str]] = defaultdict(list)
-        for key in bus.watched_elsewhere():
-            name, _, pk = key.partition(":")
-            if name in models and key not in coordinator._runs:
-                by_model[name].append(pk)
+        for watched in bus.watched_elsewhere():
+            key = TaskKey.parse(watched)
+            if key.model in models and not coordinator.runs_here(key):
+                by_model[key.model].append(key.pk)
         for name, pks in by_model.items():
             ended = models[name]._default_manager.filter(pk__in=pks, final_event__isnull=False)
-            rows = await db.run(
-                lambda ended=ended: _listed(ended.values_list("final_event", flat=True))
-            )
+            rows = await db.run(partial(db.listed, ended.values_list("final_event", flat=True)))
             for stored in rows:
+                if stored is None:  # filtered out above; the type does not know it
+                    continue
                 event = Event.from_json(stored)
-                if event.key not in coordinator._runs:
-                    bus.deliver(event.key, event)
-
-
-async def _listed(rows: object) -> list:
-    """Evaluate a queryset in the ORM's thread."""
-    from asgiref.sync import sync_to_async
-
-    return await sync_to_async(list, thread_sensitive=True)(rows)
+                key = TaskKey(event.model, event.task_id)
+                if not coordinator.runs_here(key):
+                    bus.deliver(key, event)

@@ -1,11 +1,15 @@
 """Task models: the abstract :class:`StreamTask` and the kinds built on it.
 
 A task kind is a concrete subclass with an ``async def process()`` that sends
-events with :meth:`StreamTask.send_event`. The coordinator owns the columns
-that describe a run (status, timestamps, error, attempt, final event) and
-writes them only through :meth:`StreamTask.atransition`, one guarded UPDATE.
-A task's own saves never write those columns (see :meth:`StreamTask.save`),
-so a task saving its fields cannot overwrite a cancellation made meanwhile.
+events with :meth:`StreamTask.send_event`. While it runs, its events leave
+through the :class:`EventSink` its runner gave it (:meth:`StreamTask.bind`);
+the model knows nothing else of who runs it.
+
+The coordinator owns the columns that describe a run (status, timestamps,
+error, attempt, final event, lease) and writes them only through
+:meth:`StreamTask.atransition`, one guarded UPDATE. A save of a stored row
+never writes them (see :meth:`StreamTask.save`), so a task saving its fields,
+or a stale copy saved from a shell, cannot undo a cancellation made meanwhile.
 """
 
 from __future__ import annotations
@@ -13,17 +17,14 @@ from __future__ import annotations
 import asyncio
 import pkgutil
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from asgiref.sync import sync_to_async
 from django.db import models, transaction
 from django.db.models import F, Q
 
 from . import db
-from .states import SOURCES, InvalidTransition, TaskStatus
-
-if TYPE_CHECKING:
-    from .coordinator import Run
+from .states import SOURCES, InvalidTransition, TaskStatus, check_transition
 
 #: Columns only the coordinator writes.
 RUN_COLUMNS = frozenset(
@@ -40,6 +41,12 @@ RUN_COLUMNS = frozenset(
         "cancel_requested",
     }
 )
+
+
+class EventSink(Protocol):
+    """Where a running task's events go: its run, which numbers and publishes them."""
+
+    async def send(self, type: str, data: Mapping[str, Any]) -> None: ...
 
 
 class StreamTask(models.Model):
@@ -83,7 +90,8 @@ class StreamTask(models.Model):
     #: Per-kind run limit; None falls back to settings.STREAMING["MAX_ATTEMPTS"].
     default_max_attempts: ClassVar[int | None] = None
 
-    _run: Run | None = None
+    #: Where send_event() sends, while the task runs (see bind()).
+    _sink: EventSink | None = None
 
     class Meta:
         abstract = True
@@ -100,17 +108,24 @@ class StreamTask(models.Model):
 
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Send an event to every client watching this task."""
-        if self._run is None:
+        if self._sink is None:
             raise RuntimeError(
                 f"Cannot send {type!r} from {self}: it is not running under a coordinator; "
                 "start it with coordinator.start_task()."
             )
-        await self._run.send(type, data or {})
+        await self._sink.send(type, data or {})
+
+    def bind(self, sink: EventSink | None) -> None:
+        """Send this instance's events to ``sink`` from now on; None: it runs no more."""
+        self._sink = sink
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # A running task's own saves leave the coordinator's columns alone; see
-        # the module docstring. Outside a run (creation, admin) save as usual.
-        if self._run is not None and kwargs.get("update_fields") is None and self.pk:
+        """Save; a stored row's run columns are left as they are (see the module docstring).
+
+        Creating a row writes every column. Naming ``update_fields`` writes
+        those named, run columns included, for the rare caller that means it.
+        """
+        if kwargs.get("update_fields") is None and not self._state.adding and self.pk:
             kwargs["update_fields"] = [
                 f.name
                 for f in self._meta.concrete_fields
@@ -139,14 +154,13 @@ class StreamTask(models.Model):
         only READY tasks, a retry only finished ones); ``where`` adds a
         condition of its own (a lease that has expired).
         """
-        allowed = SOURCES[target]
-        if sources is not None:
-            if not sources <= allowed:
-                raise InvalidTransition(
-                    f"Cannot move a task to {target} from {', '.join(sorted(sources - allowed))}."
-                )
-            allowed = sources
-        rows = cls._default_manager.filter(pk=pk, status__in=allowed)
+        if sources is None:
+            sources = SOURCES.get(target, frozenset())
+        if not sources:
+            raise InvalidTransition(f"Nothing moves a task to {target}.")
+        for source in sources:
+            check_transition(source, target)  # a caller's mistake, raised before any write
+        rows = cls._default_manager.filter(pk=pk, status__in=sources)
         if fence is not None:
             rows = rows.filter(attempt=fence)
         if where is not None:
@@ -311,7 +325,8 @@ class BehaviourContext:
 
     @property
     def fields(self) -> Mapping[str, Any]:
-        return self._task.fields
+        fields: Mapping[str, Any] = self._task.fields  # a JSONField: Any to a type checker
+        return fields
 
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         await self._task.send_event(type, data)
@@ -319,7 +334,7 @@ class BehaviourContext:
     async def read_fields(self) -> Mapping[str, Any]:
         """Re-read the fields; raises ``db.DatabaseUnavailable`` while the database is away."""
         await db.run(lambda: self._task.arefresh_from_db(fields=["fields"]))
-        return self._task.fields
+        return self.fields
 
     async def write_fields(self, **changes: Any) -> None:
         """Merge ``changes``; raises ``db.DatabaseUnavailable`` while the database is away."""

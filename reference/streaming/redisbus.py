@@ -28,10 +28,11 @@ import contextlib
 import json
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
 
 from .bus import Bus, CancelHandler
 from .events import Event
@@ -68,6 +69,7 @@ class RedisBus(Bus):
         # asking for a cancel) shares one. A pipeline and a pub/sub take their
         # connection from the client's pool, so those two clients keep a pool
         # (of one, as each is used by one task at a time).
+        self.url = url
         self._reader = redis.Redis.from_url(url, single_connection_client=True)
         self._writer = redis.Redis.from_url(url)
         self.redis = redis.Redis.from_url(url, single_connection_client=True)
@@ -108,13 +110,27 @@ class RedisBus(Bus):
 
     async def ready(self) -> None:
         """Return once every connection is open and the control channel listened to."""
-        await asyncio.gather(
-            self._reader.ping(),
-            self._writer.pipeline(transaction=False).ping().execute(),
-            self.redis.ping(),
-        )
+        pipe = self._writer.pipeline(transaction=False)
+        pipe.ping()  # queued: the pipeline's connection opens when it executes
+        await asyncio.gather(self._reader.ping(), pipe.execute(), self.redis.ping())
         async with asyncio.timeout(10):
             await self._listening.wait()
+
+    async def problem(self) -> str | None:
+        """None if Redis answers a PING on a connection of its own within 2 s; else why not.
+
+        Its own connection: the bus's are busy (the reader blocks in a read),
+        and one that broke is what this should find.
+        """
+        try:
+            async with (
+                asyncio.timeout(2.0),
+                redis.Redis.from_url(self.url, socket_connect_timeout=2) as client,
+            ):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            return f"bus unavailable: Redis does not answer ({type(exc).__name__}: {exc})"[:300]
+        return None
 
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -263,8 +279,10 @@ class RedisBus(Bus):
         stream = self._stream(key)
         try:
             if after is None:
-                return [_decoded(e) for e in await self.redis.xrevrange(stream, count=1)]
-            return [_decoded(e) for e in await self.redis.xrange(stream, min=f"{after + 1}-0")]
+                entries = await self.redis.xrevrange(stream, count=1)
+            else:
+                entries = await self.redis.xrange(stream, min=f"{after + 1}-0")
+            return [_decoded(entry) for entry in cast(list[Entry], entries)]
         except RedisError as exc:
             logger.warning("redis bus: cannot read %s (%s)", stream, exc)
             return []
@@ -277,7 +295,8 @@ class RedisBus(Bus):
         except RedisError as exc:
             logger.warning("redis bus: cannot read %s (%s)", stream, exc)
             return []
-        return [_message(key, entry_id, fields) for entry_id, fields in map(_decoded, entries)]
+        decoded = map(_decoded, cast(list[Entry], entries))
+        return [_message(key, entry_id, fields) for entry_id, fields in decoded]
 
     def _accept(self, key: str, message: Message, *, seeding: bool = False) -> None:
         """Hand an entry read from Redis to this worker's clients, once."""
@@ -299,15 +318,17 @@ class RedisBus(Bus):
                 self._watching.clear()
                 await self._watching.wait()  # set by a new client, or by close()
                 continue
-            streams = {self._stream(key): cursor for key, cursor in self._cursors.items()}
+            streams: dict[Any, Any] = {
+                self._stream(key): cursor for key, cursor in self._cursors.items()
+            }
             try:
-                found = await self._reader.xread(streams, count=BATCH, block=READ_BLOCK_MS)
+                read = await self._reader.xread(streams, count=BATCH, block=READ_BLOCK_MS)
             except RedisError as exc:
                 logger.warning("redis bus: cannot read (%s)", exc)
                 await asyncio.sleep(1.0)  # back off while Redis is away
                 continue
             now = asyncio.get_running_loop().time()
-            for stream, entries in found:
+            for stream, entries in cast(list[tuple[bytes, list[Entry]]], read):
                 key = stream.decode().removeprefix(f"{self.prefix}:events:")
                 self._heard[key] = now
                 for entry_id, fields in map(_decoded, entries):
@@ -319,13 +340,17 @@ class RedisBus(Bus):
         return {**super().describe(), "pending": len(self._outbox), "dropped": self.dropped}
 
 
-def _fields(message: Message) -> dict[str, str]:
+#: An entry of a Redis stream as redis-py returns it: its id, and its fields.
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _fields(message: Message) -> dict[FieldT, EncodableT]:
     event = message.event
     head = {"type": event.type, "task_id": event.task_id, "ts": event.timestamp}
     return {"e": json.dumps(head), "d": message.json, "f": "1" if message.final else ""}
 
 
-def _decoded(entry: tuple[bytes, dict[bytes, bytes]]) -> tuple[str, dict[bytes, bytes]]:
+def _decoded(entry: Entry) -> tuple[str, dict[bytes, bytes]]:
     entry_id, fields = entry
     return entry_id.decode(), fields
 

@@ -8,10 +8,12 @@ The allowed paths::
                                        (run again: retry_task(), or an interrupted
                                         run with attempts left, see leases.py)
 
-The guard is enforced twice: :func:`check_transition` in Python, and in the
-database by writing every change as ``UPDATE ... WHERE status IN (sources)``
-(see :meth:`StreamTask.atransition`), so two processes racing for the same
-task cannot both win.
+The guard is enforced twice, both in :meth:`StreamTask.atransition`: in
+Python, each status a caller moves from is checked with
+:func:`check_transition` before anything is written, so a caller asking for
+a path the model does not have raises :class:`InvalidTransition`; in the
+database, the change is one ``UPDATE ... WHERE status IN (sources)``, so two
+processes racing for the same task cannot both win.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conformance.clients import serve_asgi
+from conformance.clients import http_client, serve_asgi
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.django_db(transaction=True)]
 
@@ -31,7 +31,7 @@ async def served(coordinator: Any, **settings: Any) -> AsyncIterator[httpx.Async
 
     config = dataclasses.replace(coordinator.config, **settings)
     async with serve_asgi(make_app(coordinator, config=config)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None)) as http:
+        async with http_client(url, streaming=True) as http:
             yield http
 
 

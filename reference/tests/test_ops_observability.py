@@ -13,14 +13,14 @@ import dataclasses
 import json
 import logging
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conformance.clients import serve_asgi
+from conformance.clients import http_client, serve_asgi
+from conformance.processes import free_port
 from conformance.waiting import eventually
 
 DEADLINE = 20.0
@@ -34,7 +34,7 @@ async def served(coordinator: Any, **settings: Any) -> AsyncIterator[httpx.Async
 
     config = dataclasses.replace(coordinator.config, **settings)
     async with serve_asgi(make_app(coordinator, config=config)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async with http_client(url, timeout=10) as http:
             yield http
 
 
@@ -265,9 +265,7 @@ async def test_ready_when_redis_bus_does_not_answer_then_503_naming_the_bus_whil
 ):
     from streaming.coordinator import Coordinator
 
-    with socket.socket() as spare:  # a port nothing listens on
-        spare.bind(("127.0.0.1", 0))
-        port = spare.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     unreachable = Coordinator(redis_url=f"redis://127.0.0.1:{port}/0")
     try:
         async with served(unreachable) as http:
@@ -286,10 +284,16 @@ async def test_ready_when_redis_bus_does_not_answer_then_503_naming_the_bus_whil
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_ready_when_redis_bus_answers_then_200(redis_url: str) -> None:
-    from streaming.server import _bus_problem
+    from streaming.bus import InMemoryBus
+    from streaming.config import Config
+    from streaming.coordinator import make_bus
 
-    assert await _bus_problem(redis_url) is None
-    assert await _bus_problem(None) is None
+    redis_bus = make_bus(Config(redis_url=redis_url))
+    try:
+        assert await redis_bus.problem() is None
+    finally:
+        await redis_bus.close()
+    assert await InMemoryBus().problem() is None
 
 
 # -- logs -------------------------------------------------------------------------------
@@ -359,7 +363,7 @@ def test_server_when_task_fails_then_json_log_line_has_kind_id_and_traceback(
     assert logged["traceback"].endswith("ValueError: boom on purpose"), logged
     asked = [json.loads(line) for line in server.lines("stderr") if "asked by" in line]
     assert [(a["task_kind"], a["task_id"]) for a in asked] == [("BehaviourTask", pk)], asked
-    assert server.stop(signal.SIGTERM) == 0, server.describe()
+    assert server.stop_blocking(signal.SIGTERM) == 0, server.describe()
 
 
 @pytest.mark.timeout(60)

@@ -34,7 +34,7 @@ async def test_coordinator_when_made_then_it_names_its_host_process_and_itself(
     assert (host, pid) == (socket.gethostname(), str(os.getpid()))
     assert re.fullmatch(r"[0-9a-f]{8}", mine)
     assert Coordinator().owner != coordinator.owner  # two in one process are two owners
-    assert repr(coordinator) == f"<Coordinator open runs=0 owner={coordinator.owner}>"
+    assert repr(coordinator) == f"<Coordinator new runs=0 owner={coordinator.owner}>"
 
 
 async def test_coordinator_when_configured_then_its_hub_and_event_log_take_the_settings() -> None:
@@ -55,6 +55,28 @@ async def test_coordinator_when_configured_then_its_hub_and_event_log_take_the_s
     assert hub._closed_max_bytes == 6000
     log = coordinator.log
     assert (log.keep, log.max_event_bytes, log.enabled) == (4, 700, False)
+
+
+async def test_settings_when_a_key_is_misspelt_then_the_error_names_it_and_the_likely_one(
+    settings: Any,
+) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from streaming.config import Config
+
+    settings.STREAMING = {**settings.STREAMING, "TASK_TIMOUT": 5}
+    with pytest.raises(ImproperlyConfigured) as caught:
+        Config.from_settings()
+    assert str(caught.value) == (
+        "Unknown key 'TASK_TIMOUT' in settings.STREAMING; did you mean 'TASK_TIMEOUT'?"
+    )
+    settings.STREAMING = {"NOTHING_LIKE_IT": 1}
+    with pytest.raises(ImproperlyConfigured, match=r"^Unknown key 'NOTHING_LIKE_IT' in [^;]*\.$"):
+        Config.from_settings()
+    settings.STREAMING = {"task_timeout": 5}  # the case of a key does not matter
+    assert Config.from_settings().task_timeout == 5
+    with pytest.raises(TypeError, match=r"^Unknown streaming setting 'lease_s'; did you mean"):
+        Config.from_settings(lease_s=3)
 
 
 async def test_hub_when_made_without_settings_then_it_has_the_default_configurations_bounds() -> (
@@ -90,8 +112,13 @@ async def test_start_when_model_or_task_unknown_then_error_names_what_is_known(
     with pytest.raises(UnknownTask) as unknown_subscription:
         await coordinator.subscribe(BehaviourTask, 999)
     assert str(unknown_subscription.value) == "BehaviourTask 999 does not exist."
-    assert not await coordinator.cancel_task("Nope", 1)
-    assert not await coordinator.cancel_task(BehaviourTask, 999)
+    # A cancel says so too, rather than False, which is for a task in no state to cancel.
+    with pytest.raises(UnknownTask, match=r"^Unknown task model 'Nope'\.$"):
+        await coordinator.cancel_task("Nope", 1)
+    with pytest.raises(UnknownTask, match=r"^BehaviourTask 999 does not exist\.$"):
+        await coordinator.cancel_task(BehaviourTask, 999)
+    with pytest.raises(UnknownTask, match=r"^BehaviourTask 999 does not exist\.$"):
+        await coordinator.status_of(BehaviourTask, 999)
 
 
 async def test_start_when_running_or_finished_then_false_and_when_draining_then_refused(
@@ -102,7 +129,7 @@ async def test_start_when_running_or_finished_then_false_and_when_draining_then_
 
     task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
     assert await coordinator.start_task("BehaviourTask", task.pk)
-    assert repr(coordinator._runs[f"BehaviourTask:{task.pk}"]) == (
+    assert repr(coordinator.run_of(f"BehaviourTask:{task.pk}")) == (
         f"<Run BehaviourTask:{task.pk} attempt=1 next_id=1>"
     )
     assert not await coordinator.start_task(BehaviourTask, task.pk)  # running here
@@ -148,7 +175,7 @@ async def test_run_when_it_sends_after_being_given_up_on_then_each_send_is_a_can
 
     task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
     assert await coordinator.start_task(BehaviourTask, task.pk)
-    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run = coordinator.run_of(f"BehaviourTask:{task.pk}")
     run.finished = True  # what a give-up marks before it records
     with pytest.raises(asyncio.CancelledError, match=f"^BehaviourTask:{task.pk} was stopped$"):
         await run.send("tick", {})

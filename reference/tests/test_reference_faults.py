@@ -86,7 +86,7 @@ async def _parked(coordinator: Any, behaviour: str = "conformance.behaviours:par
     async with asyncio.timeout(5):
         assert (await subscriber.get()).event.type == "start"
     subscriber.close()
-    return coordinator._runs[f"BehaviourTask:{task.pk}"]
+    return coordinator.run_of(f"BehaviourTask:{task.pk}")
 
 
 async def _status(pk: int) -> str:
@@ -249,7 +249,7 @@ async def test_run_when_it_sends_a_few_events_then_ceiling_stays_at_the_claimed_
     from streaming.models import BehaviourTask
 
     run = await _parked(coordinator)
-    reserving = [t for t in coordinator._tasks if t.get_name().startswith("streaming:reserve:")]
+    reserving = [t for t in coordinator.tracked() if t.get_name().startswith("streaming:reserve:")]
     await asyncio.gather(*reserving)
     stored = await BehaviourTask.objects.aget(pk=run.task.pk)
     assert (stored.event_id_ceiling, run.reserved) == (ID_BLOCK, ID_BLOCK)
@@ -339,10 +339,10 @@ async def test_cancel_when_supervisor_ended_before_its_release_then_false_and_in
     task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
     assert await coordinator.start_task(BehaviourTask, task.pk)
     key = f"BehaviourTask:{task.pk}"
-    run = coordinator._runs[key]
+    run = coordinator.run_of(key)
     run.supervisor.cancel(msg="coordinator shutdown")  # before its first step, as a drain does
     await asyncio.sleep(0)  # one turn: the supervisor ends; its done-callbacks are queued
-    assert run.supervisor.done() and coordinator._runs.get(key) is run
+    assert run.supervisor.done() and coordinator.run_of(key) is run
     assert not await coordinator.cancel_task(BehaviourTask, task.pk, "too late")
     await eventually(lambda: _is(task.pk, "INTERRUPTED"), what="the run recorded INTERRUPTED")
 
@@ -388,7 +388,7 @@ async def test_shutdown_when_database_stays_away_then_outcome_given_up_and_no_ta
     write_lock.take()
     await coordinator.shutdown(0)
     await eventually(
-        lambda: not coordinator._tasks, timeout=5, what="the outcome's writer to give up"
+        lambda: not coordinator.tracked(), timeout=5, what="the outcome's writer to give up"
     )
     assert f"{run.key}: outcome INTERRUPTED lost: the database stayed away" in caplog.messages
     assert (
@@ -425,7 +425,7 @@ async def test_reservation_when_database_away_then_it_waits_it_out_saying_for_wh
     _GO_ON.clear()
     task = await BehaviourTask.objects.acreate(behaviour=f"{__name__}:_reserving")
     assert await coordinator.start_task(BehaviourTask, task.pk)
-    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run = coordinator.run_of(f"BehaviourTask:{task.pk}")
     await eventually(lambda: run.next_id > ID_BLOCK // 2, what="half a block sent")
     write_lock.take()
     _GO_ON.set()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from conformance.clients import serve_asgi
+from conformance.clients import http_client, serve_asgi
 
 # The coordinator reaches the database from the ORM's own thread, so each test
 # gets a real transaction (and a flushed database after it), not a wrapped one.
@@ -46,6 +46,26 @@ def test_transition_when_not_allowed_then_error_names_both_states_and_the_way() 
         "CANCELLED, FAILED, INTERRUPTED, READY, TIMED_OUT."
     )
     check_transition(TaskStatus.READY, TaskStatus.RUNNING)
+
+
+@pytest.mark.asyncio
+async def test_atransition_when_a_caller_asks_for_a_path_the_model_lacks_then_raises_first() -> (
+    None
+):
+    from streaming.models import ExampleTask
+    from streaming.states import InvalidTransition, TaskStatus
+
+    row = await ExampleTask.objects.acreate(status=TaskStatus.SUCCESSFUL)
+    # The guard in Python: a caller's mistake raises before anything is written.
+    with pytest.raises(InvalidTransition, match="from SUCCESSFUL to RUNNING"):
+        await ExampleTask.atransition(
+            row.pk, TaskStatus.RUNNING, sources=frozenset({TaskStatus.SUCCESSFUL})
+        )
+    with pytest.raises(InvalidTransition, match=r"^Nothing moves a task to READY"):
+        await ExampleTask.atransition(row.pk, TaskStatus.READY)
+    # The guard in the database: an allowed path from where the task is not.
+    assert not await ExampleTask.atransition(row.pk, TaskStatus.RUNNING)
+    assert (await ExampleTask.objects.aget(pk=row.pk)).status == TaskStatus.SUCCESSFUL
 
 
 def test_status_when_asked_if_finished_then_only_ready_and_running_are_not() -> None:
@@ -127,7 +147,7 @@ async def test_cancel_when_task_running_then_supervisor_ends_cancelled_not_swall
     subscriber = await coordinator.subscribe(BehaviourTask, task.pk)
     await coordinator.start_task(BehaviourTask, task.pk)
     assert (await subscriber.get()).event.type == "start"
-    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run = coordinator.run_of(f"BehaviourTask:{task.pk}")
     assert await coordinator.cancel_task(BehaviourTask, task.pk, "stop")
     with pytest.raises(asyncio.CancelledError):
         await run.supervisor
@@ -181,7 +201,7 @@ async def test_task_save_when_run_columns_changed_meanwhile_then_they_are_not_ov
 
     row = await ContinueTask.objects.acreate(poll_interval=0.01)
     await coordinator.start_task(ContinueTask, row.pk)
-    run = coordinator._runs[f"ContinueTask:{row.pk}"]
+    run = coordinator.run_of(f"ContinueTask:{row.pk}")
     # Another worker records a cancel; then the running instance saves itself.
     await ContinueTask.objects.filter(pk=row.pk).aupdate(status=TaskStatus.CANCELLED)
     run.task.message = "saved by the task"
@@ -189,6 +209,23 @@ async def test_task_save_when_run_columns_changed_meanwhile_then_they_are_not_ov
     stored = await ContinueTask.objects.aget(pk=row.pk)
     assert (stored.status, stored.message) == (TaskStatus.CANCELLED, "saved by the task")
     await ContinueTask.objects.filter(pk=row.pk).aupdate(continue_field=True)
+
+
+@pytest.mark.asyncio
+async def test_task_save_when_a_stale_copy_is_saved_after_it_ended_then_its_ending_stays(
+    coordinator,
+) -> None:
+    from streaming.models import ExampleTask
+    from streaming.states import TaskStatus
+
+    row = await ExampleTask.objects.acreate()
+    stale = await ExampleTask.objects.aget(pk=row.pk)  # a shell's copy, say
+    assert await coordinator.cancel_task(ExampleTask, row.pk, "not needed")
+    stale.message = "edited in a shell"
+    await stale.asave()
+    stored = await ExampleTask.objects.aget(pk=row.pk)
+    assert (stored.status, stored.message) == (TaskStatus.CANCELLED, "edited in a shell")
+    assert stored.final_event is not None and "not needed" in stored.error
 
 
 @pytest.mark.asyncio
@@ -258,7 +295,7 @@ async def served(coordinator) -> AsyncIterator[httpx.AsyncClient]:
     from streaming.server import make_app
 
     async with serve_asgi(make_app(coordinator)) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
+        async with http_client(url) as http:
             yield http
 
 

@@ -473,7 +473,7 @@ async def test_rerun_when_the_task_has_no_attempts_left_then_false_and_still_int
 async def test_start_when_shutdown_begins_while_it_waits_for_the_task_then_false_and_ready(
     here,
 ) -> None:
-    from streaming.coordinator import _State
+    from streaming.coordinator import State
     from streaming.models import BehaviourTask
     from streaming.states import TaskStatus
 
@@ -483,7 +483,7 @@ async def test_start_when_shutdown_begins_while_it_waits_for_the_task_then_false
         starting = asyncio.create_task(here.start_task(BehaviourTask, task.pk))
         await eventually(lambda: here._serial._users.get(key) == 2, what="the start waiting")
         stopping = asyncio.create_task(here.shutdown(1.0))
-        await eventually(lambda: here._state is not _State.OPEN, what="the shutdown begun")
+        await eventually(lambda: here.state is State.DRAINING, what="the shutdown begun")
     assert await asyncio.wait_for(starting, 5) is False
     await asyncio.wait_for(stopping, 5)
     assert (await BehaviourTask.objects.aget(pk=task.pk)).status == TaskStatus.READY
@@ -492,11 +492,11 @@ async def test_start_when_shutdown_begins_while_it_waits_for_the_task_then_false
 async def test_lose_when_the_run_has_no_supervisor_yet_then_marked_lost_without_error(
     here,
 ) -> None:
-    from streaming.coordinator import Run
     from streaming.models import BehaviourTask
+    from streaming.runs import Run
 
     task = await BehaviourTask.objects.acreate(behaviour=PARK)
-    run = Run(here, task, attempt=1)  # as a claim in flight leaves it
+    run = Run(here, task, attempt=1, timeout=None)  # as a claim in flight leaves it
     here.lose(run, "lease expired")
     assert run.lost and run.supervisor is None
 
@@ -521,7 +521,7 @@ async def test_run_when_process_sends_a_terminal_type_then_value_error_says_why(
     from streaming.models import BehaviourTask
 
     task, client = await _watched_run(BehaviourTask, here)
-    run = here._runs[f"BehaviourTask:{task.pk}"]
+    run = here.run_of(f"BehaviourTask:{task.pk}")
     with pytest.raises(ValueError, match=r"sends terminal events itself when process\(\) returns"):
         await run.send("complete", {})
     client.close()
@@ -726,20 +726,27 @@ async def test_keeper_rerun_when_a_listed_task_is_deleted_then_the_next_still_ru
 
 
 async def test_keeper_renew_when_a_run_is_still_being_claimed_then_it_is_left_alone(here) -> None:
-    from streaming.coordinator import Run
+    from streaming.leases import Keeper
     from streaming.models import BehaviourTask
+    from streaming.runs import Run
 
     # Between _launch's registering a run and its claim's UPDATE, the run has
     # no supervisor and its row is still READY: a renewal then must not take
     # the missing RUNNING row for a lost lease.
     task = await BehaviourTask.objects.acreate(behaviour=PARK)
-    run = Run(here, task, attempt=1)
-    here._runs[run.key] = run
-    try:
-        await here.keeper.renew()
-        assert not run.lost
-    finally:
-        del here._runs[run.key]
+    run = Run(here, task, attempt=1, timeout=None)
+
+    class Claiming:
+        """The coordinator, with ``run`` registered and its claim not yet made."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(here, name)
+
+        def running(self) -> list[Run]:
+            return [*here.running(), run]
+
+    await Keeper(Claiming()).renew()
+    assert not run.lost
 
 
 async def test_keeper_when_its_own_run_outlived_its_lease_then_it_is_not_taken_for_lost(
@@ -756,7 +763,7 @@ async def test_keeper_when_its_own_run_outlived_its_lease_then_it_is_not_taken_f
     await here.keeper.recover_lost()
     row = await BehaviourTask.objects.aget(pk=task.pk)
     assert (row.status, row.owner) == (TaskStatus.RUNNING, here.owner)
-    assert not here._runs[f"BehaviourTask:{task.pk}"].lost and client.take() == []
+    assert not here.run_of(f"BehaviourTask:{task.pk}").lost and client.take() == []
     assert await here.cancel_task(BehaviourTask, task.pk)
 
 

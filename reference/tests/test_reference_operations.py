@@ -230,7 +230,7 @@ async def test_shutdown_when_a_task_ignores_it_then_log_counts_it_and_the_client
 
     coordinator = Coordinator(cancel_grace=0.2)
     task, subscriber = await _started(coordinator, "conformance.behaviours:swallow_once")
-    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run = coordinator.run_of(f"BehaviourTask:{task.pk}")
     await coordinator.shutdown(0)
     try:
         assert said(logs, "streaming.coordinator")[-2:] == [
@@ -306,7 +306,7 @@ async def test_run_when_ended_then_the_tasks_recording_it_are_named_for_it(coord
 
     task = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
     assert await coordinator.start_task(BehaviourTask, task.pk)
-    run = coordinator._runs[f"BehaviourTask:{task.pk}"]
+    run = coordinator.run_of(f"BehaviourTask:{task.pk}")
     run.supervisor.cancel()  # its body never runs: the done-callback records the run
     await eventually(lambda: seen[-1][0] == "interrupted", what="the stopped run recorded")
     assert seen[-1][1] == f"streaming:record:{run.key}"
@@ -358,7 +358,7 @@ async def test_run_when_its_task_is_taken_while_it_reserves_ids_then_stopped_as_
     task = await BehaviourTask.objects.acreate(behaviour=f"{__name__}:reserve_then_park")
     assert await coordinator.start_task(BehaviourTask, task.pk)
     key = f"BehaviourTask:{task.pk}"
-    run = coordinator._runs[key]
+    run = coordinator.run_of(key)
     await eventually(lambda: run.next_id > 500, what="half a block sent")
     # Another coordinator took the task (its keeper found the lease expired).
     await BehaviourTask.objects.filter(pk=task.pk).aupdate(attempt=2, owner="elsewhere")

@@ -38,7 +38,7 @@ def redis_env(env: dict[str, str], redis_url: str) -> Iterator[dict[str, str]]:
 
 def workers_of(supervisor: Any, count: int, wait_until: Any) -> list[psutil.Process]:
     """The supervisor's ``count`` worker processes, once each is listening."""
-    parent = psutil.Process(supervisor.popen.pid)
+    parent = psutil.Process(supervisor.pid)
 
     def listening() -> list[psutil.Process] | None:
         children = parent.children()

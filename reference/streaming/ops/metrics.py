@@ -231,7 +231,7 @@ class Metrics:
 
     async def _count(self, delay: float) -> None:
         from .. import db
-        from ..coordinator import task_models
+        from ..kinds import task_models
 
         try:
             if delay:

@@ -28,8 +28,8 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from http.cookies import CookieError, SimpleCookie
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlencode
 
@@ -251,7 +251,9 @@ class SignedTokens:
             # makes: refused before anything is decoded or inflated.
             return Decision.forbidden("The task token is not valid: no task token looks like it.")
         try:
-            claims = signing.loads(token, salt=TOKEN_SALT, max_age=self._max_age())
+            claims = signing.loads(
+                token, salt=TOKEN_SALT, max_age=timedelta(seconds=self._max_age())
+            )
         except signing.SignatureExpired:
             return Decision.forbidden("The task token has expired; ask for a new one.")
         except signing.BadSignature:
@@ -309,6 +311,7 @@ class DjangoSession:
     async def __call__(self, request: AccessRequest) -> Decision:
         from django.conf import settings
         from django.contrib.auth import aget_user
+        from django.http import HttpRequest
 
         from .. import db
 
@@ -319,7 +322,9 @@ class DjangoSession:
                 "the request has no session cookie."
             )
         store = _session_store(key)
-        user = await db.run(lambda: aget_user(SimpleNamespace(session=store)))
+        session = HttpRequest()  # what aget_user reads of a request: its session
+        session.session = store
+        user = await db.run(lambda: aget_user(session))
         if not user.is_authenticated:
             return Decision.unauthenticated(
                 "The session has no logged-in user (expired, or logged out); log in again."

@@ -8,9 +8,11 @@ from typing import Any
 import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from streaming.models import ContinueTask, ExampleTask, StreamTask
+from streaming.models import ContinueTask, ExampleTask
 
-KINDS: dict[str, type[StreamTask]] = {"example": ExampleTask, "continue": ContinueTask}
+#: The kinds it creates: those of the testing guide, each with a message.
+Kind = type[ExampleTask] | type[ContinueTask]
+KINDS: dict[str, Kind] = {"example": ExampleTask, "continue": ContinueTask}
 
 #: The longest --step-delay accepted, in seconds. An ExampleTask sleeps this
 #: long before each of its steps, so anything larger looks like a typo, and
@@ -91,7 +93,7 @@ class Command(BaseCommand):
             )
 
 
-def _checked_message(model: type[StreamTask], message: str) -> str:
+def _checked_message(model: Kind, message: str) -> str:
     """Return ``message`` if every database can store it in ``model``'s message column."""
     # SQLite ignores max_length and stores the whole string; PostgreSQL
     # refuses it with a DataError, so check here for the same answer on both.
