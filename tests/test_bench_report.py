@@ -9,6 +9,7 @@ each (the 10-client run that gave a ratio of 1.52 beside two that gave about
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from conformance import bench_report
 from conformance.bench_report import spread, summarise
 
 pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Per-run CPU per delivered event (us) and events per second, by clients.
 OURS = {
@@ -210,3 +213,32 @@ def test_write_when_saved_then_a_copy_of_each_file_in_the_saved_directory(tmp_pa
         kept = tmp_path / "keep" / name
         assert kept in written
         assert kept.read_bytes() == (tmp_path / "out" / name).read_bytes()
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+
+
+@pytest.fixture
+def checkout() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the repository's tracked files cannot be read")
+
+
+@pytest.mark.usefixtures("checkout")
+def test_repository_when_bench_runs_then_reports_untracked_and_saved_copy_where_linked() -> None:
+    assert git("ls-files", "reports/bench.*") == ""
+    ignored = git("check-ignore", "reports/bench.json", "reports/bench.md", "reports/bench.png")
+    assert ignored.split() == ["reports/bench.json", "reports/bench.md", "reports/bench.png"]
+    assert git("ls-files", "results/bench.*").split() == [
+        "results/bench.json",
+        "results/bench.md",
+        "results/bench.png",
+    ]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(results/bench.md)" in readme and "(reports/bench.md)" not in readme
+    assert "--save" in readme
+    listing = (ROOT / "reports" / "README.md").read_text(encoding="utf-8")
+    assert "results/bench" in listing and "(kept in git)" not in listing
