@@ -414,42 +414,6 @@ def test_load_when_malformed_lines_then_skipped_and_reported(
     assert f"{path}:1:" not in err and f"{path}:7:" not in err
 
 
-def test_html_when_case_ids_numbered_then_sorted_naturally(tmp_path: Path) -> None:
-    path = write_jsonl(
-        tmp_path / "results-a.jsonl",
-        record(case="FUNC-10"),
-        record(case="FUNC-2"),
-        record(case="FUNC-1"),
-        record(case="API-3"),
-    )
-    page = report.render_html(report.load_results([path]))
-    positions = [
-        page.index(f'<th scope="row">{case}</th>')
-        for case in ("API-3", "FUNC-1", "FUNC-2", "FUNC-10")
-    ]
-    assert positions == sorted(positions)
-
-
-def test_html_when_reason_contains_script_then_escaped(tmp_path: Path) -> None:
-    reason = '<script>alert("x")</script>'
-    path = write_jsonl(tmp_path / "results-a.jsonl", record(grade="fail", reason=reason))
-    page = report.render_html(report.load_results([path]))
-    assert "<script>" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
-    assert 'class="grade grade-fail"' in page
-
-
-def test_html_when_environment_lacks_case_then_missing_cell(tmp_path: Path) -> None:
-    path = write_jsonl(
-        tmp_path / "results-a.jsonl",
-        record(case="FUNC-1", database="sqlite"),
-        record(case="FUNC-2", database="postgresql", grade="unsupported", reason="cap"),
-    )
-    page = report.render_html(report.load_results([path]))
-    assert page.count('class="grade-missing"') == 2
-    assert 'class="grade grade-unsupported" title="unsupported: test_x_when_y_then_z - cap"' in page
-
-
 def test_render_when_repeated_or_input_shuffled_then_byte_identical(
     tmp_path: Path,
 ) -> None:
