@@ -28,7 +28,7 @@ drain: those figures have no ratio.
 
 While it measures, this process's stderr, its client processes' and the
 servers' output go to ``bench.log`` in ``--output``: the terminal shows the
-table. A full run takes a few minutes on two cores (more on a loaded machine).
+table. ``--repeat 2`` took under a minute on two cores (more on a loaded machine).
 """
 
 from __future__ import annotations
