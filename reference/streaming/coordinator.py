@@ -133,6 +133,8 @@ class Coordinator:
         self.keeper = Keeper(self)
         self._state = State.NEW
         self._runs: dict[str, Run] = {}  # by TaskKey
+        #: Runs this shutdown or abandon stopped: their farewell says so.
+        self._stopped: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = KeyedLocks()
         #: Set once CLOSED, for a second shutdown() to wait on.
@@ -614,6 +616,7 @@ class Coordinator:
             running = set(self._tasks)
             if running:
                 _, pending = await asyncio.wait(running, timeout=grace)
+                self._stopped.update(self._runs)  # what outlived the grace is interrupted
                 for task in pending:
                     task.cancel(msg="coordinator shutdown")
             # Cancelled runs record their outcome in new tasks: wait for those too.
@@ -642,6 +645,7 @@ class Coordinator:
         """
         if self._state in ACCEPTING:
             self._state = State.ABANDONED
+        self._stopped.update(self._runs)
         for run in list(self._runs.values()):
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
@@ -649,10 +653,17 @@ class Coordinator:
 
     def _farewell(self, key: str, last_id: int) -> Event:
         task = TaskKey.parse(key)
+        if task in self._stopped:
+            message = (
+                "Server is shutting down and interrupted this task's run; reconnect to follow "
+                "it: it runs again if it has attempts left"
+            )
+        else:
+            message = "Server is shutting down; reconnect to resume"
         return Event(
             last_id,
             FAREWELL,
-            {"message": "Server is shutting down; reconnect to resume", "last_event_id": last_id},
+            {"message": message, "last_event_id": last_id},
             task.pk,
             task.model,
             now_iso(),
