@@ -408,3 +408,35 @@ def test_task_token_when_task_or_secret_is_wrong_then_one_line_and_exit_1(
     )
     assert public.returncode == 1 and "Set DJANGO_SECRET_KEY" in public.stderr
     assert "Traceback" not in missing.stderr + unknown.stderr + public.stderr
+
+
+@pytest.mark.timeout(90)
+def test_stream_client_when_the_server_was_killed_and_restarted_then_told_what_it_waits_for(
+    env: dict[str, str],
+    run: Any,
+    spawn: Any,
+    status: Any,
+    start_server: Any,
+    start_server_to_kill: Any,
+    wait_until: Any,
+) -> None:
+    short = {**env, "STREAMING_LEASE": "3"}  # the wait this test sits through
+    killed = start_server_to_kill(env=short)
+    started = run(
+        "manage.py", "create_task", "--step-delay", "60", "--server", killed.url, env=short
+    )
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: status("ExampleTask", 1) == "RUNNING", DEADLINE, "the task to run")
+    killed.stop_blocking(signal.SIGKILL)
+    restarted = start_server(env=short)
+
+    client = spawn("stream_client.py", "ExampleTask", "1", "--server", restarted.url)
+
+    first = client.wait_for_line("[1] Event: WAITING", timeout=DEADLINE)
+    assert client.wait(timeout=DEADLINE) == 0, client.describe()
+    output = client.lines()
+    message = next(line for line in output[first:] if line.startswith("    message: "))
+    assert f"(pid {killed.pid}" not in message  # owners are named by host:pid:nonce
+    assert f":{killed.pid}:" in message and "has exited" in message, message
+    assert "Stream ended with: INTERRUPTED" in output, client.describe()
+    assert status("ExampleTask", 1) == "INTERRUPTED"
