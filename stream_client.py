@@ -109,12 +109,20 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="Task model, for example ExampleTask")
     parser.add_argument("task_id", type=int, help="Task id")
-    parser.add_argument("--server", default="http://127.0.0.1:8888")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--server",
+        default="http://127.0.0.1:8888",
+        help="Base URL of the streaming server (default: %(default)s).",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return asyncio.run(watch(f"{args.server.rstrip('/')}/stream/{args.model}/{args.task_id}"))
 
 

@@ -24,7 +24,7 @@ import httpx
 import uvicorn
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
-from .contract import ASGIApp, Event, Runtime, Subscription, TaskRef
+from .contract import WAITING_EVENT, ASGIApp, Event, Runtime, Subscription, TaskRef
 from .waiting import WaitTimeout
 
 
@@ -66,15 +66,32 @@ class ClientStream:
     def __init__(self, ref: TaskRef, events: AsyncIterator[Event], closer: Any) -> None:
         self.ref = ref
         self.seen: list[Event] = []
+        #: ``waiting`` notices (SPEC: MAY), set aside from the task's events.
+        self.notices: list[Event] = []
         self.ended = False
         self._events = events
         self._closer = closer
+
+    async def _read(self) -> Event:
+        """The next of the task's events; a ``waiting`` notice is checked and set aside."""
+        while True:
+            event = await anext(self._events)
+            if event.type != WAITING_EVENT:
+                return event
+            # Before any event, the last id is the client's own (0, or its Last-Event-ID).
+            last = self.seen[-1].id if self.seen else event.id
+            assert event.id == last and isinstance(event.data.get("message"), str), (
+                f"A {WAITING_EVENT!r} notice carries the id of the last event before it "
+                f"({last}) and a message; got id {event.id}, data {dict(event.data)}.\n"
+                f"{self.trace()}"
+            )
+            self.notices.append(event)
 
     async def next(self, timeout: float = 5.0) -> Event:
         """The next event; fails with the trace if none comes in time or the stream ends."""
         try:
             async with asyncio.timeout(timeout):
-                event = await anext(self._events)
+                event = await self._read()
         except TimeoutError:
             raise WaitTimeout(
                 f"No event from {self.ref} within {timeout:g}s. Seen so far:\n{self.trace()}"
@@ -99,7 +116,7 @@ class ClientStream:
         """Fail unless the stream ends (with no further event) within ``timeout``."""
         try:
             async with asyncio.timeout(timeout):
-                extra = await anext(self._events)
+                extra = await self._read()
         except StopAsyncIteration:
             self.ended = True
             return

@@ -45,6 +45,7 @@ __all__ = [
     "OVERFLOW_EVENT",
     "STREAM_RESET_EVENT",
     "TERMINAL_EVENTS",
+    "WAITING_EVENT",
     "ASGIApp",
     "Behaviour",
     "Budgets",
@@ -73,7 +74,7 @@ __all__ = [
 #: defaults). An implementation declares the version it was written against
 #: (:attr:`Implementation.contract_version`); ``MIGRATING.md``, beside this
 #: module, says what changed, with code before and after.
-CONTRACT_VERSION = "2.1.0"
+CONTRACT_VERSION = "2.2.0"
 
 
 class TaskStatus(enum.StrEnum):
@@ -113,6 +114,10 @@ FAREWELL_EVENT = "shutdown"
 OVERFLOW_EVENT = "overflow"
 #: The event that tells a resuming client some of the events it asked for are gone.
 STREAM_RESET_EVENT = "stream-reset"
+#: A notice (MAY) that the server is waiting on something before the task can
+#: go on or end: a lost run's lease, say. It carries the id of the last event
+#: before it, and a client reads it as news, not as one of the task's events.
+WAITING_EVENT = "waiting"
 #: What an event type may be (FUNC-19): 1 to 64 ASCII letters, digits, ``-``, ``_``
 #: and ``.``. Anything else could break the SSE frame it is written into.
 EVENT_TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -38,6 +38,7 @@ PUBLIC = [
     "TaskStatus",
     "Timings",
     "UnknownTask",
+    "WAITING_EVENT",
     "WaitTimeout",
     "behaviour_path",
     "eventually",

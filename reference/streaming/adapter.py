@@ -122,7 +122,7 @@ class ReferenceImplementation(Implementation):
 
     name = "reference"
     version = "0.3.0"
-    contract_version = "2.1"
+    contract_version = "2.2"
     capabilities = frozenset(
         {
             Capability.HTTP,

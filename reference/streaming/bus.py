@@ -112,6 +112,10 @@ class Bus(ABC):
         """End every stream of this process with a farewell (its own only)."""
         return self.hub.say_farewell(make_event)
 
+    def notify(self, key: str, type: str, data: dict[str, Any]) -> int:
+        """Give this process's clients of ``key`` a notice that does not end their streams."""
+        return self.hub.notify(key, type, data)
+
     def watched_elsewhere(self) -> list[str]:
         """Keys with clients here whose run is not in this process."""
         return self.hub.watched_elsewhere()

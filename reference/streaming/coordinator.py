@@ -46,11 +46,11 @@ from .bus import Bus, InMemoryBus
 from .config import Config
 from .errors import CoordinatorClosed, NothingMissed, UnknownTask
 from .eventlog import EventLog
-from .events import FAREWELL, Event, now_iso
-from .hub import Hub, Message, Subscriber
+from .events import FAREWELL, WAITING, Event, now_iso
+from .hub import Hub, Message, Subscriber, control_event
 from .keys import TaskKey
 from .kinds import resolve_model, task_models
-from .leases import Keeper
+from .leases import LEASE_LEFT, Keeper, lease_wait
 from .locks import KeyedLocks
 from .models import StreamTask
 from .outcomes import Outcome
@@ -133,6 +133,8 @@ class Coordinator:
         self.keeper = Keeper(self)
         self._state = State.NEW
         self._runs: dict[str, Run] = {}  # by TaskKey
+        #: Runs this shutdown or abandon stopped: their farewell says so.
+        self._stopped: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._serial = KeyedLocks()
         #: Set once CLOSED, for a second shutdown() to wait on.
@@ -558,16 +560,19 @@ class Coordinator:
             model = resolve_model(model)
         key = TaskKey(model.__name__, pk)
         final: Event | None = None
+        wait: dict[str, Any] | None = None
         if key not in self._runs:
-            stored = await db.run(
-                lambda: model._default_manager.filter(pk=pk).values("final_event").afirst()
-            )
+            columns = ("final_event", "status", "owner", "left")
+            row = model._default_manager.filter(pk=pk).annotate(left=LEASE_LEFT)
+            stored = await db.run(lambda: row.values(*columns).afirst())
             if stored is None:
                 raise UnknownTask(f"{model.__name__} {pk} does not exist.")
             if key not in self._runs and stored["final_event"] is not None:
                 final = Event.from_json(stored["final_event"])
                 if last_event_id is not None and last_event_id >= final.id:
                     raise NothingMissed(f"{key} ended with event {final.id}.")
+            elif stored["status"] == TaskStatus.RUNNING and stored["owner"] != self.owner:
+                wait = lease_wait(stored, self.config)
         # Running here or elsewhere, or not started: wait for its events.
         subscriber = await self.bus.subscribe(key, after=last_event_id, final=final)
         if last_event_id is not None:
@@ -576,6 +581,8 @@ class Coordinator:
             except BaseException:
                 subscriber.close()
                 raise
+        if wait is not None:  # a run elsewhere that looks lost: say what the wait is for
+            subscriber.push(Message(control_event(key, WAITING, subscriber.queued_id or 0, wait)))
         return subscriber
 
     async def _backfill(
@@ -614,6 +621,7 @@ class Coordinator:
             running = set(self._tasks)
             if running:
                 _, pending = await asyncio.wait(running, timeout=grace)
+                self._stopped.update(self._runs)  # what outlived the grace is interrupted
                 for task in pending:
                     task.cancel(msg="coordinator shutdown")
             # Cancelled runs record their outcome in new tasks: wait for those too.
@@ -642,6 +650,7 @@ class Coordinator:
         """
         if self._state in ACCEPTING:
             self._state = State.ABANDONED
+        self._stopped.update(self._runs)
         for run in list(self._runs.values()):
             if run.supervisor is not None:
                 run.supervisor.cancel(msg="coordinator abandoned")
@@ -649,10 +658,17 @@ class Coordinator:
 
     def _farewell(self, key: str, last_id: int) -> Event:
         task = TaskKey.parse(key)
+        if task in self._stopped:
+            message = (
+                "Server is shutting down and interrupted this task's run; reconnect to follow "
+                "it: it runs again if it has attempts left"
+            )
+        else:
+            message = "Server is shutting down; reconnect to resume"
         return Event(
             last_id,
             FAREWELL,
-            {"message": "Server is shutting down; reconnect to resume", "last_event_id": last_id},
+            {"message": message, "last_event_id": last_id},
             task.pk,
             task.model,
             now_iso(),

@@ -16,10 +16,12 @@ FAREWELL = "shutdown"
 OVERFLOW = "overflow"
 #: Says that some events a resuming client asked for are gone.
 STREAM_RESET = "stream-reset"
+#: Tells clients what the server waits on (a lost run's lease) before the task can end.
+WAITING = "waiting"
 #: Events about one client's stream, outside the task's sequence of ids: each
 #: carries the id of the last event before it, so that a client's
 #: ``Last-Event-ID`` stays the id of a real event.
-CONTROL_TYPES = frozenset({FAREWELL, OVERFLOW, STREAM_RESET})
+CONTROL_TYPES = frozenset({FAREWELL, OVERFLOW, STREAM_RESET, WAITING})
 #: What a task's event type may be. It is written into the SSE frame as it is
 #: (``event: <type>``), so a line break in it would write frames of its own
 #: into every client's stream; SPEC's FUNC-19 allows these characters only.

@@ -379,6 +379,19 @@ class Hub:
             self._drop_if_idle(topic)
         return told
 
+    def notify(self, key: str, type: str, data: dict[str, Any]) -> int:
+        """Give every subscriber of ``key`` a control event that does not end its stream.
+
+        Each carries the id of the last event queued for its subscriber, as
+        the farewell does. Returns how many were told.
+        """
+        topic = self._topics.get(key)
+        if topic is None:
+            return 0
+        for subscriber in tuple(topic.subscribers):
+            subscriber.push(Message(control_event(key, type, subscriber.queued_id or 0, data)))
+        return len(topic.subscribers)
+
     # -- subscribing ----------------------------------------------------------
 
     def subscribe(self, key: str, *, after: int | None = None) -> Subscriber:

@@ -13,7 +13,9 @@ A run's claim makes its coordinator the task's *owner* and gives it a lease
    CANCELLED, with ``cancelled``, if a cancel was asked for it);
 3. runs again INTERRUPTED tasks that have attempts left (``max_attempts``);
 4. gives clients that wait here on a task running elsewhere its terminal
-   event once the database has it.
+   event once the database has it, and, while that run looks lost (its
+   process has exited, or it missed a renewal), a ``waiting`` notice that
+   says what the wait is for and how long it may last.
 
 So a run lost with its process is recorded within ``lease + lease / 3``
 seconds of its last renewal (15 + 5 s by default), by whichever live
@@ -27,20 +29,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from django.db.models import Q
+from django.db.models import DurationField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 
 from . import db, endings, outcomes
 from .bus import Bus
 from .config import Config
 from .errors import CoordinatorClosed, UnknownTask
-from .events import Event
+from .events import WAITING, Event
 from .hub import Message
 from .keys import TaskKey
 from .kinds import task_models
@@ -52,6 +56,53 @@ logger = logging.getLogger(__name__)
 
 #: Rows past their lease, or RUNNING with none at all (written before leases existed).
 EXPIRED = Q(lease_expires_at__lt=Now()) | Q(lease_expires_at__isnull=True)
+#: How long a row's lease has left, in the database's time (negative once past).
+LEASE_LEFT = ExpressionWrapper(F("lease_expires_at") - Now(), output_field=DurationField())
+
+
+def lease_wait(row: Mapping[str, Any], config: Config) -> dict[str, Any] | None:
+    """The ``waiting`` notice for a run elsewhere that looks lost; None while it looks alive.
+
+    ``row`` holds the run's ``owner`` and its lease's time ``left`` (as
+    :data:`LEASE_LEFT` reads it). A live owner renews every heartbeat, so its
+    lease never has much less than ``lease - heartbeat`` left: less than that
+    by half a heartbeat is a missed renewal. An owner on this host whose
+    process is gone is known lost at once, whatever its lease says.
+    """
+    owner = row["owner"] or "an unknown owner"
+    left = row["left"].total_seconds() if row["left"] is not None else 0.0
+    if _exited(owner):
+        why = f"its process ({owner}) has exited"
+    elif left < config.lease - 1.5 * config.heartbeat:
+        why = f"its process ({owner}) has stopped renewing its lease"
+    else:
+        return None
+    # Found at the first keeper tick after the lease lapses.
+    wait = max(left, 0.0) + config.heartbeat
+    return {
+        "reason": "lease",
+        "message": (
+            f"This task's run looks lost: {why}. It is recorded interrupted when the lease "
+            f"lapses, within about {wait:.0f}s."
+        ),
+        "owner": owner,
+        "seconds": round(wait, 1),
+    }
+
+
+def _exited(owner: str) -> bool:
+    """Whether ``owner`` (host:pid:nonce) names a process of this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's
+        return False
+    return False
 
 
 class KeeperHost(Protocol):
@@ -90,6 +141,8 @@ class Keeper:
 
     def __init__(self, coordinator: KeeperHost) -> None:
         self.coordinator = coordinator
+        #: The run (attempt) of each watched task its clients were told looks lost.
+        self._told: dict[TaskKey, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         #: Loop time before which no lease is taken as lost (see the module docstring).
@@ -228,7 +281,10 @@ class Keeper:
             key = TaskKey.parse(watched)
             if key.model in models and not coordinator.runs_here(key):
                 by_model[key.model].append(key.pk)
+        waiting = {TaskKey(name, pk) for name, pks in by_model.items() for pk in pks}
+        self._told = {key: told for key, told in self._told.items() if key in waiting}
         for name, pks in by_model.items():
+            await self._tell_waits(models[name], pks)
             ended = models[name]._default_manager.filter(pk__in=pks, final_event__isnull=False)
             rows = await db.run(partial(db.listed, ended.values_list("final_event", flat=True)))
             for stored in rows:
@@ -238,3 +294,21 @@ class Keeper:
                 key = TaskKey(event.model, event.task_id)
                 if not coordinator.runs_here(key):
                     bus.deliver(key, event)
+
+    async def _tell_waits(self, model: type[StreamTask], pks: list[str]) -> None:
+        """Tell the clients of runs elsewhere that look lost what they wait for, once a run."""
+        coordinator = self.coordinator
+        running = (
+            model._default_manager.filter(pk__in=pks, status=TaskStatus.RUNNING)
+            .exclude(owner=coordinator.owner)
+            .annotate(left=LEASE_LEFT)
+        )
+        rows = await db.run(partial(db.listed, running.values("pk", "owner", "attempt", "left")))
+        for row in rows:
+            key = TaskKey(model.__name__, row["pk"])
+            if self._told.get(key) == row["attempt"] or coordinator.runs_here(key):
+                continue
+            notice = lease_wait(row, coordinator.config)
+            if notice is not None:
+                coordinator.bus.notify(key, WAITING, notice)
+                self._told[key] = row["attempt"]

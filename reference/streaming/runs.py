@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from . import db
-from .events import EVENT_TYPE, FAREWELL, TERMINAL_TYPES, Event, encode_data, now_iso
+from .events import CONTROL_TYPES, EVENT_TYPE, TERMINAL_TYPES, Event, encode_data, now_iso
 from .hub import Message
 from .keys import TaskKey
 from .models import StreamTask
@@ -102,10 +102,11 @@ class Run:
 
     async def send(self, type: str, data: Mapping[str, Any]) -> None:
         """Check, number and publish an event the task sends (``StreamTask.send_event``)."""
-        if type in TERMINAL_TYPES or type == FAREWELL:
+        if type in TERMINAL_TYPES or type in CONTROL_TYPES:
             raise ValueError(
                 f"Cannot send {type!r} from {self.key}: the coordinator sends terminal "
-                "events itself when process() returns, raises or is stopped."
+                "and control events itself (when process() returns, raises or is stopped; "
+                "when a stream is cut, resumed or waits)."
             )
         if not isinstance(type, str) or not EVENT_TYPE.fullmatch(type):
             raise ValueError(

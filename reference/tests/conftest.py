@@ -312,6 +312,22 @@ def start_server(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture
+def start_server_to_kill(env: dict[str, str]) -> Iterator[Callable[..., ServerProcess]]:
+    """``start_server_to_kill(env=...)``: a server the test kills itself (SIGKILL at teardown)."""
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, env: dict[str, str] = env) -> ServerProcess:
+        server = ServerProcess(RunserverStream(*extra), grace=2.0, base_env=env)
+        started.append(server)
+        server.start_blocking()
+        return server
+
+    yield start
+    for server in started:
+        server.stop_blocking(signal.SIGKILL)
+
+
+@pytest.fixture
 def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     """A running streaming server for this test, on its own database."""
     return start_server()

@@ -267,6 +267,9 @@ def test_create_task_when_no_start_then_task_is_stored_ready_with_increasing_ids
         f"Created ExampleTask with ID: {pk}\n"
         "  Message: Task created via management command\n"
         "\n"
+        "To start it:\n"
+        f"  curl -X POST http://127.0.0.1:8888/tasks/ExampleTask/{pk}/start\n"
+        "\n"
         "Connect to task stream:\n"
         f"  curl http://127.0.0.1:8888/stream/ExampleTask/{pk}\n"
         for pk in (1, 2)
@@ -324,3 +327,116 @@ def test_stream_client_when_server_is_unreachable_then_exits_1_with_clear_messag
     assert "connection refused" in result.stderr.lower()
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_commands_when_asked_for_help_then_every_option_says_what_it_does() -> None:
+    import argparse
+    import runpy
+
+    from django.core.management import load_command_class
+
+    parsers = {
+        name: load_command_class("streaming", name).create_parser("manage.py", name)
+        for name in ("runserver_stream", "create_task", "task_token")
+    }
+    client = runpy.run_path(str(Path(__file__).parents[2] / "stream_client.py"))
+    parsers["stream_client.py"] = client["build_parser"]()
+    # Django's own options (--verbosity, --settings...) carry Django's help.
+    silent = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in parsers.items()
+        for action in parser._actions
+        if not action.help and action.help is not argparse.SUPPRESS
+    ]
+    assert silent == []
+
+
+@pytest.mark.timeout(60)
+def test_create_task_when_no_start_then_it_says_how_to_start_the_task(run: Any) -> None:
+    output = run("manage.py", "create_task", "--no-start", "--server", "http://127.0.0.1:9999")
+
+    assert output.returncode == 0, output.stderr
+    assert "To start it:\n  curl -X POST http://127.0.0.1:9999/tasks/ExampleTask/1/start\n" in (
+        output.stdout
+    )
+
+
+TOKENS = "streaming.ops.policy.SignedTokens"
+
+
+@pytest.mark.timeout(90)
+def test_task_token_when_printed_then_the_server_accepts_it_for_its_actions_only(
+    run: Any, env: dict[str, str], start_server: Any
+) -> None:
+    import secrets
+
+    own = {**env, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "STREAMING_AUTHORIZATION": TOKENS}
+    server = start_server(env=own)
+    assert run("manage.py", "create_task", "--no-start", env=own).returncode == 0
+    minted = run("manage.py", "task_token", "ExampleTask", "1", "--actions", "stream", env=own)
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert "\n" not in token  # one line, for TOKEN=$(python manage.py task_token ...)
+
+    with httpx.stream("GET", f"{server.url}/stream/ExampleTask/1?token={token}", timeout=10) as r:
+        assert r.status_code == 200
+    bearer = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    start = httpx.post(f"{server.url}/tasks/ExampleTask/1/start", headers=bearer, timeout=10)
+    assert start.status_code == 403 and "not start" in start.text, start.text
+
+    page = run("manage.py", "task_token", "ExampleTask", "1", "--watch-url", server.url, env=own)
+    assert page.returncode == 0, page.stderr
+    assert page.stdout.startswith(f"{server.url}/tasks/ExampleTask/1?token=")
+    assert httpx.get(page.stdout.strip(), timeout=10).status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_task_token_when_task_or_secret_is_wrong_then_one_line_and_exit_1(
+    run: Any, env: dict[str, str]
+) -> None:
+    import secrets
+
+    own = {**env, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
+    missing = run("manage.py", "task_token", "ExampleTask", "7", env=own)
+    unknown = run("manage.py", "task_token", "NoSuchTask", "1", env=own)
+    public = run("manage.py", "task_token", "ExampleTask", "1", env=env)
+
+    assert missing.returncode == 1 and missing.stderr == "CommandError: No ExampleTask with id 7.\n"
+    assert unknown.returncode == 1 and unknown.stderr.startswith(
+        "CommandError: No task model named 'NoSuchTask'"
+    )
+    assert public.returncode == 1 and "Set DJANGO_SECRET_KEY" in public.stderr
+    assert "Traceback" not in missing.stderr + unknown.stderr + public.stderr
+
+
+@pytest.mark.timeout(90)
+def test_stream_client_when_the_server_was_killed_and_restarted_then_told_what_it_waits_for(
+    env: dict[str, str],
+    run: Any,
+    spawn: Any,
+    status: Any,
+    start_server: Any,
+    start_server_to_kill: Any,
+    wait_until: Any,
+) -> None:
+    short = {**env, "STREAMING_LEASE": "3"}  # the wait this test sits through
+    killed = start_server_to_kill(env=short)
+    started = run(
+        "manage.py", "create_task", "--step-delay", "60", "--server", killed.url, env=short
+    )
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: status("ExampleTask", 1) == "RUNNING", DEADLINE, "the task to run")
+    killed.stop_blocking(signal.SIGKILL)
+    restarted = start_server(env=short)
+
+    client = spawn("stream_client.py", "ExampleTask", "1", "--server", restarted.url)
+
+    first = client.wait_for_line("[1] Event: WAITING", timeout=DEADLINE)
+    assert client.wait(timeout=DEADLINE) == 0, client.describe()
+    output = client.lines()
+    message = next(line for line in output[first:] if line.startswith("    message: "))
+    assert f"(pid {killed.pid}" not in message  # owners are named by host:pid:nonce
+    assert f":{killed.pid}:" in message and "has exited" in message, message
+    assert "Stream ended with: INTERRUPTED" in output, client.describe()
+    assert status("ExampleTask", 1) == "INTERRUPTED"

@@ -284,3 +284,30 @@ async def test_resume_of_a_finished_task_without_event_log_then_missed_events_fr
             assert [m.event.id async for m in resumed] == [2, 3, 4]
     finally:
         await coordinator.shutdown(1.0)
+
+
+async def test_farewell_when_shutdown_interrupts_the_run_then_it_says_so(coordinator) -> None:
+    from streaming.models import BehaviourTask
+
+    running = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    waiting = await BehaviourTask.objects.acreate(behaviour="conformance.behaviours:park")
+    told_running = await coordinator.subscribe(BehaviourTask, running.pk)
+    told_waiting = await coordinator.subscribe(BehaviourTask, waiting.pk)
+    assert await coordinator.start_task(BehaviourTask, running.pk)
+    async with asyncio.timeout(5):
+        assert (await told_running.get()).event.type == "start"
+        await coordinator.shutdown(0)
+        interrupted = [m.event async for m in told_running][-1]
+        untouched = [m.event async for m in told_waiting][-1]
+
+    # A farewell must not promise a resume to a client whose task this shutdown just stopped.
+    assert interrupted.type == "shutdown"
+    assert interrupted.data["message"] == (
+        "Server is shutting down and interrupted this task's run; reconnect to follow it: "
+        "it runs again if it has attempts left"
+    )
+    assert (untouched.type, untouched.data["message"]) == (
+        "shutdown",
+        "Server is shutting down; reconnect to resume",
+    )
+    assert (await BehaviourTask.objects.aget(pk=running.pk)).status == "INTERRUPTED"

@@ -172,7 +172,11 @@ async def test_expired_lease_when_keeper_recovers_it_then_client_stream_ends_on_
     before = datetime.now(UTC)
     await here.keeper.recover_lost()
     messages = await _until_ended(client)
-    assert [(m.event.type, m.event.id, m.final) for m in messages] == [("interrupted", 1001, True)]
+    assert [(m.event.type, m.event.id, m.final) for m in messages] == [
+        ("waiting", 0, False),  # its lease had lapsed: the run looked lost from the start
+        ("interrupted", 1001, True),
+    ]
+    messages = messages[1:]
     stamped = datetime.fromisoformat(messages[0].event.timestamp)
     assert before <= stamped <= datetime.now(UTC)
     row = await BehaviourTask.objects.aget(pk=dead.pk)
@@ -522,8 +526,9 @@ async def test_run_when_process_sends_a_terminal_type_then_value_error_says_why(
 
     task, client = await _watched_run(BehaviourTask, here)
     run = here.run_of(f"BehaviourTask:{task.pk}")
-    with pytest.raises(ValueError, match=r"sends terminal events itself when process\(\) returns"):
-        await run.send("complete", {})
+    for reserved in ("complete", "shutdown", "stream-reset", "waiting"):
+        with pytest.raises(ValueError, match=r"sends terminal and control events itself"):
+            await run.send(reserved, {})
     client.close()
 
 
@@ -788,3 +793,63 @@ async def test_keeper_when_a_lost_runs_lease_was_renewed_meanwhile_then_nothing_
     assert (stored.status, stored.final_event) == (TaskStatus.RUNNING, None)
     assert client.take() == [] and not client.ended
     assert not [r for r in caplog.records if r.name == "streaming.leases"]
+
+
+# -- 4. what clients of a lost run are told while they wait -----------------------------------
+
+
+def _exited_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=20)
+    return child.pid
+
+
+async def test_client_of_a_run_whose_process_exited_when_subscribed_then_told_the_wait_at_once(
+    here,
+) -> None:
+    import socket
+
+    from streaming.models import BehaviourTask
+
+    owner = f"{socket.gethostname()}:{_exited_pid()}:deadbeef"
+    lost = await BehaviourTask.objects.acreate(**_running_elsewhere(owner=owner))
+    alive = await BehaviourTask.objects.acreate(**_running_elsewhere())
+
+    told = await _next(await here.subscribe(BehaviourTask, lost.pk))
+    quiet = await here.subscribe(BehaviourTask, alive.pk)
+
+    assert (told.event.type, told.event.id, told.final) == ("waiting", 0, False)
+    assert told.event.data["reason"] == "lease"
+    assert f"its process ({owner}) has exited" in told.event.data["message"]
+    # Recorded at the first keeper tick after the lease lapses: 60 s here, plus one period.
+    assert 60 < told.event.data["seconds"] <= 60 + here.config.heartbeat
+    assert quiet.take() == []  # a live owner's run: nothing to wait for
+    for pk in (lost.pk, alive.pk):
+        await BehaviourTask.objects.filter(pk=pk).aupdate(status="INTERRUPTED")
+
+
+async def test_clients_of_a_run_elsewhere_when_it_misses_a_renewal_then_told_once(here) -> None:
+    from streaming.models import BehaviourTask
+
+    run = await BehaviourTask.objects.acreate(**_running_elsewhere(owner="elsewhere:1:stalled"))
+    first, second = [await here.subscribe(BehaviourTask, run.pk) for _ in range(2)]
+    await here.keeper.tell_watchers()
+    assert first.take() == [] and second.take() == []  # renewed a moment ago
+
+    # Its owner renews every heartbeat; a lease this short has missed one.
+    soon = datetime.now(UTC) + timedelta(seconds=here.config.heartbeat / 4)
+    await BehaviourTask.objects.filter(pk=run.pk).aupdate(lease_expires_at=soon)
+    await here.keeper.tell_watchers()
+    await here.keeper.tell_watchers()
+
+    for client in (first, second):
+        (notice,) = client.take()
+        assert (notice.event.type, notice.event.id) == ("waiting", 0)
+        assert (
+            "(elsewhere:1:stalled) has stopped renewing its lease" in notice.event.data["message"]
+        )
+    await BehaviourTask.objects.filter(pk=run.pk).aupdate(status="INTERRUPTED")

@@ -99,6 +99,8 @@ async def test_expired_lease_of_another_owner_when_keeper_looks_then_interrupted
         lease_expires_at=datetime.now(UTC) + timedelta(seconds=60),
     )
     waiting = await coordinator.subscribe(BehaviourTask, dead.pk)
+    notice = await asyncio.wait_for(waiting.get(), 5)
+    assert (notice.event.type, notice.event.id, notice.final) == ("waiting", 0, False)
     await coordinator.keeper.recover_lost()
     told = await asyncio.wait_for(waiting.get(), 5)
     assert (told.event.type, told.event.id) == ("interrupted", 1001)

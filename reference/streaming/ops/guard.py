@@ -12,7 +12,7 @@
   ``Origin`` at all, when its body is of a type a form can send and no
   token comes with it: send JSON (``Content-Type: application/json``), or
   nothing. ``curl -X POST`` and ``create_task`` send no body and no Origin.
-- **CORS.** Origins in ``CORS_ALLOWED_ORIGINS`` get ``Access-Control-*``
+- **CORS.** Origins in ``STREAMING_CORS_ALLOWED_ORIGINS`` get ``Access-Control-*``
   headers on their answers, and their preflight (``OPTIONS`` with
   ``Access-Control-Request-Method``) is answered 204. Any other origin's
   preflight answers 403 with the reason, so the browser never sends the
@@ -108,7 +108,7 @@ class Guard:
     # -- origins ----------------------------------------------------------------
 
     def trusted(self, origin: str, headers: Mapping[str, str], scheme: str) -> bool:
-        """Whether ``origin`` is this server's own, or one CORS_ALLOWED_ORIGINS lists."""
+        """Whether ``origin`` is this server's own, or one STREAMING_CORS_ALLOWED_ORIGINS lists."""
         normal = origin.rstrip("/").lower()
         return normal in self.cors_origins or normal == self.own_origin(headers, scheme)
 

@@ -24,9 +24,20 @@ class Command(BaseCommand):
     help = "Create a task and start it on the streaming server."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--type", choices=sorted(KINDS), default="example", dest="kind")
+        parser.add_argument(
+            "--type",
+            choices=sorted(KINDS),
+            default="example",
+            dest="kind",
+            help="The kind of task: ExampleTask steps through a countdown, ContinueTask "
+            "waits for its continue flag (default: %(default)s).",
+        )
         parser.add_argument("--message", help="The task's message.")
-        parser.add_argument("--no-start", action="store_true", help="Only store the task.")
+        parser.add_argument(
+            "--no-start",
+            action="store_true",
+            help="Only store the task (READY); it prints how to start it later.",
+        )
         parser.add_argument(
             "--server",
             default="http://127.0.0.1:8888",
@@ -70,7 +81,10 @@ class Command(BaseCommand):
             # Double quotes, as the testing guide prints it: the code holds
             # nothing a POSIX shell or cmd.exe expands inside them.
             self.stdout.write(f'    python manage.py shell -c "{code}"')
-        if not no_start:
+        if no_start:
+            self.stdout.write("\nTo start it:")
+            self.stdout.write(f"  curl -X POST {base}/tasks/{name}/{task.pk}/start")
+        else:
             self.stdout.write("\nStarting task...")
             self._start(base, name, task.pk)
             self.stdout.write("✓ Task started")

@@ -22,15 +22,26 @@ class Command(BaseCommand):
     help = "Serve task event streams over SSE until SIGTERM/SIGINT, then shut down gracefully."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8888)
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="Address to listen on; 0.0.0.0 for every interface (default: %(default)s).",
+        )
+        parser.add_argument(
+            "--port", type=int, default=8888, help="Port to listen on (default: %(default)s)."
+        )
         parser.add_argument(
             "--grace",
             type=float,
             default=settings.STREAMING["SHUTDOWN_GRACE"],
             help="Seconds running tasks get to finish on shutdown (default: %(default)s).",
         )
-        parser.add_argument("--log-level", default="info")
+        parser.add_argument(
+            "--log-level",
+            default="info",
+            choices=["critical", "error", "warning", "info", "debug", "trace"],
+            help="The least severe log lines printed (default: %(default)s).",
+        )
         parser.add_argument(
             "--workers",
             type=int,
