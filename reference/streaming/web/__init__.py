@@ -7,8 +7,11 @@ Routes::
     GET  /ready                        200 "OK" when it can serve: accepting work, database
                                        and bus reachable; 503 naming what is not (readiness)
     GET  /metrics                      Prometheus metrics (settings METRICS)
-    GET  /stream/<Model>/<id>          Server-Sent Events of one task; Last-Event-ID
-                                       resumes, and is answered 204 past the task's end
+    GET  /stream/<Model>/<id>          Server-Sent Events of one task; Last-Event-ID (or,
+                                       without it, ?last_event_id=) resumes, and is
+                                       answered 204 past the task's end
+    GET  /                             the tasks, newest first: ?kind=, ?status=, ?page=,
+                                       ?per_page= (ops/tasks_page.py)
     GET  /tasks/<Model>/<id>           a page that watches the task live (ops/watch.py)
     POST /tasks/<Model>/<id>/start     start a READY task
     POST /tasks/<Model>/<id>/retry     run a FAILED/CANCELLED/TIMED_OUT/INTERRUPTED task again
