@@ -1,5 +1,5 @@
 """What the watch pages stand on, over HTTP without a browser: the task list (``GET /``),
-a stream resumed from its query, a task's kept history.
+a refused cancel's reason, a stream resumed from its query, a task's kept history.
 
 Each test serves the reference's app with uvicorn on 127.0.0.1 and talks to it
 over a real socket, on a real SQLite database. uvicorn trusts
@@ -214,6 +214,34 @@ async def test_index_when_tokens_are_required_then_it_lists_what_the_token_may_w
     quoted = html.escape(str(httpx.QueryParams({"token": token})))
     assert f'href="/tasks/ExampleTask/{mine.pk}?{quoted}"' in listed.text, listed.text
     assert f'href="/?status=READY&amp;{quoted}"' in listed.text
+
+
+# -- a refused cancel says why ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cancel_when_the_task_already_ended_then_false_with_the_reason(
+    coordinator: Any,
+) -> None:
+    from streaming.models import ExampleTask
+
+    done = await finished(coordinator, ExampleTask, step_delay=0)
+    ready = await ExampleTask.objects.acreate()
+    async with served(coordinator) as http:
+        late = await http.post(f"/tasks/ExampleTask/{done.pk}/cancel", headers=JSON)
+        first = await http.post(f"/tasks/ExampleTask/{ready.pk}/cancel", headers=JSON)
+        again = await http.post(f"/tasks/ExampleTask/{ready.pk}/cancel", headers=JSON)
+    assert (late.status_code, late.json()) == (
+        200,
+        {
+            "cancelled": False,
+            "reason": f"ExampleTask {done.pk} already ended SUCCESSFUL: only a READY or "
+            "RUNNING task can be cancelled.",
+        },
+    )
+    assert first.json() == {"cancelled": True}, first.text
+    assert again.json()["cancelled"] is False
+    assert again.json()["reason"].startswith(f"ExampleTask {ready.pk} already ended CANCELLED")
 
 
 # -- a stream resumed from its query --------------------------------------------------------

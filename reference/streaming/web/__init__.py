@@ -15,7 +15,8 @@ Routes::
     GET  /tasks/<Model>/<id>           a page that watches the task live (ops/watch.py)
     POST /tasks/<Model>/<id>/start     start a READY task
     POST /tasks/<Model>/<id>/retry     run a FAILED/CANCELLED/TIMED_OUT/INTERRUPTED task again
-    POST /tasks/<Model>/<id>/cancel    cancel it; JSON body {"reason": "..."} optional
+    POST /tasks/<Model>/<id>/cancel    cancel it; JSON body {"reason": "..."} optional;
+                                       {"cancelled": false, "reason": "..."} if it cannot be
 
 - ``checks.py``: what a request passes before its handler, as ordered lists;
 - ``handlers.py``: one function per route, asking the coordinator;

@@ -22,6 +22,7 @@ from ..ops import tasks_page, watch
 from ..ops.guard import Refusal
 from ..ops.metrics import CONTENT_TYPE, CountedSource
 from ..ops.policy import TOKEN_QUERY
+from ..states import TaskStatus
 from . import checks
 from .request import DATABASE_DOWN, Request, Response, as_json, outline, respond, text
 from .services import Services
@@ -252,7 +253,24 @@ async def cancel(services: Services, request: Request, http: asgineer.HttpReques
         cancelled = await services.coordinator.cancel_task(model, pk, reason)
     except UnknownTask as exc:
         return text(404, str(exc))
-    return as_json(200, {"cancelled": cancelled})
+    if cancelled:
+        return as_json(200, {"cancelled": True})
+    return as_json(200, {"cancelled": False, "reason": await _not_cancelled(services, request)})
+
+
+async def _not_cancelled(services: Services, request: Request) -> str:
+    """Why a cancel changed nothing, from the status the task has now."""
+    model, pk = request.task()
+    name = f"{model.__name__} {pk}"
+    try:
+        status = await services.coordinator.status_of(model, pk)
+    except (UnknownTask, db.DatabaseUnavailable):
+        return f"{name} is neither READY nor RUNNING, or it is already being cancelled."
+    if status.is_finished:
+        return f"{name} already ended {status}: only a READY or RUNNING task can be cancelled."
+    if status is TaskStatus.RUNNING:
+        return f"{name} is already being cancelled."
+    return f"{name} changed while it was being cancelled: it is {status}; try again."
 
 
 def refused(refusal: Refusal) -> Response:
