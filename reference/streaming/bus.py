@@ -102,6 +102,10 @@ class Bus(ABC):
         """Id of the oldest event of ``key`` this process keeps (None: none)."""
         return self.hub.kept_since(key)
 
+    def recent(self, key: str) -> list[Message]:
+        """The events of ``key`` this process keeps, oldest first."""
+        return self.hub.recent(key)
+
     async def history(self, key: str, *, after: int, before: int | None) -> list[Message]:
         """Events of ``key`` with ids in (``after``, ``before``) that the bus itself still keeps."""
         return []

@@ -35,22 +35,24 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db.models.functions import Now
 
-from . import db, endings, outcomes
+from . import db, endings, listing, outcomes
 from .bus import Bus, InMemoryBus
 from .config import Config
 from .errors import CoordinatorClosed, NothingMissed, UnknownTask
 from .eventlog import EventLog
-from .events import FAREWELL, WAITING, Event, now_iso
+from .events import CONTROL_TYPES, FAREWELL, WAITING, Event, now_iso
 from .hub import Hub, Message, Subscriber, control_event
 from .keys import TaskKey
 from .kinds import resolve_model, task_models
 from .leases import LEASE_LEFT, Keeper, lease_wait
+from .listing import TaskPage, TaskQuery
 from .locks import KeyedLocks
 from .models import StreamTask
 from .outcomes import Outcome
@@ -62,6 +64,7 @@ __all__ = [
     "CoordinatorClosed",
     "NothingMissed",
     "State",
+    "TaskHistory",
     "UnknownTask",
     "make_bus",
     "make_owner",
@@ -74,6 +77,17 @@ logger = logging.getLogger(__name__)
 #: Reads a cancel makes of a task's row while other workers' writes keep
 #: changing it under its guarded writes (see ``Coordinator._cancel``).
 _CANCEL_READS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHistory:
+    """What a task's watch page shows first (:meth:`Coordinator.task_history`)."""
+
+    status: TaskStatus
+    #: The last run's terminal event, once the task has ended.
+    final: Event | None
+    #: The events still kept, oldest first.
+    events: list[Message]
 
 
 class State(enum.Enum):
@@ -592,13 +606,19 @@ class Coordinator:
         kept = self.bus.kept_since(key)
         if kept is not None and kept <= after + 1:
             return
+        subscriber.backfill(await self._kept_before(model, pk, key, after, kept), after=after)
+
+    async def _kept_before(
+        self, model: str, pk: Any, key: TaskKey, after: int, kept: int | None
+    ) -> list[Message]:
+        """Events of the task with ids in (``after``, ``kept``): from the bus, then storage."""
         older = await self.bus.history(key, after=after, before=kept)
         oldest = older[0].event.id if older else kept
         stored: list[Message] = []
         if self.log.enabled and (oldest is None or oldest > after + 1):
             await self.log.settled(timeout=1.0)
             stored = await self.log.read(model, pk, after=after, before=oldest)
-        subscriber.backfill([*stored, *older], after=after)
+        return [*stored, *older]
 
     # -- shutting down --------------------------------------------------------
 
@@ -687,6 +707,33 @@ class Coordinator:
         if status is None:
             raise UnknownTask(f"{model.__name__} {pk} does not exist.")
         return TaskStatus(status)
+
+    async def task_history(self, model: type[StreamTask] | str, pk: Any) -> TaskHistory:
+        """The events still kept of task ``pk``, oldest first, then its status and ending.
+
+        The events come from this process's memory, the bus and the event log,
+        as a resuming client's do. The row is read last: its status is never
+        older than the events, and a client that goes on from the last of them
+        (``subscribe(last_event_id=...)``) misses nothing in between. Raises
+        :class:`UnknownTask` if there is no such task.
+        """
+        if isinstance(model, str):
+            model = resolve_model(model)
+        key = TaskKey(model.__name__, pk)
+        recent = [m for m in self.bus.recent(key) if m.event.type not in CONTROL_TYPES]
+        kept = recent[0].event.id if recent else None
+        older: list[Message] = []
+        if kept is None or kept > 1:
+            older = await self._kept_before(model.__name__, pk, key, 0, kept)
+        status, final = await db.run(lambda: endings.stored(model, pk))
+        if status is None:
+            raise UnknownTask(f"{model.__name__} {pk} does not exist.")
+        return TaskHistory(TaskStatus(status), final, [*older, *recent])
+
+    async def list_tasks(self, query: TaskQuery) -> TaskPage:
+        """A page of tasks, newest first: of every kind, or of the one ``query`` names."""
+        models = [query.kind] if query.kind is not None else list(task_models().values())
+        return await listing.newest(models, query)
 
     async def close_connections(self) -> None:
         """Close the ORM's connections in the thread that owns them."""

@@ -425,14 +425,21 @@ class Hub:
 
     def kept_since(self, key: str) -> int | None:
         """Id of the oldest event the hub keeps for ``key`` (None: none kept)."""
-        closed = self._closed.get(key)
-        messages: Iterable[Message] = closed if closed is not None else ()
-        if closed is None and key in self._topics:
-            messages = self._topics[key].history.messages
-        for message in messages:
+        for message in self._kept(key):
             if message.event.type not in CONTROL_TYPES:
                 return message.event.id
         return None
+
+    def recent(self, key: str) -> list[Message]:
+        """The events the hub keeps for ``key``, oldest first: a finished task's end last."""
+        return list(self._kept(key))
+
+    def _kept(self, key: str) -> Iterable[Message]:
+        closed = self._closed.get(key)
+        if closed is not None:
+            return closed
+        topic = self._topics.get(key)
+        return topic.history.messages if topic is not None else ()
 
     @staticmethod
     def _seed(subscriber: Subscriber, history: Iterable[Message], after: int | None) -> None:

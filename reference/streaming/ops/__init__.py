@@ -8,7 +8,8 @@ One module per concern, each used by ``server.py``:
 - :mod:`.limits`: connections, request rates and subscribers per task (429/503).
 - :mod:`.metrics`: Prometheus metrics at ``/metrics``.
 - :mod:`.logs`: log records that carry the task's kind and id.
-- :mod:`.watch`: the page that shows one task's events live.
+- :mod:`.watch`: the page that shows one task's events, kept and live, with its buttons.
+- :mod:`.tasks_page`: the page that lists the tasks, newest first (``GET /``).
 
 The settings are documented in the README, "Operations".
 """

@@ -7,12 +7,16 @@ Routes::
     GET  /ready                        200 "OK" when it can serve: accepting work, database
                                        and bus reachable; 503 naming what is not (readiness)
     GET  /metrics                      Prometheus metrics (settings METRICS)
-    GET  /stream/<Model>/<id>          Server-Sent Events of one task; Last-Event-ID
-                                       resumes, and is answered 204 past the task's end
+    GET  /stream/<Model>/<id>          Server-Sent Events of one task; Last-Event-ID (or,
+                                       without it, ?last_event_id=) resumes, and is
+                                       answered 204 past the task's end
+    GET  /                             the tasks, newest first: ?kind=, ?status=, ?page=,
+                                       ?per_page= (ops/tasks_page.py)
     GET  /tasks/<Model>/<id>           a page that watches the task live (ops/watch.py)
     POST /tasks/<Model>/<id>/start     start a READY task
     POST /tasks/<Model>/<id>/retry     run a FAILED/CANCELLED/TIMED_OUT/INTERRUPTED task again
-    POST /tasks/<Model>/<id>/cancel    cancel it; JSON body {"reason": "..."} optional
+    POST /tasks/<Model>/<id>/cancel    cancel it; JSON body {"reason": "..."} optional;
+                                       {"cancelled": false, "reason": "..."} if it cannot be
 
 - ``checks.py``: what a request passes before its handler, as ordered lists;
 - ``handlers.py``: one function per route, asking the coordinator;

@@ -94,6 +94,8 @@ class App:
         if match := checks.PAGE_PATH.fullmatch(path):
             request.route = match.groupdict()
             return await handlers.page(services, request)
+        if path == checks.INDEX_PATH:
+            return await handlers.index(services, request)
         return text(404, f"Not found: {path!r}"[:300])
 
 

@@ -8,7 +8,7 @@ Every request, in this order (:data:`EVERY_REQUEST`, then the app)::
     3. a CORS preflight               answered here: 204, or 403 for an origin not allowed
     4. the connection limits          503 server-wide, 429 per client (/metrics: per client only)
 
-Then its route's own list: :data:`STREAM`, :data:`COMMAND` or :data:`PAGE`.
+Then its route's own list: :data:`STREAM`, :data:`COMMAND`, :data:`PAGE` or :data:`INDEX`.
 Each check answers None (go on) or a :class:`Refusal`, which is the answer;
 a check that finds the task leaves it on the request for the next ones.
 """
@@ -21,9 +21,12 @@ from collections.abc import Awaitable, Callable
 from .. import db
 from ..errors import UnknownTask
 from ..kinds import resolve_model
+from ..listing import DEPTH, MAX_PER_PAGE, PER_PAGE, TaskQuery, TaskRow
+from ..models import StreamTask
 from ..ops.guard import Refusal, is_preflight
-from ..ops.policy import AccessRequest, decide
-from .request import DECIMAL, NO_ADDRESS, Request, outline
+from ..ops.policy import TOKEN_QUERY, AccessRequest, Decision, decide
+from ..states import TaskStatus
+from .request import DECIMAL, LAST_EVENT_ID, NO_ADDRESS, Request, outline
 from .services import Services
 
 Check = Callable[[Services, Request], Awaitable[Refusal | None]]
@@ -34,6 +37,8 @@ COMMAND_PATH = re.compile(
     r"/tasks/(?P<model>[^/]+)/(?P<pk>[^/]*)/(?P<command>start|retry|cancel)/?"
 )
 PAGE_PATH = re.compile(r"/tasks/(?P<model>[^/]+)/(?P<pk>[^/]*)/?")
+#: The task list.
+INDEX_PATH = "/"
 
 NO_WEBSOCKET = (
     "This server does not serve WebSocket; it streams with Server-Sent Events: "
@@ -102,10 +107,11 @@ async def accepting(services: Services, request: Request) -> Refusal | None:
 
 
 async def resumable(services: Services, request: Request) -> Refusal | None:
-    raw = request.headers.get("last-event-id", "")
+    raw = request.last_event_id()
     if not raw or DECIMAL.fullmatch(raw):
         return None
-    return Refusal(400, f"Last-Event-ID must be an event id in decimal digits, got {raw!r}."[:300])
+    name = "Last-Event-ID" if "last-event-id" in request.headers else LAST_EVENT_ID
+    return Refusal(400, f"{name} must be an event id in decimal digits, got {raw!r}."[:300])
 
 
 def within_rate(kind: str) -> Check:
@@ -143,27 +149,114 @@ def allowed_to(action: str | None = None) -> Check:
     """The authorization policy, asked for ``action`` (None: the route's command)."""
 
     async def check(services: Services, request: Request) -> Refusal | None:
-        assert request.model is not None and request.pk is not None
-        access = AccessRequest(
-            action=action or request.route["command"],
-            model=request.model,
-            pk=request.pk,
-            client=None if request.client == NO_ADDRESS else request.client,
-            headers=request.headers,
-            query=request.query(),
-        )
+        model, pk = request.task()
+        access = _access(request, action or request.route["command"], model, pk)
         try:
             decision = await decide(services.policy, access)
         except db.DatabaseUnavailable as exc:
             return Refusal(503, unavailable(exc, request))
-        if decision.allowed:
-            return None
-        unauthenticated = decision.status == 401
-        services.count_refusal("unauthenticated" if unauthenticated else "forbidden")
-        extra = (("www-authenticate", 'Bearer realm="streaming"'),) if unauthenticated else ()
-        return Refusal(decision.status, decision.reason or "Not allowed.", extra)
+        return None if decision.allowed else _refused(services, decision)
 
     return check
+
+
+def _access(request: Request, action: str, model: type[StreamTask], pk: int) -> AccessRequest:
+    return AccessRequest(
+        action=action,
+        model=model,
+        pk=pk,
+        client=None if request.client == NO_ADDRESS else request.client,
+        headers=request.headers,
+        query=request.query(),
+    )
+
+
+def _refused(services: Services, decision: Decision) -> Refusal:
+    unauthenticated = decision.status == 401
+    services.count_refusal("unauthenticated" if unauthenticated else "forbidden")
+    extra = (("www-authenticate", 'Bearer realm="streaming"'),) if unauthenticated else ()
+    return Refusal(decision.status, decision.reason or "Not allowed.", extra)
+
+
+# -- checks of the task list ----------------------------------------------------------------
+
+#: What the task list takes in its query.
+LIST_PARAMETERS = ("kind", "status", "page", "per_page", TOKEN_QUERY)
+
+
+async def list_query(services: Services, request: Request) -> Refusal | None:
+    """Read the list's filters and page into ``request.listing``; 400 saying what is wrong."""
+    try:
+        request.listing = _task_query(request.query(), request.local)
+    except ValueError as exc:
+        return Refusal(400, str(exc))
+    return None
+
+
+def _task_query(params: dict[str, str], local: bool) -> TaskQuery:
+    unknown = sorted(set(params) - set(LIST_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"Unknown parameter {_shown(unknown[0])}: the list takes "
+            f"{', '.join(LIST_PARAMETERS[:-1])} and {LIST_PARAMETERS[-1]}."
+        )
+    kind = None
+    if "kind" in params:
+        try:
+            kind = resolve_model(params["kind"])
+        except UnknownTask as exc:
+            # The kinds there are, to this machine's clients only (as a 404 says them).
+            known = f" Known kinds: {', '.join(exc.known)}." if local else ""
+            raise ValueError(f"Unknown kind {_shown(params['kind'])}.{known}") from None
+    status = params.get("status")
+    if status is not None and status not in TaskStatus.values:
+        raise ValueError(
+            f"Unknown status {_shown(status)}: use one of {', '.join(TaskStatus.values)}."
+        )
+    page = _whole(params, "page", 1, None)
+    per_page = _whole(params, "per_page", PER_PAGE, MAX_PER_PAGE)
+    if page * per_page > DEPTH:
+        raise ValueError(
+            f"The list goes back {DEPTH} tasks, and page {page} of {per_page} would go past "
+            "them: filter by kind or status to reach older tasks."
+        )
+    return TaskQuery(kind, TaskStatus(status) if status else None, page, per_page)
+
+
+def _whole(params: dict[str, str], name: str, default: int, most: int | None) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if DECIMAL.fullmatch(raw) and 1 <= int(raw) <= (most or int(raw)):
+        return int(raw)
+    bounds = f"from 1 to {most}" if most else "from 1"
+    raise ValueError(f"{name} must be a whole number {bounds}, got {_shown(raw)}.")
+
+
+def _shown(value: str) -> str:
+    """A value from the request, quoted, and cut short if it is long."""
+    return repr(value if len(value) <= 60 else value[:60] + "...")
+
+
+async def watchable(
+    services: Services, request: Request, rows: list[TaskRow]
+) -> list[TaskRow] | Refusal:
+    """The rows this client may watch; the policy's refusal if it may watch none of them.
+
+    A row is listed to whom its own page would be served: the policy is asked
+    ``stream`` for each task on the page (an empty page asks nothing).
+    """
+    allowed: list[TaskRow] = []
+    refusals: list[Decision] = []
+    for row in rows:
+        decision = await decide(services.policy, _access(request, "stream", row.model, row.pk))
+        if decision.allowed:
+            allowed.append(row)
+        else:
+            refusals.append(decision)
+    if allowed or not refusals:
+        return allowed
+    return _refused(services, refusals[0])
 
 
 #: ``GET /stream/<Model>/<id>``; then the handler joins the task's streams (429 past its limit).
@@ -190,6 +283,14 @@ PAGE: tuple[Check, ...] = (
     within_rate("stream"),
     known_task,
     allowed_to("stream"),
+)
+
+
+#: ``GET /``, the task list; then the handler lists what the policy lets the client watch.
+INDEX: tuple[Check, ...] = (
+    only("GET", "Use GET to list tasks."),
+    within_rate("stream"),
+    list_query,
 )
 
 

@@ -17,9 +17,12 @@ import asgineer
 from .. import db, sse
 from ..errors import CoordinatorClosed, NothingMissed, UnknownTask
 from ..hub import Subscriber
-from ..ops import watch
+from ..kinds import task_models
+from ..ops import tasks_page, watch
 from ..ops.guard import Refusal
 from ..ops.metrics import CONTENT_TYPE, CountedSource
+from ..ops.policy import TOKEN_QUERY
+from ..states import TaskStatus
 from . import checks
 from .request import DATABASE_DOWN, Request, Response, as_json, outline, respond, text
 from .services import Services
@@ -61,7 +64,7 @@ async def _open_stream(services: Services, request: Request) -> Subscriber | Ref
     refusal = services.limits.join_task(key)
     if refusal is not None:
         return refusal
-    raw = request.headers.get("last-event-id", "")
+    raw = request.last_event_id()
     model, pk = request.task()
     try:
         return await services.coordinator.subscribe(
@@ -155,16 +158,36 @@ def _has_token(headers: Mapping[str, str], token: str | None) -> bool:
 
 
 async def page(services: Services, request: Request) -> Response:
-    """``GET /tasks/<Model>/<id>``: a page that watches the task live."""
+    """``GET /tasks/<Model>/<id>``: a page that watches the task live, from its history on."""
     refusal = await checks.first_refusal(checks.PAGE, services, request)
     if refusal is not None:
         return refused(refusal)
-    assert request.model is not None and request.pk is not None
+    model, pk = request.task()
     try:
-        status = await services.coordinator.status_of(request.model, request.pk)
+        history = await services.coordinator.task_history(model, pk)
     except UnknownTask as exc:
         return text(404, str(exc))
-    headers, body = watch.render(request.model, request.pk, status, request.query().get("token"))
+    token = request.query().get(TOKEN_QUERY)
+    headers, body = watch.render(model, pk, history, token, retry_ms=services.config.retry_ms)
+    return 200, headers, body
+
+
+async def index(services: Services, request: Request) -> Response:
+    """``GET /``: the tasks this client may watch, newest first, each linked to its page."""
+    refusal = await checks.first_refusal(checks.INDEX, services, request)
+    if refusal is not None:
+        return refused(refusal)
+    query = request.listing
+    assert query is not None
+    found = await services.coordinator.list_tasks(query)
+    rows = await checks.watchable(services, request, found.rows)
+    if isinstance(rows, Refusal):
+        return refused(rows)
+    # As in a 404, every kind there is is named to this machine's clients only.
+    kinds = set(task_models()) if request.local else {row.kind for row in rows}
+    if query.kind is not None:
+        kinds.add(query.kind.__name__)
+    headers, body = tasks_page.render(found, rows, sorted(kinds), request.query().get(TOKEN_QUERY))
     return 200, headers, body
 
 
@@ -230,7 +253,24 @@ async def cancel(services: Services, request: Request, http: asgineer.HttpReques
         cancelled = await services.coordinator.cancel_task(model, pk, reason)
     except UnknownTask as exc:
         return text(404, str(exc))
-    return as_json(200, {"cancelled": cancelled})
+    if cancelled:
+        return as_json(200, {"cancelled": True})
+    return as_json(200, {"cancelled": False, "reason": await _not_cancelled(services, request)})
+
+
+async def _not_cancelled(services: Services, request: Request) -> str:
+    """Why a cancel changed nothing, from the status the task has now."""
+    model, pk = request.task()
+    name = f"{model.__name__} {pk}"
+    try:
+        status = await services.coordinator.status_of(model, pk)
+    except (UnknownTask, db.DatabaseUnavailable):
+        return f"{name} is neither READY nor RUNNING, or it is already being cancelled."
+    if status.is_finished:
+        return f"{name} already ended {status}: only a READY or RUNNING task can be cancelled."
+    if status is TaskStatus.RUNNING:
+        return f"{name} is already being cancelled."
+    return f"{name} changed while it was being cancelled: it is {status}; try again."
 
 
 def refused(refusal: Refusal) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..keys import TaskKey
+from ..listing import TaskQuery
 from ..models import StreamTask
 from ..ops.policy import PROXY_HEADERS, is_loopback
 
@@ -18,6 +19,8 @@ Response = tuple[int, dict[str, str], str | bytes]
 
 #: A task id or event id: ASCII decimal, no sign, no leading zero, below 2**63.
 DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}")
+#: The query parameter a stream takes for ``Last-Event-ID`` when the header is not sent.
+LAST_EVENT_ID = "last_event_id"
 #: The client of a request that came over no network (a Unix socket).
 NO_ADDRESS = "-"
 TEXT = {"content-type": "text/plain; charset=utf-8"}
@@ -42,6 +45,8 @@ class Request:
     #: The task, once a check has found it.
     model: type[StreamTask] | None = None
     pk: int | None = None
+    #: What the task list is asked for, once a check has read it.
+    listing: TaskQuery | None = None
 
     @classmethod
     def of(cls, scope: dict[str, Any]) -> Request:
@@ -67,6 +72,15 @@ class Request:
         if any(name in self.headers for name in PROXY_HEADERS):
             return False
         return self.client == NO_ADDRESS or is_loopback(self.client)
+
+    def last_event_id(self) -> str:
+        """Where a stream resumes: ``Last-Event-ID``, else ``?last_event_id=``; "" for now.
+
+        A browser's ``EventSource`` sets the header on its reconnects only: the
+        watch page opens its stream after the events it shows with the query,
+        and the browser's header, when it reconnects, says where it got to since.
+        """
+        return self.headers.get("last-event-id", "") or self.query().get(LAST_EVENT_ID, "")
 
     def query(self) -> dict[str, str]:
         """The query string's parameters, the first of repeated ones."""
