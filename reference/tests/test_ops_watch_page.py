@@ -349,6 +349,29 @@ def test_page_when_the_server_restarts_under_it_then_a_notice_until_it_is_consis
     assert buttons(page) == {"start": False, "cancel": False, "retry": True}
 
 
+def test_page_when_its_run_was_lost_with_its_process_then_it_says_what_it_waits_for(
+    start_server_to_kill: Any, env: dict[str, str], run: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    # A lease long enough for the restart to come up while it still holds.
+    server = start_server_to_kill(env={**env, **SERVER_SETTINGS, "STREAMING_LEASE": "10"})
+    created(run, server, "continue")
+    page.goto(f"{server.url}/tasks/ContinueTask/1")
+    expect(page.locator("#connection")).to_have_text("live", timeout=DEADLINE_MS)
+    port = server.port
+
+    server.stop_blocking(signal.SIGKILL)
+    server.start_blocking()
+    assert server.port == port, "another process took the server's port"
+
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("This task's run looks lost", timeout=DEADLINE_MS)
+    expect(notice).to_contain_text("has exited")
+    expect(page.locator("#status")).to_have_text("INTERRUPTED", timeout=DEADLINE_MS)
+    expect(notice).to_be_empty()
+
+
 def test_index_when_opened_then_it_lists_tasks_newest_first_filters_and_links_to_each(
     watched_server: Any, run: Any, page: Any
 ) -> None:

@@ -376,6 +376,9 @@ _PAGE = (
       say("The server is restarting; reconnecting.", "stream");
     } else if (type === "overflow") {
       say("This page fell behind the task's events; catching up.", "stream");
+    } else if (type === "waiting") {
+      // What the server waits on (a lost run's lease): true until the status changes.
+      say(data.message, "task");
     }
   }
 
