@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shlex
 import shutil
@@ -33,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -111,28 +113,38 @@ def ensure_venv() -> None:
     stamp.touch()
 
 
-def test(pytest_args: list[str]) -> int:
-    """Run the suites, the reference's own tests, and the other implementations.
+#: How long ``dev.py test`` takes on two cores, said as it starts.
+USUAL = "about 8 minutes on two cores on SQLite, somewhat more on PostgreSQL"
+#: What a full run of ``test`` took last time, per database (seconds).
+DURATIONS = "dev-test-durations.json"
+#: Where the suites' sessions may write; everything else must be as it was.
+#: (Python's bytecode caches and the tools' own directories aside.)
+NOT_CHECKED = {".git", ".venv", ".tox", "reports", "__pycache__", ".mypy_cache", ".ruff_cache"}
 
-    Separate pytest sessions: the conformance suites against the reference
-    with the harness's tests; the reference's tests under pytest-django
-    (reference/pytest.ini), which the suites' session keeps out; and the
-    suites against each other implementation (on the SQLite run only: they
-    keep their own storage). Extra arguments go to the first session, and
-    then only it runs. Nothing outside reports/ is written. The exit status is
-    the first session's that did not pass; a summary of every session ends
-    the output, so a log that keeps only its tail still says which failed.
-    """
-    database = (
-        "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
-    )
-    reports = ROOT / "reports"
-    reports.mkdir(exist_ok=True)
+
+@dataclass(frozen=True)
+class Session:
+    """One pytest session of ``dev.py test``: what it is, and its command."""
+
+    label: str
+    command: list[str]
+
+
+def sessions(
+    pytest_args: list[str],
+    *,
+    database: str,
+    root: Path = ROOT,
+    python: Path = PYTHON,
+    workers: int = WORKERS,
+) -> list[Session]:
+    """The sessions ``dev.py test`` runs, in order; with ``pytest_args``, the first only."""
+    reports = root / "reports"
     py = f"py{sys.version_info.major}.{sys.version_info.minor}"
     coverage = reports / f"coverage-{database}-{py}.xml"
-    pytest = [PYTHON, "-m", "pytest", "--numprocesses", str(WORKERS)]
-    sessions: list[tuple[str, list[str | Path]]] = [
-        (
+    pytest = [str(python), "-m", "pytest", "--numprocesses", str(workers)]
+    planned = [
+        Session(
             f"suites and harness, reference, {database}",
             [
                 *pytest,
@@ -145,35 +157,154 @@ def test(pytest_args: list[str]) -> int:
             ],
         )
     ]
-    if not pytest_args:
-        reference = [
-            *pytest,
-            "-c",
-            "reference/pytest.ini",
-            "reference/tests",
-            f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
-            "--cov",
-            "--cov-append",
-            f"--cov-report=xml:{coverage}",
-            "--cov-report=term:skip-covered",
-        ]
-        sessions.append((f"reference's own tests, {database}", reference))
-        if database == "sqlite":
-            for name, selection in OTHERS.items():
-                other = [
-                    *pytest,
-                    "conformance/suites",
-                    "--impl",
-                    name,
-                    *selection,
-                    f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
-                    f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
-                ]
-                sessions.append((f"suites, {name}, sqlite", other))
-    outcomes = [(label, *run_session(command)) for label, command in sessions]
+    if pytest_args:
+        return planned
+    planned.append(
+        Session(
+            f"reference's own tests, {database}",
+            [
+                *pytest,
+                "-c",
+                "reference/pytest.ini",
+                "reference/tests",
+                f"--junitxml={reports / f'junit-reference-tests-{database}-{py}.xml'}",
+                "--cov",
+                "--cov-append",
+                f"--cov-report=xml:{coverage}",
+                "--cov-report=term:skip-covered",
+            ],
+        )
+    )
+    if database == "sqlite":
+        for name, selection in OTHERS.items():
+            planned.append(
+                Session(
+                    f"suites, {name}, sqlite",
+                    [
+                        *pytest,
+                        "conformance/suites",
+                        "--impl",
+                        name,
+                        *selection,
+                        f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
+                        f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
+                    ],
+                )
+            )
+    return planned
+
+
+def session_env(root: Path, database: str) -> dict[str, str]:
+    """The sessions' environment: coverage's data file and hypothesis's database in reports/.
+
+    Both default to the working directory (``.coverage``, ``.hypothesis/``).
+    """
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    reports = root / "reports"
+    return {
+        **os.environ,
+        "COVERAGE_FILE": str(reports / f".coverage-{database}-{py}"),
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(reports / "hypothesis"),
+    }
+
+
+def test(
+    pytest_args: list[str], *, root: Path = ROOT, python: Path = PYTHON, workers: int = WORKERS
+) -> int:
+    """Run the suites, the reference's own tests, and the other implementations.
+
+    Separate pytest sessions: the conformance suites against the reference
+    with the harness's tests; the reference's tests under pytest-django
+    (reference/pytest.ini), which the suites' session keeps out; and the
+    suites against each other implementation (on the SQLite run only: they
+    keep their own storage). Extra arguments go to the first session, and
+    then only it runs. Each session starts and ends with a banner. Nothing
+    outside reports/ is written, and the run checks it. The exit status is
+    the first session's that did not pass; a summary of every session ends
+    the output, so a log that keeps only its tail still says which failed.
+    """
+    database = (
+        "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    )
+    reports = root / "reports"
+    reports.mkdir(exist_ok=True)
+    planned = sessions(pytest_args, database=database, root=root, python=python, workers=workers)
+    print(intro(len(planned), pytest_args, last=_durations(reports).get(database)))
+    print(f"A banner marks where each starts and ends. They write to {reports} only.", flush=True)
+    before = tree(root)
+    env = session_env(root, database)
+    outcomes = []
+    started = time.monotonic()
+    for number, session in enumerate(planned, 1):
+        mark = f"[{number}/{len(planned)}]"
+        banner(
+            f"{mark} {session.label}: START at {time.strftime('%H:%M:%S')}",
+            f"{' ' * len(mark)} {shlex.join(session.command)}",
+        )
+        code, seconds, lines = run_session(session.command, root, env)
+        banner(f"{mark} {session.label}: END, {_meaning(code)} ({code}) in {_minutes(seconds)}")
+        outcomes.append((session.label, code, seconds, lines))
+    strays = sorted(tree(root) - before)
     print_summary(outcomes)
+    if strays:
+        shown = ", ".join(_collapsed(strays)[:20])
+        print(f"Written outside reports/, which the sessions must not do: {shown}")
+    if not pytest_args:
+        _remember(reports, database, time.monotonic() - started)
     print("Results are in reports/. Keep them and remake TEST_RESULTS.md: python3 dev.py report")
-    return next((code for _, code, _, _ in outcomes if code), 0)
+    return next((code for _, code, _, _ in outcomes if code), 1 if strays else 0)
+
+
+def intro(count: int, pytest_args: list[str], *, last: float | None) -> str:
+    """What ``dev.py test`` says first: how many sessions, and how long they usually take."""
+    said = f"dev.py test runs {count} pytest session{'s' * (count > 1)}"
+    if pytest_args:
+        return f"{said}: the suites and the harness's tests, with your arguments."
+    when = f" (the last full run here: {_minutes(last)})" if last else ""
+    return f"{said}, one after another: {USUAL}{when}."
+
+
+def banner(*lines: str) -> None:
+    """A line of its own that marks where a session starts or ends."""
+    rule = "#" * 78
+    print("\n".join(["", rule, *(f"## {line}" for line in lines), rule]), flush=True)
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and directory under ``root``, but for those :data:`NOT_CHECKED`."""
+    found: set[str] = set()
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d not in NOT_CHECKED]
+        here = Path(directory).relative_to(root)
+        found.update((here / name).as_posix() for name in [*subdirectories, *files])
+    return found
+
+
+def _collapsed(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another of them (a new directory stands for its files)."""
+    kept: list[str] = []
+    for path in sorted(paths):
+        if not any(path.startswith(f"{parent}/") for parent in kept):
+            kept.append(path)
+    return kept
+
+
+def _durations(reports: Path) -> dict[str, float]:
+    try:
+        recorded = json.loads((reports / DURATIONS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _remember(reports: Path, database: str, seconds: float) -> None:
+    recorded = {**_durations(reports), database: round(seconds)}
+    (reports / DURATIONS).write_text(json.dumps(recorded, indent=2) + "\n")
+
+
+def _minutes(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 #: pytest's exit codes, for the summary.
@@ -189,12 +320,18 @@ EXIT_CODES = {
 WHY = ("FAILED ", "ERROR ", "INTERNALERROR>", "mainloop:", "E   ")
 
 
-def run_session(command: list[str | Path]) -> tuple[int, float, list[str]]:
+def _meaning(code: int) -> str:
+    return EXIT_CODES.get(code, "killed by a signal" if code < 0 else "exit code")
+
+
+def run_session(
+    command: list[str], root: Path, env: dict[str, str]
+) -> tuple[int, float, list[str]]:
     """Run one pytest session, passing its output through; its exit code, seconds and lines."""
     started = time.monotonic()
     lines: list[str] = []
     with subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -207,8 +344,7 @@ def run_session(command: list[str | Path]) -> tuple[int, float, list[str]]:
 def print_summary(outcomes: list[tuple[str, int, float, list[str]]]) -> None:
     print("\n== sessions ==")
     for label, code, seconds, lines in outcomes:
-        meaning = EXIT_CODES.get(code, "killed by a signal" if code < 0 else "exit code")
-        print(f"{label}: {meaning} ({code}) in {seconds:.0f} s")
+        print(f"{label}: {_meaning(code)} ({code}) in {seconds:.0f} s")
         if code:
             why = [line for line in lines if line.startswith(WHY)]
             for line in why[:40] or lines[-20:]:
