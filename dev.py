@@ -498,7 +498,7 @@ def demo(
     README's. Port 8888 unless another process holds it.
     """
     from conformance.processes import free_port
-    from conformance.waiting import wait_until
+    from conformance.waiting import WaitTimeout, wait_until
 
     reports.mkdir(parents=True, exist_ok=True)
     for old in reports.glob("demo.sqlite3*"):
@@ -617,6 +617,8 @@ def demo(
         if client.wait(60):
             raise SystemExit("dev.py demo: the stream client failed")
         terminal.run(_http(py, "GET", f"{base}/health"), env=env)
+    except (WaitTimeout, subprocess.TimeoutExpired) as exc:
+        raise SystemExit(f"dev.py demo: {exc} The server's log: {_shown(log_path)}") from None
     finally:
         for client in clients:
             if client.process.poll() is None:
