@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up and run the project with nothing but Python installed.
 
-    python3 dev.py demo     the README's walkthrough in one terminal, on SQLite (about 30 s)
+    python3 dev.py demo     the README's walkthrough in one terminal, on SQLite (about 15 s)
     python3 dev.py test     every suite and test, against every implementation (about 8 min)
     python3 dev.py report   keep the latest results in results/, make TEST_RESULTS.md
     python3 dev.py mutate   mutation-test the reference's core modules (mutmut 3)
