@@ -11,6 +11,7 @@ and that SPEC.md and the guides ship inside the package.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -25,6 +26,9 @@ NOT_WANTED = {"django", "asgineer", "redis", "prometheus-client", "dj-database-u
 #: What grading does need.
 WANTED = {"pytest", "pytest-asyncio", "pytest-timeout", "httpx", "httpx-sse", "hypothesis"}
 WANTED |= {"psutil", "uvicorn"}
+#: What the wheel is not built from: version control, environments, what builds and runs leave.
+NOT_COPIED = (".git", ".venv", ".tox", "reports", "build", "*.egg-info", "__pycache__", ".*cache")
+NOT_COPIED += (".hypothesis", ".demo", "*.sqlite3*", ".coverage*")
 
 
 def _run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -45,7 +49,11 @@ def test_suite_wheel_when_installed_alone_then_no_reference_stack_and_the_plugin
     python = environment / "bin" / "python"
     pip = [python, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     wheels = tmp_path / "wheels"
-    _run(*pip, "wheel", "--no-deps", "-w", wheels, ROOT)
+    # From a copy: setuptools builds in the source tree (build/, *.egg-info),
+    # and a test run writes nothing outside reports/ (issue 25).
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    _run(*pip, "wheel", "--no-deps", "-w", wheels, source)
     (wheel,) = wheels.glob("streaming_conformance-*.whl")
     _run(*pip, "install", wheel)
 
