@@ -33,8 +33,14 @@ def test_sample(number):
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A small project: an ini file and one test that uses hypothesis."""
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small project: an ini file and one test that uses hypothesis.
+
+    Without git to say ``__pycache__`` is ignored, Python's own bytecode cache
+    would read as a write outside reports/: the session writes none, wherever
+    the test runs (tox does not pass PYTHONDONTWRITEBYTECODE on).
+    """
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     return tmp_path
