@@ -74,7 +74,13 @@ def _reason(body: bytes) -> str | None:
     except (ValueError, RecursionError):  # invalid, not UTF-8, or nested too deep
         return None
     reason = data.get("reason") if isinstance(data, dict) else None
-    return reason if isinstance(reason, str) and reason else None
+    if not isinstance(reason, str) or not reason:
+        return None
+    try:
+        reason.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") cannot be stored
+        return None
+    return reason
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
