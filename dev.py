@@ -121,7 +121,7 @@ def ensure_venv() -> None:
 
 
 #: How long ``dev.py test`` takes on two cores, said as it starts.
-USUAL = "about 8 minutes on two cores on SQLite, somewhat more on PostgreSQL"
+USUAL = "about 10 minutes on two cores on SQLite (five sessions), 5 on PostgreSQL (two)"
 #: What a full run of ``test`` took last time, per database (seconds).
 DURATIONS = "dev-test-durations.json"
 #: Where the suites' sessions may write; everything else must be as it was.
