@@ -111,8 +111,5 @@ def test_intro_when_a_full_run_starts_then_it_says_how_long_it_usually_takes() -
     first = dev.intro(4, [], last=None)
     again = dev.intro(4, [], last=467.2)
 
-    assert first == (
-        "dev.py test runs 4 pytest sessions, one after another: about 8 minutes on two "
-        "cores on SQLite, somewhat more on PostgreSQL."
-    )
+    assert first == f"dev.py test runs 4 pytest sessions, one after another: {dev.USUAL}."
     assert again == first.removesuffix(".") + " (the last full run here: 7 min 47 s)."
