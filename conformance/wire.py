@@ -254,7 +254,7 @@ async def read_slowly(reader: asyncio.StreamReader, *, rate: float, until: bytes
 
 
 _KILLED_CLIENT = """
-import socket, sys, time
+import signal, socket, sys
 host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sock = socket.create_connection((host, port))
 sock.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n".encode())
@@ -262,7 +262,7 @@ head = b""
 while b"\\r\\n\\r\\n" not in head:
     head += sock.recv(1)
 print("ready", flush=True)
-time.sleep(3600)
+signal.pause()  # until the case kills this process
 """
 
 

@@ -408,6 +408,17 @@ class InsecureSecret(Exception):
     """A policy that signs with SECRET_KEY is configured, and the key is empty or public."""
 
 
+def configured_secret_key() -> str:
+    """``settings.SECRET_KEY``, or "" where it is empty (Django refuses to read an empty one)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return str(settings.SECRET_KEY)
+    except ImproperlyConfigured:
+        return ""
+
+
 def check_secret(policy: Policy, secret_key: str) -> None:
     """Raise :class:`InsecureSecret` if ``policy`` signs with a ``secret_key`` anyone may know.
 

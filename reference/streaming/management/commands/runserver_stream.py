@@ -8,12 +8,11 @@ import sys
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.config import Config
 from streaming.ops.guard import Guard
-from streaming.ops.policy import InsecureSecret, check_secret, load_policy
+from streaming.ops.policy import InsecureSecret, check_secret, configured_secret_key, load_policy
 from streaming.server import serve
 from streaming.workers import Supervisor, bind
 
@@ -66,7 +65,7 @@ class Command(BaseCommand):
             raise CommandError("--workers must be at least 1.")
         config = Config.from_settings()
         try:
-            check_secret(load_policy(config.authorization), _secret_key())
+            check_secret(load_policy(config.authorization), configured_secret_key())
             Guard.from_settings(cors_origins=config.cors_allowed_origins)
         except (InsecureSecret, ValueError) as exc:
             raise CommandError(str(exc)) from None
@@ -92,10 +91,3 @@ class Command(BaseCommand):
         self.stdout.flush()
         passed_on = ["--grace", str(grace), "--log-level", log_level]
         sys.exit(Supervisor(workers, sock, passed_on).run())
-
-
-def _secret_key() -> str:
-    try:
-        return str(settings.SECRET_KEY)
-    except ImproperlyConfigured:  # Django refuses to read an empty one
-        return ""

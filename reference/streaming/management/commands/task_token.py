@@ -19,15 +19,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.errors import UnknownTask
 from streaming.kinds import resolve_model
-from streaming.management.commands.runserver_stream import _secret_key
 from streaming.ops.policy import (
     ACTIONS,
     InsecureSecret,
     SignedTokens,
     check_secret,
+    configured_secret_key,
     task_token,
+    watch_url,
 )
-from streaming.ops.policy import watch_url as page_url
 
 
 class Command(BaseCommand):
@@ -46,16 +46,17 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--watch-url",
+            dest="server",
             metavar="SERVER",
             help="Print the task's watch page on SERVER (http://127.0.0.1:8888) with the "
             "token in it, instead of the token alone.",
         )
 
     def handle(
-        self, *args: Any, model: str, pk: int, actions: list[str], watch_url: str | None, **_: Any
+        self, *args: Any, model: str, pk: int, actions: list[str], server: str | None, **_: Any
     ) -> None:
         try:
-            check_secret(SignedTokens(), _secret_key())
+            check_secret(SignedTokens(), configured_secret_key())
         except InsecureSecret as exc:
             raise CommandError(str(exc)) from None
         try:
@@ -66,7 +67,7 @@ class Command(BaseCommand):
         task = kind._default_manager.filter(pk=pk).first()
         if task is None:
             raise CommandError(f"No {kind.__name__} with id {pk}.")
-        if watch_url is None:
+        if server is None:
             self.stdout.write(task_token(task, actions=actions))
         else:
-            self.stdout.write(page_url(task, actions, base=watch_url.rstrip("/")))
+            self.stdout.write(watch_url(task, actions, base=server.rstrip("/")))
