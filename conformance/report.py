@@ -582,7 +582,11 @@ th, td { border: 1px solid #bbb; padding: 0.25em 0.4em; text-align: left; vertic
 thead th { position: sticky; top: 0; background: #f4f4f4; }
 th small { display: block; font-weight: normal; color: #555; }
 #filters { display: flex; flex-wrap: wrap; gap: 1em; margin: 1em 0; }
-.count { display: block; white-space: nowrap; padding: 0 0.3em; margin: 1px 0; }
+#matrix { table-layout: fixed; }
+#matrix thead th:first-child { width: 9em; }
+#matrix th, #matrix td { overflow-wrap: anywhere; padding: 0.2em 0.25em; }
+.count { display: block; padding: 0 0.2em; margin: 1px 0; }
+#matrix .count { font-size: 0.85em; }
 .empty { color: #999; }
 .grade-pass { background: #c8f7c5; } .grade-fail { background: #f5b7b1; }
 .grade-non-strict { background: #fde3a7; } .grade-unsupported { background: #e5e7e9; }
