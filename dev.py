@@ -46,16 +46,10 @@ IMPLEMENTATIONS = ROOT / "implementations"
 #: Each implementation besides the reference, and the cases it is graded on.
 #: The baseline is graded on the suites that name what the seed lacked and
 #: fails fast enough for CI; its expected failures are declared per case.
-#: django-eventstream's streams never end, so five cases that only re-grade
-#: that each wait out their whole deadline; they stay declared for a full run
-#: (implementations/eventstream/README.md).
 OTHERS: dict[str, list[str]] = {
     "independent": [],
     "baseline": ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"],
-    "eventstream": [
-        "-k",
-        "not (PERF-2 or PERF-3 or PERF-6 or HTTP-2 or (HTTP-8 and post-to-stream))",
-    ],
+    "eventstream": [],
 }
 #: pytest-xdist processes per session. Most cases wait (for a deadline, a
 #: server, a signal) more than they compute: three per core keep the cores busy.

@@ -111,7 +111,7 @@ async def test_thousand_streams_when_sigterm_then_all_get_farewell_and_exit_zero
     server = await spawn_server(grace=2)
     ref = await runtime.create_task(behaviours.park)
     # Kept alive: each stream ends only when the draining server closes its connection.
-    readers = await open_streams(server.url, ref, 1000, keep_alive=True)
+    readers = await open_streams(server.url, ref, 1000, keep_alive=True, to_end=True)
     server.send_signal(signal.SIGTERM)
     bodies = await stream_bodies(readers, timeout=2 + EXIT_MARGIN + 10)
     told = sum(b"event: shutdown" in body for body in bodies)
