@@ -43,13 +43,17 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 #: Implementations other than the reference, each its own package.
 IMPLEMENTATIONS = ROOT / "implementations"
-#: Each implementation besides the reference, and the cases it is graded on.
-#: The baseline is graded on the suites that name what the seed lacked and
-#: fails fast enough for CI; its expected failures are declared per case.
-OTHERS: dict[str, list[str]] = {
-    "independent": [],
-    "baseline": ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"],
-    "eventstream": [],
+#: Each implementation besides the reference: the run that grades it (the
+#: database of ``dev.py test``: "sqlite", or "postgresql", where CI's second
+#: run also sets REDIS_URL) and the cases it is graded on. The baseline is
+#: graded on the suites that name what the seed lacked and fails fast enough
+#: for CI; its expected failures are declared per case. A stack that needs a
+#: service is graded on the run that has it; each is a session of its own,
+#: so one stack failing never stops the others.
+OTHERS: dict[str, tuple[str, list[str]]] = {
+    "independent": ("sqlite", []),
+    "baseline": ("sqlite", ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"]),
+    "eventstream": ("sqlite", []),
 }
 #: pytest-xdist processes per session. Most cases wait (for a deadline, a
 #: server, a signal) more than they compute: three per core keep the cores busy.
@@ -176,22 +180,23 @@ def sessions(
             ],
         )
     )
-    if database == "sqlite":
-        for name, selection in OTHERS.items():
-            planned.append(
-                Session(
-                    f"suites, {name}, sqlite",
-                    [
-                        *pytest,
-                        "conformance/suites",
-                        "--impl",
-                        name,
-                        *selection,
-                        f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
-                        f"--conformance-results={reports / f'results-{name}-sqlite-{py}.jsonl'}",
-                    ],
-                )
+    for name, (run, selection) in OTHERS.items():
+        if run != database:
+            continue
+        planned.append(
+            Session(
+                f"suites, {name}, {database}",
+                [
+                    *pytest,
+                    "conformance/suites",
+                    "--impl",
+                    name,
+                    *selection,
+                    f"--junitxml={reports / f'junit-{name}-{py}.xml'}",
+                    f"--conformance-results={reports / f'results-{name}-{database}-{py}.jsonl'}",
+                ],
             )
+        )
     return planned
 
 
@@ -217,10 +222,12 @@ def test(
     Separate pytest sessions: the conformance suites against the reference
     with the harness's tests; the reference's tests under pytest-django
     (reference/pytest.ini), which the suites' session keeps out; and the
-    suites against each other implementation (on the SQLite run only: they
-    keep their own storage). Extra arguments go to the first session, and
-    then only it runs. Each session starts and ends with a banner. Nothing
-    outside reports/ is written, and the run checks it. The exit status is
+    suites against each other implementation, each on the run its
+    :data:`OTHERS` entry names (a stack that needs PostgreSQL or Redis on the
+    PostgreSQL run, which has both in CI; the rest keep their own storage).
+    Extra arguments go to the first session, and then only it runs. Each
+    session starts and ends with a banner. Nothing outside reports/ is
+    written, and the run checks it. The exit status is
     the first session's that did not pass; a summary of every session ends
     the output, so a log that keeps only its tail still says which failed.
     """
