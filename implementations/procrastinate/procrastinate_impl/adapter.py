@@ -200,11 +200,18 @@ class ProcrastinateRuntime(Runtime):
     async def _stop(self, grace: float) -> None:
         self._closed = True
         await self._wait_ended(set(self.running), grace)
+        # The runs still going are stopped; their clients get the farewell, not
+        # their `interrupted`. A run that ends before its stop lands keeps its
+        # outcome, and its clients get its terminal event: deliveries wait
+        # until each run's fate is decided.
+        self.bus.paused = True
+        stopped = set()
+        for pk in set(self.running):
+            if await db(store.request_stop, pk, "shutdown", "shutdown"):
+                stopped.add(pk)
+        await self.bus.flush(skip=stopped)
         self.bus.farewell(now())
-        left = set(self.running)
-        for pk in left:
-            await db(store.request_stop, pk, "shutdown", "shutdown")
-        await self._wait_ended(left, CANCEL_GRACE)
+        await self._wait_ended(stopped, CANCEL_GRACE)
         await self.bus.close()
 
 

@@ -91,6 +91,8 @@ class Bus:
         self.conninfo = conninfo
         self.on_terminal = on_terminal
         self.topics: dict[int, Topic] = {}
+        #: While a shutdown decides how runs end, nothing is delivered but by flush().
+        self.paused = False
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._listen: psycopg.AsyncConnection[Any] | None = None
@@ -131,10 +133,19 @@ class Bus:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.paused:
+                continue  # the topics stay dirty: flush() delivers them
             for pk, topic in list(self.topics.items()):
                 if topic.dirty:
                     topic.dirty = False
                     await self._deliver(pk, topic)
+
+    async def flush(self, skip: set[int]) -> None:
+        """Deliver every stored event to the clients here, but those of the tasks in ``skip``."""
+        for pk, topic in list(self.topics.items()):
+            if pk not in skip:
+                topic.dirty = False
+                await self._deliver(pk, topic)
 
     async def _deliver(self, pk: int, topic: Topic) -> None:
         async with self._lock:

@@ -155,7 +155,10 @@ def _end(pk: int, status: str, data: dict[str, Any]) -> None:
     from .models import Task
 
     data.setdefault("message", f"Task ended {status}")
-    error = "" if status == "SUCCESSFUL" else f"{TERMINAL[status]}: {data['message']}"
+    kind = data.get("error_type", TERMINAL[status])
+    error = "" if status == "SUCCESSFUL" else f"{kind}: {data['message']}"
+    # PostgreSQL's text cannot hold U+0000: the recorded error names it instead.
+    error = error.replace("\x00", "\\x00")
     Task.objects.filter(pk=pk).update(status=status, completed_at=timezone.now(), error=error)
     _publish(pk, TERMINAL[status], json.dumps(data, default=str))
 

@@ -68,14 +68,14 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 async def run_behaviour(context: JobContext, task_id: int) -> None:
     job_id = context.job.id
     assert job_id is not None
-    claim = await db(store.claim, task_id, job_id)
-    if claim is None:
-        return  # not the task's current run any more: nothing to do
-    if claim.stop:  # stopped before it began: the work never runs
-        await db(store.finish, task_id, job_id, "CANCELLED", {})
-        return
-    behaviour = resolve_behaviour(claim.behaviour)
-    try:
+    try:  # an abort may come at any await, the first included
+        claim = await db(store.claim, task_id, job_id)
+        if claim is None:
+            return  # not the task's current run any more: nothing to do
+        if claim.stop:  # stopped before it began: the work never runs
+            await db(store.finish, task_id, job_id, "CANCELLED", {})
+            return
+        behaviour = resolve_behaviour(claim.behaviour)
         result = await behaviour(Context(task_id, job_id, claim.fields))
     except asyncio.CancelledError as exc:
         reason = context.abort_reason()
