@@ -71,11 +71,9 @@ class ProcrastinateImplementation(Implementation):
 
                 pytest.skip(f"procrastinate needs PostgreSQL: {exc}")
             self.session = session
-        bus_ = None
         runtime = ProcrastinateRuntime(self.client_queue_size)
-        bus_ = Bus(self.session.conninfo, runtime.run_ended)
-        await bus_.open()
-        runtime.bus = bus_
+        runtime.bus = Bus(self.session.conninfo, runtime.run_ended)
+        await runtime.bus.open()
         return runtime
 
     def environment(self) -> Mapping[str, str]:
@@ -83,7 +81,8 @@ class ProcrastinateImplementation(Implementation):
         import psycopg
 
         return {
-            "stack": f"procrastinate 3.10.0, Django {django.get_version()}, psycopg {psycopg.__version__}",
+            "stack": f"procrastinate 3.10.0, Django {django.get_version()}, "
+            f"psycopg {psycopg.__version__}",
             "database": "postgresql",
             "platform": f"{platform.system()}-{platform.machine()}",
         }
@@ -194,7 +193,9 @@ class ProcrastinateRuntime(Runtime):
 
     async def shutdown(self, grace: float = 5.0) -> None:
         if self._shutdown is None:
-            self._shutdown = asyncio.create_task(self._stop(grace), name="procrastinate_impl shutdown")
+            self._shutdown = asyncio.create_task(
+                self._stop(grace), name="procrastinate_impl shutdown"
+            )
         await asyncio.shield(self._shutdown)
 
     async def _stop(self, grace: float) -> None:

@@ -26,7 +26,8 @@ from conformance.contract import (
 
 from .store import CHANNEL
 
-MODEL = "job"
+#: The one task kind's name in URLs: every task runs the one procrastinate task.
+MODEL = "task"
 
 
 class Client(Subscription):
@@ -48,7 +49,9 @@ class Client(Subscription):
         if len(self.queue) >= self.limit:  # too far behind: told, and dropped (FUNC-18)
             data = {"last_event_id": self.received, "reason": "the client fell too far behind"}
             self.queue.clear()
-            event = Event(self.received or 0, OVERFLOW_EVENT, data, str(self.pk), MODEL, event.timestamp)
+            event = Event(
+                self.received or 0, OVERFLOW_EVENT, data, str(self.pk), MODEL, event.timestamp
+            )
         self.queue.append(event)
         if event.type in TERMINAL_EVENTS or event.type in (OVERFLOW_EVENT, FAREWELL_EVENT):
             self.close()
@@ -206,10 +209,11 @@ class Bus:
         for topic in list(self.topics.values()):
             for client in tuple(topic.clients):
                 data = {"last_event_id": client.seen}
-                farewell = Event(client.seen, FAREWELL_EVENT, data, str(client.pk), MODEL, timestamp)
+                farewell = Event(
+                    client.seen, FAREWELL_EVENT, data, str(client.pk), MODEL, timestamp
+                )
                 client.push(farewell)
 
     @property
     def subscribers(self) -> int:
         return sum(len(topic.clients) for topic in self.topics.values())
-

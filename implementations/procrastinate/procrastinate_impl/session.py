@@ -55,10 +55,14 @@ class Session:
     def open(self) -> None:
         """Create and migrate the database, start the worker; wait until it is registered."""
         try:
-            with psycopg.connect(server_dsn("postgres"), autocommit=True, connect_timeout=5) as conn:
+            with psycopg.connect(
+                server_dsn("postgres"), autocommit=True, connect_timeout=5
+            ) as conn:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"PostgreSQL at {server_dsn('postgres')!r} does not answer: {exc}") from exc
+            raise Unavailable(
+                f"PostgreSQL at {server_dsn('postgres')!r} does not answer: {exc}"
+            ) from exc
         os.environ["PROCRASTINATE_IMPL_DB"] = self.database
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
         import django
@@ -88,7 +92,9 @@ class Session:
                 if self.worker.poll() is not None or time.monotonic() > deadline:
                     log_text = self.worker_log.read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"procrastinate's worker did not start:\n{log_text}")
-                time.sleep(0.05)  # a poll interval, not a synchronisation: the loop waits on the row
+                time.sleep(
+                    0.05
+                )  # a poll interval, not a synchronisation: the loop waits on the row
 
     def close(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
@@ -102,7 +108,9 @@ class Session:
 
         connections.close_all()
         try:
-            with psycopg.connect(server_dsn("postgres"), autocommit=True, connect_timeout=5) as conn:
+            with psycopg.connect(
+                server_dsn("postgres"), autocommit=True, connect_timeout=5
+            ) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         except psycopg.OperationalError:
             pass  # the server went away: nothing left to drop

@@ -13,10 +13,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from conformance.contract import EVENT_TYPE_PATTERN, FAREWELL_EVENT, TERMINAL_EVENTS, resolve_behaviour
 from procrastinate import JobContext
 from procrastinate.contrib.django import app
 from procrastinate.job_context import AbortReason
+
+from conformance.contract import (
+    EVENT_TYPE_PATTERN,
+    FAREWELL_EVENT,
+    TERMINAL_EVENTS,
+    resolve_behaviour,
+)
 
 from . import store
 from .store import db
@@ -35,7 +41,9 @@ class Context:
 
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         if not isinstance(type, str) or not EVENT_TYPE_PATTERN.fullmatch(type):
-            raise ValueError(f"Cannot send event type {type!r}: SPEC allows [A-Za-z0-9_.-]{{1,64}}.")
+            raise ValueError(
+                f"Cannot send event type {type!r}: SPEC allows [A-Za-z0-9_.-]{{1,64}}."
+            )
         if type in TERMINAL_EVENTS or type == FAREWELL_EVENT:
             raise ValueError(f"Cannot send {type!r}: the implementation sends it itself.")
         text = json.dumps(dict(data or {}), allow_nan=False, default=str)

@@ -5,43 +5,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Task',
+            name="Task",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('behaviour', models.CharField(max_length=300)),
-                ('fields', models.JSONField(default=dict)),
-                ('status', models.CharField(default='READY', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(null=True)),
-                ('completed_at', models.DateTimeField(null=True)),
-                ('error', models.TextField(default='')),
-                ('attempt', models.IntegerField(default=0)),
-                ('job_id', models.BigIntegerField(null=True)),
-                ('stop', models.CharField(default='', max_length=16)),
-                ('cancel_reason', models.TextField(default='')),
-                ('last_event_id', models.BigIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("behaviour", models.CharField(max_length=300)),
+                ("fields", models.JSONField(default=dict)),
+                ("status", models.CharField(default="READY", max_length=16)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(null=True)),
+                ("completed_at", models.DateTimeField(null=True)),
+                ("error", models.TextField(default="")),
+                ("attempt", models.IntegerField(default=0)),
+                ("job_id", models.BigIntegerField(null=True)),
+                ("stop", models.CharField(default="", max_length=16)),
+                ("cancel_reason", models.TextField(default="")),
+                ("last_event_id", models.BigIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.BigIntegerField()),
-                ('type', models.CharField(max_length=64)),
-                ('data', models.TextField()),
-                ('timestamp', models.CharField(max_length=40)),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='procrastinate_impl.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.BigIntegerField()),
+                ("type", models.CharField(max_length=64)),
+                ("data", models.TextField()),
+                ("timestamp", models.CharField(max_length=40)),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="procrastinate_impl.task",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('task', 'number'), name='event_number_per_task')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("task", "number"), name="event_number_per_task")
+                ],
             },
         ),
     ]
