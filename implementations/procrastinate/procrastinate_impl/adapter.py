@@ -41,6 +41,8 @@ from .store import db, now
 #: long a shutdown waits for the runs it stopped. procrastinate cancels an
 #: async job's asyncio task once; a job that swallows it runs on.
 CANCEL_GRACE = 2.0
+#: How often a wait for runs to end reads procrastinate's status of their jobs.
+SETTLE_POLL = 0.1
 
 
 class ProcrastinateImplementation(Implementation):
@@ -110,13 +112,25 @@ class ProcrastinateRuntime(Runtime):
             self._ended[pk].set()
 
     async def _wait_ended(self, pks: set[int], timeout: float) -> None:
+        """Wait until these runs have ended, or ``timeout``; settle those procrastinate ended.
+
+        A job aborted before the glue's task function began (procrastinate's
+        Django middleware awaits before it) ends with no outcome recorded by
+        the glue: procrastinate's job status says how it ended, and
+        ``store.settle`` records it.
+        """
         waiters = {pk: self._ended.setdefault(pk, asyncio.Event()) for pk in pks}
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    for pk, event in waiters.items():
-                        if pk in self.running:
-                            await event.wait()
+                    while left := [pk for pk in pks if pk in self.running]:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(SETTLE_POLL):
+                                await waiters[left[0]].wait()
+                                continue
+                        for pk in left:
+                            if await db(store.settle, pk):
+                                self.running.discard(pk)
         finally:
             for pk in pks:
                 self._ended.pop(pk, None)

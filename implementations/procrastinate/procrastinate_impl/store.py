@@ -142,6 +142,35 @@ def finish(pk: int, job_id: int | None, status: str, data: dict[str, Any]) -> bo
     return True
 
 
+#: procrastinate's job statuses after which a job runs no more.
+_JOB_OVER = ("succeeded", "failed", "cancelled", "aborted")
+
+
+def settle(pk: int) -> bool:
+    """Record a run whose job procrastinate ended without the glue's function recording it.
+
+    True if the run is over (now or before); False while its job may still run.
+    """
+    from .models import Task
+
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=pk).first()
+        if task is None or task.status != "RUNNING":
+            return True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT status FROM procrastinate_jobs WHERE id = %s", [task.job_id])
+            row = cursor.fetchone()
+        if row is None or row[0] not in _JOB_OVER:
+            return False
+        if task.stop:
+            status = "CANCELLED" if task.stop == "cancel" else "INTERRUPTED"
+            _end(pk, status, _stopped_data(task.stop, task.cancel_reason))
+        else:
+            message = f"procrastinate ended job {task.job_id} ({row[0]}) before it ran the task"
+            _end(pk, "INTERRUPTED", {"reason": row[0], "message": message})
+    return True
+
+
 def _stopped_data(stop: str, reason: str) -> dict[str, Any]:
     if stop == "cancel":
         return {"reason": reason, "message": f"Task was cancelled: {reason}"}
