@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 
@@ -25,14 +27,31 @@ SETTINGS_MODULE = "procrastinate_impl.settings"
 WORKER_START = 30.0
 
 
+def server_params() -> dict[str, str]:
+    """Where the PostgreSQL is: ``DATABASE_URL`` (its database name aside), else ``PG*``.
+
+    The repository's PostgreSQL sessions set ``DATABASE_URL``; the database
+    itself is the session's own, made here.
+    """
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(url)
+        return {
+            "host": parts.hostname or "127.0.0.1",
+            "port": str(parts.port or 5432),
+            "user": unquote(parts.username or "postgres"),
+            "password": unquote(parts.password or ""),
+        }
+    return {
+        "host": os.environ.get("PGHOST", "127.0.0.1"),
+        "port": os.environ.get("PGPORT", "5432"),
+        "user": os.environ.get("PGUSER", "postgres"),
+        "password": os.environ.get("PGPASSWORD", ""),
+    }
+
+
 def server_dsn(dbname: str) -> str:
-    host = os.environ.get("PGHOST", "127.0.0.1")
-    port = os.environ.get("PGPORT", "5432")
-    user = os.environ.get("PGUSER", "postgres")
-    password = os.environ.get("PGPASSWORD", "")
-    return psycopg.conninfo.make_conninfo(
-        host=host, port=port, user=user, password=password, dbname=dbname
-    )
+    return psycopg.conninfo.make_conninfo(**server_params(), dbname=dbname)
 
 
 class Unavailable(RuntimeError):
@@ -45,11 +64,13 @@ class Session:
     def __init__(self) -> None:
         self.database = f"conformance_procrastinate_{os.getpid()}_{secrets.token_hex(3)}"
         self.conninfo = server_dsn(self.database)
-        self.directory = Path(tempfile.mkdtemp(prefix="conformance-procrastinate-"))
+        #: Where the worker's log goes; made once the database is.
+        self.directory: Path | None = None
         self.worker: subprocess.Popen[bytes] | None = None
 
     @property
     def worker_log(self) -> Path:
+        assert self.directory is not None, "The session has not been opened."
         return self.directory / "worker.log"
 
     def open(self) -> None:
@@ -63,6 +84,7 @@ class Session:
             raise Unavailable(
                 f"PostgreSQL at {server_dsn('postgres')!r} does not answer: {exc}"
             ) from exc
+        self.directory = Path(tempfile.mkdtemp(prefix="conformance-procrastinate-"))
         os.environ["PROCRASTINATE_IMPL_DB"] = self.database
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
         import django
@@ -76,6 +98,7 @@ class Session:
     def start_worker(self) -> None:
         env = {**os.environ, "PROCRASTINATE_IMPL_DB": self.database}
         env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+        env["PROCRASTINATE_IMPL_LOG_LEVEL"] = "INFO"
         with self.worker_log.open("ab") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "django", "procrastinate", "worker"],
@@ -114,3 +137,5 @@ class Session:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         except psycopg.OperationalError:
             pass  # the server went away: nothing left to drop
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+from procrastinate_impl.session import server_params
+
 SECRET_KEY = "conformance-procrastinate-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
@@ -30,10 +32,7 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("PROCRASTINATE_IMPL_DB", "conformance_procrastinate"),
-        "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-        "PORT": os.environ.get("PGPORT", "5432"),
-        "USER": os.environ.get("PGUSER", "postgres"),
-        "PASSWORD": os.environ.get("PGPASSWORD", ""),
+        **{key.upper(): value for key, value in server_params().items()},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -51,12 +50,15 @@ PROCRASTINATE_WORKER_DEFAULTS = {
     "shutdown_graceful_timeout": 2.0,
 }
 
+_LEVEL = "PROCRASTINATE_IMPL_LOG_LEVEL"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"stderr": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "procrastinate": {"handlers": ["stderr"], "level": "INFO"},
+        # INFO in the worker (its log, a file of the session's); WARNING in the
+        # suite's process, where every defer would log a line.
+        "procrastinate": {"handlers": ["stderr"], "level": os.environ.get(_LEVEL, "WARNING")},
         "procrastinate_impl": {"handlers": ["stderr"], "level": "INFO"},
     },
 }
