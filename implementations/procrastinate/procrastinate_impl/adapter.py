@@ -1,0 +1,240 @@
+"""procrastinate seen through ``conformance.contract``.
+
+A task's run is a procrastinate job, run by the session's worker process.
+The runtime defers jobs, asks procrastinate to cancel (abort) them, and
+reads what they recorded; its clients hear of events through PostgreSQL's
+LISTEN/NOTIFY (``bus``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+from conformance.contract import (
+    ASGIApp,
+    Behaviour,
+    Capability,
+    Implementation,
+    Runtime,
+    RuntimeClosed,
+    RuntimeStats,
+    Subscription,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+    Timings,
+    UnknownTask,
+    behaviour_path,
+)
+
+from . import store
+from .bus import MODEL, Bus
+from .session import Session, Unavailable
+from .store import db, now
+
+#: How long a cancel waits for the worker to end the run it aborted, and how
+#: long a shutdown waits for the runs it stopped. procrastinate cancels an
+#: async job's asyncio task once; a job that swallows it runs on.
+CANCEL_GRACE = 2.0
+#: How often a wait for runs to end reads procrastinate's status of their jobs.
+SETTLE_POLL = 0.1
+
+
+class ProcrastinateImplementation(Implementation):
+    """procrastinate 3.10.0 on Django: its worker process, defer, abort; glue for events."""
+
+    name = "procrastinate"
+    version = "3.10.0"
+    contract_version = "2.2"
+    capabilities = frozenset({Capability.PERSISTENCE, Capability.CANCEL})
+    timings = Timings(cancel_grace=CANCEL_GRACE)
+
+    def __init__(self) -> None:
+        from .expected import EXPECTED_FAILURES, RACY_FAILURES
+
+        self.expected_failures = EXPECTED_FAILURES
+        self.racy_failures = RACY_FAILURES
+        self.session: Session | None = None
+
+    async def start(self) -> Runtime:
+        if self.session is None:
+            session = Session()
+            try:
+                await db(session.open)
+            except Unavailable as exc:
+                if os.environ.get("CI") == "true":
+                    raise RuntimeError(f"{exc}; CI needs it.") from exc
+                import pytest
+
+                pytest.skip(f"procrastinate needs PostgreSQL: {exc}")
+            self.session = session
+        runtime = ProcrastinateRuntime(self.client_queue_size)
+        runtime.bus = Bus(self.session.conninfo, runtime.run_ended)
+        await runtime.bus.open()
+        return runtime
+
+    def environment(self) -> Mapping[str, str]:
+        import django
+        import psycopg
+
+        return {
+            "stack": f"procrastinate 3.10.0, Django {django.get_version()}, "
+            f"psycopg {psycopg.__version__}",
+            "database": "postgresql",
+            "platform": f"{platform.system()}-{platform.machine()}",
+        }
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class ProcrastinateRuntime(Runtime):
+    def __init__(self, queue_size: int) -> None:
+        self.bus: Bus
+        self.queue_size = queue_size
+        #: Tasks this runtime started whose run has not ended yet.
+        self.running: set[int] = set()
+        self._ended: dict[int, asyncio.Event] = {}
+        self._closed = False
+        self._shutdown: asyncio.Task[None] | None = None
+
+    def run_ended(self, pk: int) -> None:
+        """A terminal event was sent for a task: its run is over."""
+        self.running.discard(pk)
+        if pk in self._ended:
+            self._ended[pk].set()
+
+    async def _wait_ended(self, pks: set[int], timeout: float) -> None:
+        """Wait until these runs have ended, or ``timeout``; settle those procrastinate ended.
+
+        A job aborted before the glue's task function began (procrastinate's
+        Django middleware awaits before it) ends with no outcome recorded by
+        the glue: procrastinate's job status says how it ended, and
+        ``store.settle`` records it.
+        """
+        waiters = {pk: self._ended.setdefault(pk, asyncio.Event()) for pk in pks}
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while left := [pk for pk in pks if pk in self.running]:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(SETTLE_POLL):
+                                await waiters[left[0]].wait()
+                                continue
+                        for pk in left:
+                            if await db(store.settle, pk):
+                                self.running.discard(pk)
+        finally:
+            for pk in pks:
+                self._ended.pop(pk, None)
+
+    async def create_task(
+        self,
+        kind: Behaviour,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> TaskRef:
+        pk = await db(store.create, behaviour_path(kind), dict(fields or {}))
+        return TaskRef(MODEL, str(pk))
+
+    async def start_task(self, ref: TaskRef) -> bool:
+        if self._closed:
+            raise RuntimeClosed("The runtime has shut down: it starts nothing.")
+        pk = _pk(ref)
+        self.running.add(pk)  # before the job can end, so its end is not missed
+        started = await db(store.start, pk)
+        if not started:
+            self.running.discard(pk)
+        if started is None:
+            raise UnknownTask(f"{ref} does not exist.")
+        return started
+
+    async def cancel_task(self, ref: TaskRef, reason: str | None = None) -> bool:
+        try:
+            pk = _pk(ref)
+        except UnknownTask:
+            return False
+        cancelled = await db(store.request_stop, pk, "cancel", reason or "cancelled")
+        if cancelled:
+            await self._wait_ended({pk}, CANCEL_GRACE)
+        return cancelled
+
+    async def get_state(self, ref: TaskRef) -> TaskState:
+        from .models import Task
+
+        task = await db(Task.objects.filter(pk=_pk(ref)).first)
+        if task is None:
+            raise UnknownTask(f"{ref} does not exist.")
+        status = TaskStatus(task.status)
+        if status.is_finished:
+            self.running.discard(task.pk)
+        return TaskState(
+            status=status,
+            created_at=_iso(task.created_at),
+            started_at=_iso(task.started_at),
+            completed_at=_iso(task.completed_at),
+            error=task.error,
+            fields=dict(task.fields),
+            attempt=task.attempt,
+        )
+
+    async def write_fields(self, ref: TaskRef, **fields: Any) -> None:
+        if not await db(store.merge_fields, _pk(ref), fields):
+            raise UnknownTask(f"{ref} does not exist.")
+
+    async def subscribe(self, ref: TaskRef, *, last_event_id: int | None = None) -> Subscription:
+        from .models import Task
+
+        pk = _pk(ref)
+        if not await db(Task.objects.filter(pk=pk).exists):
+            raise UnknownTask(f"{ref} does not exist.")
+        return await self.bus.subscribe(pk, self.queue_size)
+
+    def asgi_app(self) -> ASGIApp:
+        raise NotImplementedError("This implementation does not declare the 'http' capability.")
+
+    def stats(self) -> RuntimeStats:
+        return RuntimeStats(len(self.running), self.bus.subscribers, len(self.bus.topics))
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(
+                self._stop(grace), name="procrastinate_impl shutdown"
+            )
+        await asyncio.shield(self._shutdown)
+
+    async def _stop(self, grace: float) -> None:
+        self._closed = True
+        await self._wait_ended(set(self.running), grace)
+        # The runs still going are stopped; their clients get the farewell, not
+        # their `interrupted`. A run that ends before its stop lands keeps its
+        # outcome, and its clients get its terminal event: deliveries wait
+        # until each run's fate is decided.
+        self.bus.paused = True
+        stopped = set()
+        for pk in set(self.running):
+            if await db(store.request_stop, pk, "shutdown", "shutdown"):
+                stopped.add(pk)
+        await self.bus.flush(skip=stopped)
+        self.bus.farewell(now())
+        await self._wait_ended(stopped, CANCEL_GRACE)
+        await self.bus.close()
+
+
+def _pk(ref: TaskRef) -> int:
+    if ref.model != MODEL or not ref.id.isascii() or not ref.id.isdigit() or len(ref.id) > 18:
+        raise UnknownTask(f"{ref} does not exist.")
+    return int(ref.id)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ProcrastinateImplConfig(AppConfig):
+    name = "procrastinate_impl"
+    label = "procrastinate_impl"
