@@ -54,6 +54,7 @@ OTHERS: dict[str, tuple[str, list[str]]] = {
     "independent": ("sqlite", []),
     "baseline": ("sqlite", ["--case", "FUNC", "--case", "HTTP", "--case", "EDGE"]),
     "eventstream": ("sqlite", []),
+    "procrastinate": ("postgresql", []),
 }
 #: pytest-xdist processes per session. Most cases wait (for a deadline, a
 #: server, a signal) more than they compute: three per core keep the cores busy.
