@@ -172,9 +172,17 @@ class tasks(StreamTask):
         return attempt
 
     async def _write(self, attempt: int, **changes: Any) -> None:
-        """Write this run's columns, while the row is still this run's."""
+        """Write this run's columns, while the row is still this run's.
+
+        Waits out a database outage, as the coordinator's record of the
+        ending does: a task that ended meanwhile keeps its result. A cancel
+        or timeout still stops the wait.
+        """
         rows = tasks.objects.filter(pk=self.pk, attempt=attempt, status=TaskStatus.RUNNING)
-        await db.run(lambda: rows.aupdate(**changes))
+        await db.run_until_available(
+            lambda: rows.aupdate(**changes),
+            what=f"tasks:{self.pk}: recording {', '.join(changes)}",
+        )
 
 
 def running_task(context: Any) -> tuple[tasks, asyncio.AbstractEventLoop]:
