@@ -202,3 +202,15 @@ async def test_send_event_when_the_task_is_not_running_here_then_it_says_so() ->
         await send_event(TaskContext(task_result=result), "progress", {})
     with pytest.raises(TypeError, match="pass the TaskContext"):
         send_event_sync(result, "progress", {})
+
+
+async def test_compat_when_django_has_its_own_tasks_then_it_is_used_not_the_backport() -> None:
+    import django
+
+    from streaming.tasks import StreamingBackend
+    from streaming.tasks.compat import SOURCE, BaseTaskBackend
+
+    assert SOURCE == ("django.tasks" if django.VERSION >= (6, 0) else "django_tasks")
+    assert BaseTaskBackend.__module__.startswith(SOURCE)
+    assert isinstance(task_backends["default"], StreamingBackend)
+    assert type(plain).__module__.startswith(SOURCE)
