@@ -42,6 +42,11 @@ class TasksImplementation(ReferenceImplementation):
         assert isinstance(runtime, ReferenceRuntime)
         return TasksRuntime(runtime.coordinator)
 
+    def bench_variants(self, runtime: Runtime) -> Mapping[str, Runtime]:
+        """For ``python -m conformance bench``: model tasks on the same server, beside @tasks."""
+        assert isinstance(runtime, TasksRuntime)
+        return {"model tasks (BehaviourTask)": ReferenceRuntime(runtime.coordinator)}
+
 
 class TasksRuntime(ReferenceRuntime):
     async def create_task(

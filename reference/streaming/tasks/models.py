@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import threading
 import traceback
 from collections.abc import Mapping
@@ -27,9 +28,11 @@ from django.db import models
 from django.utils.module_loading import import_string
 
 from .. import db
-from ..models import StreamTask
+from ..models import StreamTask, storable
 from ..states import TaskStatus
 from .compat import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
+
+logger = logging.getLogger(__name__)
 
 #: How each of the coordinator's statuses reads as Django's (which has four).
 DJANGO_STATUS: Mapping[str, TaskResultStatus] = {
@@ -155,9 +158,13 @@ class tasks(StreamTask):
         except BaseException as exc:
             error = {
                 "exception_class_path": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "traceback": "".join(traceback.format_exception(exc)),
+                # PostgreSQL's jsonb refuses NUL, which a message may carry.
+                "traceback": storable("".join(traceback.format_exception(exc))),
             }
-            await self._write(attempt, errors=[*self.errors, error])
+            try:
+                await self._write(attempt, errors=[*self.errors, error])
+            except Exception as unwritten:  # never in place of the task's own exception
+                logger.error("tasks:%s: its error was not stored (%r)", self.pk, unwritten)
             raise
         await self._write(attempt, return_value=value)
         return value if isinstance(value, Mapping) else None

@@ -10,6 +10,7 @@ rows exactly one wins each, and the others are told False and move on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from functools import partial
 
@@ -61,6 +62,7 @@ class Pickup:
         self.queues = queues
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Pickup queues={sorted(self.queues)} every {self.interval}s>"
@@ -71,21 +73,27 @@ class Pickup:
             self._task = asyncio.create_task(self._forever(), name="streaming:tasks-pickup")
 
     async def stop(self) -> None:
+        """Start nothing more; return once a start under way has ended.
+
+        Not a cancel: a start cancelled between its claim and its run would
+        leave a row RUNNING with no run, until its lease ran out.
+        """
         if self.coordinator in serving:
             serving.remove(self.coordinator)
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
 
     async def _forever(self) -> None:
-        while self.coordinator.accepting:
+        while self.coordinator.accepting and not self._stopping.is_set():
             try:
                 await self.once()
             except db.DatabaseUnavailable as exc:
                 logger.warning("tasks pickup: %s", exc)
             except CoordinatorClosed:
                 return
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     async def once(self) -> int:
         """Start the due rows of one read; how many this coordinator started."""
@@ -99,7 +107,7 @@ class Pickup:
         )
         started = 0
         for pk in await db.run(partial(db.listed, due)):
-            if not self.coordinator.accepting:
+            if not self.coordinator.accepting or self._stopping.is_set():
                 break
             try:
                 started += await self.coordinator.start_task(tasks, pk)
