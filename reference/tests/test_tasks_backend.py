@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -189,3 +190,44 @@ def test_watch_page_when_asked_for_a_task_then_served(run: Any, server: Any) -> 
     page = httpx.get(f"{server.url}/tasks/tasks/{result_id}", timeout=DEADLINE)
     assert page.status_code == 200 and "SUCCESSFUL" in page.text, page.text[:500]
     assert httpx.get(f"{server.url}/stream/tasks/x1", timeout=DEADLINE).status_code == 404
+
+
+@pytest.fixture
+def redis_env(env: dict[str, str], redis_url: str) -> Iterator[dict[str, str]]:
+    """``env`` with a Redis bus under a prefix of this test's own, removed afterwards."""
+    import redis
+
+    prefix = f"test-tasks-{uuid.uuid4().hex[:8]}"
+    yield {**env, "STREAMING_REDIS_URL": redis_url, "STREAMING_REDIS_PREFIX": prefix}
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_two_workers_when_tasks_are_enqueued_then_each_runs_exactly_once(
+    run: Any, start_server: Any, redis_env: dict[str, str], wait_until: Any
+) -> None:
+    supervisor = start_server("--workers", "2", env=redis_env)
+    code = (
+        "import json; from streaming_project.tasks import count; "
+        "print(json.dumps([count.enqueue(2, 0.1).id for _ in range(8)]))"
+    )
+    ids = django(run, code)
+    columns = '"status", "attempt", "worker_ids"'
+    check = f"""
+import json
+from streaming.tasks.models import tasks
+print(json.dumps(list(tasks.objects.filter(pk__in={ids!r}).values_list({columns}))))
+"""
+
+    def all_done() -> list[Any] | None:
+        rows = django(run, check)
+        return rows if all(status == "SUCCESSFUL" for status, _, _ in rows) else None
+
+    rows = wait_until(all_done, 60, "eight tasks run by two workers")
+    assert len(rows) == 8
+    # One start each: a second claim of the same row would be attempt 2 or a second worker id.
+    assert all(attempt == 1 and len(workers) == 1 for _, attempt, workers in rows), rows
+    log = supervisor.describe()
+    assert all(log.count(f"started tasks:{pk} ") == 1 for pk in ids), log
