@@ -38,7 +38,8 @@ pytestmark = [
 @task(takes_context=True)
 async def whoami(context: Any, tag: str) -> dict[str, Any]:
     await send_event(context, "progress", {"tag": tag})
-    return {"id": context.task_result.id, "attempt": context.attempt, "tag": tag}
+    result = context.task_result
+    return {"id": result.id, "attempt": context.attempt, "tag": tag, "status": result.status}
 
 
 @task(takes_context=True)
@@ -100,7 +101,7 @@ async def test_async_task_with_context_when_run_then_successful_with_return_valu
     assert await pickup.once() == 1
     done = await finished(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL
-    assert done.return_value == {"id": result.id, "attempt": 1, "tag": "x"}
+    assert done.return_value == {"id": result.id, "attempt": 1, "tag": "x", "status": "RUNNING"}
     assert done.started_at <= done.finished_at and done.last_attempted_at == done.started_at
     assert done.worker_ids == [coordinator.owner] and done.errors == []
     progress = (await subscriber.get()).event

@@ -162,21 +162,24 @@ class tasks(StreamTask):
                 "traceback": storable("".join(traceback.format_exception(exc))),
             }
             try:
-                await self._write(attempt, errors=[*self.errors, error])
+                await self._write(attempt, errors=[*self.errors, error], worker_ids=self.worker_ids)
             except Exception as unwritten:  # never in place of the task's own exception
                 logger.error("tasks:%s: its error was not stored (%r)", self.pk, unwritten)
             raise
-        await self._write(attempt, return_value=value)
+        await self._write(attempt, return_value=value, worker_ids=self.worker_ids)
         return value if isinstance(value, Mapping) else None
 
     async def _begin(self) -> int:
-        """This run's attempt; the coordinator that runs it is added to ``worker_ids``."""
-        rows = tasks.objects.filter(pk=self.pk)
-        row = await db.run(lambda: rows.values("attempt", "owner", "worker_ids").aget())
-        self.worker_ids = [*row["worker_ids"], row["owner"]]
-        await self._write(row["attempt"], worker_ids=self.worker_ids)
-        attempt: int = row["attempt"]
-        return attempt
+        """This run's attempt; the row as its claim left it, for the task's ``TaskContext``.
+
+        The coordinator that runs it joins ``worker_ids`` with the run's last
+        write (its return value or its error): one query fewer per run, so a
+        run cancelled, timed out or interrupted is not listed there.
+        """
+        columns = ["status", "attempt", "owner", "started_at", "worker_ids"]
+        await db.run(lambda: self.arefresh_from_db(fields=columns))
+        self.worker_ids = [*self.worker_ids, self.owner]
+        return self.attempt
 
     async def _write(self, attempt: int, **changes: Any) -> None:
         """Write this run's columns, while the row is still this run's.
