@@ -231,3 +231,22 @@ print(json.dumps(list(tasks.objects.filter(pk__in={ids!r}).values_list({columns}
     assert all(attempt == 1 and len(workers) == 1 for _, attempt, workers in rows), rows
     log = supervisor.describe()
     assert all(log.count(f"started tasks:{pk} ") == 1 for pk in ids), log
+
+
+def test_running_task_when_cancelled_from_another_process_then_its_server_stops_it(
+    run: Any, start_server: Any, env: dict[str, str]
+) -> None:
+    # A lease of 3 s: the owner's keeper reads the request every second.
+    server = start_server(env={**env, "STREAMING_LEASE": "3"})
+    result_id = enqueue(run, "count.enqueue(600, 0.1)")
+    url = f"{server.url}/stream/tasks/{result_id}"
+    with httpx.stream("GET", url, timeout=DEADLINE) as response:
+        lines = response.iter_lines()
+        while next(lines) != "event: progress":
+            pass
+        code = "import json; from streaming.tasks import cancel; print(json.dumps(cancel({!r})))"
+        assert django(run, code.format(result_id)) is True
+        assert any(line == "event: cancelled" for line in lines)
+    result = result_of(run, result_id)
+    assert result["status"] == "FAILED"
+    assert result["errors"][-1][0] == "asyncio.exceptions.CancelledError"
