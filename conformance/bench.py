@@ -64,6 +64,9 @@ IDLE_STREAMS = 1000
 CANCEL_CLIENTS = 1000
 #: (clients, events) with the clients on a second worker (``multi_worker`` only).
 OTHER_WORKER = (100, 1_000)
+#: (clients, events) of the row that sets an implementation's tasks against
+#: another way of making tasks on the same server (``bench_variants``).
+VARIANT = (100, 1_000)
 #: What the latency figures keep of each run.
 LATENCIES = ("p50_ms", "p99_ms")
 
@@ -440,6 +443,7 @@ async def _bench(impl: Implementation, repeat: int, log: TextIO) -> dict[str, An
             ours.figures["cancel_to_everyone"] = summarise(runs, spread_over=LATENCIES)
             runs = [await _to_everyone(base, cancel=False) for _ in range(repeat)]
             base.figures["cancel_to_everyone"] = summarise(runs, spread_over=LATENCIES)
+            await _variants(impl, runtime, ours, repeat)
             if Capability.MULTI_WORKER in impl.capabilities:
                 async with logged_server(impl, log) as other:
                     await fan_out_elsewhere(ours, other, 10, 100, 1)  # warm up
@@ -461,6 +465,39 @@ async def _bench(impl: Implementation, repeat: int, log: TextIO) -> dict[str, An
     figures["implementation_figures"] = ours.figures
     figures["baseline_figures"] = base.figures
     return figures
+
+
+async def _variants(impl: Implementation, runtime: Runtime, ours: Target, repeat: int) -> None:
+    """CPU per event of this implementation's tasks against its other ways of making them.
+
+    An implementation may offer ``bench_variants(runtime)``: runtimes, by
+    label, whose tasks the same server runs another way (the reference's
+    ``@task`` functions and its model tasks). Their bursts alternate with
+    ours, run by run, so a busy machine weighs on both alike.
+    """
+    offered = getattr(impl, "bench_variants", None)
+    if offered is None:
+        return
+    rows = []
+    for label, other in offered(runtime).items():
+        theirs = Target(label, ours.server, other)
+        await fan_out(theirs, 10, 100, 1)  # warm up
+        mine_runs, their_runs = [], []
+        for _ in range(repeat):
+            mine_runs.append(await fan_out_run(ours, *VARIANT))
+            their_runs.append(await fan_out_run(theirs, *VARIANT))
+        spread = ("cpu_us_per_event", "events_per_second")
+        totals = ("lost", "out_of_order")
+        rows.append(
+            {
+                "label": label,
+                "clients": VARIANT[0],
+                "events": VARIANT[1],
+                "ours": summarise(mine_runs, spread_over=spread, total_over=totals),
+                "theirs": summarise(their_runs, spread_over=spread, total_over=totals),
+            }
+        )
+    ours.figures["variants"] = rows
 
 
 async def _settle(server: ServerProcess) -> None:

@@ -141,6 +141,16 @@ def render_markdown(figures: Mapping[str, Any]) -> str:
             f"({_cell(same['cpu_us_per_event'], 1)} on one worker; {elsewhere['lost']} lost) "
             "| n/a | |"
         )
+    for variant in ours.get("variants", []):
+        lines.append(
+            _row(
+                f"server CPU per event, {variant['clients']} clients: these tasks against "
+                f"{variant['label']} on the same server (us)",
+                variant["ours"],
+                variant["theirs"],
+                "cpu_us_per_event",
+            )
+        )
     if any(line.endswith("* |") for line in lines):
         lines += [
             "",

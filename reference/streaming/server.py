@@ -19,7 +19,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -28,6 +28,9 @@ from .ops.logs import RedactTokens
 from .ops.metrics import Metrics
 from .protocol import EdgeLimits
 from .web import make_app
+
+if TYPE_CHECKING:
+    from .tasks.pickup import Pickup
 
 __all__ = [
     "StreamServer",
@@ -61,10 +64,12 @@ class StreamServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._drain: asyncio.Task[None] | None = None
+        self.pickup: Pickup | None = None
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await self.coordinator.started()
+        self.pickup = pickup_tasks(self.coordinator)
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -94,6 +99,8 @@ class StreamServer(uvicorn.Server):
         metrics.shutdown_drains.inc()
         began = asyncio.get_running_loop().time()
         try:
+            if self.pickup is not None:
+                await self.pickup.stop()
             await self.coordinator.shutdown(self.grace)
             drained = asyncio.get_running_loop().time() - began
             metrics.drain_seconds.observe(drained)
@@ -104,6 +111,21 @@ class StreamServer(uvicorn.Server):
             logger.info("database connections closed")
         finally:
             self.should_exit = True
+
+
+def pickup_tasks(coordinator: Coordinator) -> Pickup | None:
+    """Start the ``django.tasks`` calls enqueued anywhere, when ``streaming.tasks`` is installed.
+
+    Imported only then: without the app, Django's Tasks framework (or its
+    backport, before Django 6.0) need not be installed.
+    """
+    from django.apps import apps
+
+    if not apps.is_installed("streaming.tasks"):
+        return None
+    from .tasks.pickup import start_pickup
+
+    return start_pickup(coordinator)
 
 
 def serve(

@@ -32,7 +32,13 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "streaming",
+    # django.tasks on the coordinator (streaming.tasks): TASKS below.
+    "streaming.tasks",
 ]
+
+# Django's Tasks framework (django_tasks, its backport, before Django 6.0):
+# @task functions run on the streaming server's coordinator.
+TASKS = {"default": {"BACKEND": "streaming.tasks.StreamingBackend"}}
 
 DEFAULT_DATABASE_URL = f"sqlite:///{Path.cwd() / 'streaming.sqlite3'}"
 _database = dj_database_url.parse(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))

@@ -349,6 +349,16 @@ def test_three_terminal_walkthrough_when_run_as_written_then_prints_what_the_rea
     walk.run(steps)
 
 
+@pytest.mark.timeout(120)
+def test_tasks_walkthrough_when_run_as_written_then_a_task_enqueued_in_a_shell_streams(
+    walk: Walk, readme_port: int
+) -> None:
+    steps = walkthrough("### Django's Tasks framework: `@task`, streamed and cancellable")
+    assert any(s.is_client for s in steps) and any(s.is_server for s in steps)
+
+    walk.run(steps)
+
+
 #: The PostgreSQL server the several-workers walkthrough names.
 POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 

@@ -7,7 +7,6 @@ import socket
 import sys
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.config import Config
@@ -32,7 +31,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--grace",
             type=float,
-            default=settings.STREAMING["SHUTDOWN_GRACE"],
+            # A project without a STREAMING setting has Config's defaults.
+            default=Config.from_settings().shutdown_grace,
             help="Seconds running tasks get to finish on shutdown (default: %(default)s).",
         )
         parser.add_argument(
