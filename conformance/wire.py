@@ -80,10 +80,17 @@ async def read_raw_stream(
             await writer.wait_closed()
 
 
-#: A terminal event's frame, whole, and its first line, in a stream's payload (not chunked).
+#: A terminal event's frame, whole, and its first line, in a stream's payload (not chunked):
+#: any of SPEC's terminal types after ``event:`` (its space optional), lines ending in
+#: CRLF, LF or CR.
 _TERMINAL = b"|".join(sorted(t.encode() for t in TERMINAL_EVENTS))
-_TERMINAL_FRAME = re.compile(rb"(?:^|\n)event: (?:%s)\r?\n(?:[^\r\n]+\r?\n)*?\r?\n" % _TERMINAL)
-_TERMINAL_START = re.compile(rb"(?:^|\n)event: (?:%s)\r?\n" % _TERMINAL)
+_EOL = rb"(?:\r\n|\r(?!\n)|\n)"
+_TERMINAL_START = re.compile(rb"(?:^|[\r\n])event: ?(?:%s)%s" % (_TERMINAL, _EOL))
+_TERMINAL_FRAME = re.compile(
+    rb"(?:^|[\r\n])event: ?(?:%s)%s(?:[^\r\n]+%s)*?%s" % (_TERMINAL, _EOL, _EOL, _EOL)
+)
+#: A blank line: the end of a frame.
+_FRAME_END = re.compile(_EOL + _EOL)
 
 
 async def _read_through_terminal(reader: asyncio.StreamReader, *, chunked: bool) -> bytes:
@@ -209,12 +216,24 @@ def raw_frames(body: bytes, *, cut: bool = False) -> list[dict[str, str]]:
     end it, and a chunk cut short counts for what arrived of it.
     """
     text = _unchunk(body).decode(errors="replace")
-    if cut:
-        text += "\n\n"
+    return sse_frames(f"{text}\n\n" if cut else text)
+
+
+#: A line's end in an event stream: CRLF, LF or a lone CR (WHATWG's EventSource).
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def sse_frames(text: str) -> list[dict[str, str]]:
+    """The frames (field name -> value) that carry data in an event stream's text.
+
+    As the WHATWG parser reads it: lines end in CRLF, LF or CR; a field's
+    value loses one leading space; a line starting with ``:`` is a comment;
+    a frame is dispatched by a blank line, and only if it has ``data``.
+    """
     frames: list[dict[str, str]] = []
     current: dict[str, str] = {}
     # What follows the last line break is no line yet, nor is a frame without its blank line.
-    *lines, _unfinished = text.replace("\r\n", "\n").split("\n")
+    *lines, _unfinished = _LINE_END.split(text)
     for line in lines:
         if line == "":
             if "data" in current:
@@ -224,6 +243,11 @@ def raw_frames(body: bytes, *, cut: bool = False) -> list[dict[str, str]]:
             name, _, value = line.partition(":")
             current[name] = value.removeprefix(" ")
     return frames
+
+
+def event_types(text: str) -> list[str]:
+    """The types of the frames in an event stream's text, in order (``message`` if unnamed)."""
+    return [frame.get("event", "message") for frame in sse_frames(text)]
 
 
 def frame_ids(body: bytes) -> list[int]:
@@ -330,15 +354,18 @@ async def connect_and_reset(base_url: str, ref: TaskRef, frames: int) -> int:
     async with asyncio.timeout(5):
         reader, writer = await open_raw_stream(base_url, ref)
         try:
-            body = b""
-            # Each frame ends with a blank line; chunked framing never adds "\n\n".
-            while body.count(b"\n\n") < frames:
+            body = bytearray()
+            # Each frame ends with a blank line, counted in the payload: with
+            # CRLF line ends, chunked framing's CRLFs would look like blank lines.
+            payload = _Payload(chunked=True)
+            while len(_FRAME_END.findall(payload.text)) < frames:
                 chunk = await reader.read(65536)
-                assert chunk, f"the stream ended after {body!r}"
+                assert chunk, f"the stream ended after {bytes(body)!r}"
                 body += chunk
+                payload.feed(chunk)
         finally:
             reset(writer)
-    return body.count(b"\n\n")
+    return len(_FRAME_END.findall(payload.text))
 
 
 async def read_slowly(reader: asyncio.StreamReader, *, rate: float, until: bytes) -> bytes:
@@ -447,6 +474,7 @@ __all__ = [
     "HangingUpstream",
     "close_streams",
     "connect_and_reset",
+    "event_types",
     "frame_ids",
     "killed_client",
     "open_raw_stream",
@@ -457,5 +485,6 @@ __all__ = [
     "read_slowly",
     "reset",
     "server_side_connection",
+    "sse_frames",
     "stream_bodies",
 ]

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from conformance.contract import TaskRef
-from conformance.wire import raw_frames, read_raw_stream
+from conformance.wire import connect_and_reset, raw_frames, read_raw_stream
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -113,3 +113,50 @@ async def test_stream_left_open_after_its_terminal_event_then_read_through_it(sp
     writes = [body[n : n + split] for n in range(0, len(body), split)]
     received = await read_from_server_left_open(CHUNKED_HEAD, writes)
     assert events(received, cut=False) == [EXPECTED[0], ("completed", {"n": 2}), *EXPECTED[1:]]
+
+
+# -- any framing WHATWG's parser reads: CRLF, LF or CR, fields in any order -----------------
+
+CRLF_FRAMES = [
+    b'id: 1\r\nevent: start\r\ndata: {"n": 1}\r\n\r\n',
+    b'id:2\revent:big\rdata:{"body": "' + b"x" * 300 + b'"}\r\r',
+    b'id: 3\nevent:complete\ndata: {"n": 3}\n\n',
+]
+
+
+def test_frames_when_lines_end_in_crlf_cr_or_lf_and_fields_come_in_any_order_then_read() -> None:
+    assert events(chunked(*CRLF_FRAMES), cut=False) == EXPECTED
+    assert [f["id"] for f in raw_frames(chunked(*CRLF_FRAMES))] == ["1", "2", "3"]
+
+
+@pytest.mark.asyncio
+async def test_stream_framed_with_crlf_then_read_through_its_terminal_event() -> None:
+    writes = [chunked(CRLF_FRAMES[0]), chunked(CRLF_FRAMES[1]), chunked(CRLF_FRAMES[2])]
+    received = await read_from_server_left_open(CHUNKED_HEAD, writes)
+    assert events(received, cut=False) == EXPECTED
+
+
+@pytest.mark.asyncio
+async def test_reset_after_frames_when_framed_with_crlf_then_frames_counted() -> None:
+    # Chunked framing's own CRLFs must not count as frames' blank lines.
+    frames = [CRLF_FRAMES[0], CRLF_FRAMES[0].replace(b"start", b"more")]
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED_HEAD + chunked(frames[0]))
+        await writer.drain()
+        held.append(writer)
+        # The second frame only once the client could have mistaken the first
+        # chunk's CRLFs for two frames, had it counted them.
+        writer.write(chunked(frames[1]))
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        try:
+            read = await connect_and_reset(f"http://127.0.0.1:{port}", TaskRef("Task", "1"), 2)
+        finally:
+            for writer in held:
+                writer.close()
+    assert read == 2

@@ -26,6 +26,7 @@ from conformance.contract import Capability, Implementation, Runtime, TaskStatus
 from conformance.servers import Spawn, health_is, run_on_killed_server
 from conformance.tasks import finish_as, interrupted_task, terminal_id, watch_then_leave
 from conformance.waiting import MARGIN, WaitTimeout, eventually, readable, status_is
+from conformance.wire import event_types
 
 pytestmark = pytest.mark.asyncio
 
@@ -345,7 +346,7 @@ async def test_server_when_database_ends_its_sessions_then_every_request_answere
         health = await server.request("GET", "/health")
         assert (health.status_code, health.text.strip()) == (200, "OK"), health.text
         replay = await server.request("GET", finished.stream_path)
-        assert replay.status_code == 200 and "event: complete" in replay.text, replay.text
+        assert replay.status_code == 200 and "complete" in event_types(replay.text), replay.text
         started = await server.request("POST", f"/tasks/{ready.model}/{ready.id}/start")
         assert started.status_code == 202, started.text
         await status_is(runtime, ready, TaskStatus.SUCCESSFUL)
