@@ -68,6 +68,13 @@ class CeleryImplementation(Implementation):
             import asyncio
 
             await asyncio.get_running_loop().run_in_executor(self.executor, self._start_worker)
+            warm = CeleryRuntime(
+                self.app, self.keys, self.redis_url, self.executor, self.client_queue_size,
+                CANCEL_GRACE,
+            )
+            await warm.open()
+            await warm.warm_up()
+            await warm.shutdown(0)
         runtime = CeleryRuntime(
             self.app, self.keys, self.redis_url, self.executor, self.client_queue_size, CANCEL_GRACE
         )
