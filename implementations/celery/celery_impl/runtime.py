@@ -126,7 +126,9 @@ class Topic:
         self.runtime, self.ref, self.channel = runtime, ref, channel
         self.clients: set[Client] = set()
         self.running = False  # started by this runtime and not yet ended
+        self.waiters = 0  # cancels waiting for the run's end
         self.subscribed = asyncio.Event()
+        self.ended = asyncio.Event()
 
     def event(self, id: int, type: str, data: Mapping[str, Any], timestamp: str = "") -> Event:
         return Event(id, type, dict(data), self.ref.id, self.ref.model, timestamp or now())
@@ -154,6 +156,9 @@ class CeleryRuntime(Runtime):
         self._listener: asyncio.Task[None] | None = None
         self._unsubscribing: set[asyncio.Task[None]] = set()
         self._shutdown: asyncio.Task[None] | None = None
+        self._starting = 0  # starts in flight: a shutdown waits for them to be sent
+        self.starts_done = asyncio.Event()
+        self.starts_done.set()
 
     async def open(self) -> None:
         """Open both connections now, not during a case (the harness counts descriptors)."""
@@ -233,6 +238,16 @@ class CeleryRuntime(Runtime):
     async def start_task(self, ref: TaskRef) -> bool:
         if self.closed:
             raise RuntimeClosed("Cannot start a task: the runtime has shut down.")
+        self._starting += 1
+        self.starts_done.clear()
+        try:
+            return await self._start(ref)
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self.starts_done.set()
+
+    async def _start(self, ref: TaskRef) -> bool:
         task_id = self._task_id(ref)
         started = await self.redis.eval(START, 1, self.keys.task(task_id), now())
         if started == -1:
@@ -268,7 +283,20 @@ class CeleryRuntime(Runtime):
             return True
         if stopped != 1:
             return False
-        await self.call(self._abort, task_id)
+        topic = await self._topic(ref)
+        topic.waiters += 1
+        try:
+            await self.call(self._abort, task_id)
+            # Return once the run's end is stored, as a cancel in one process would
+            # (ASYNC-12); an abort Celery lost (FINDINGS.md, 1) is waited for no longer.
+            meta = await self._meta(task_id)
+            if meta is None or meta["status"] not in FINAL:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.cancel_grace * 2 + 1):
+                        await topic.ended.wait()
+        finally:
+            topic.waiters -= 1
+            self.forget_if_idle(topic)
         return True
 
     def _store(self, task_id: str, state: str, event: Mapping[str, Any]) -> None:
@@ -363,12 +391,15 @@ class CeleryRuntime(Runtime):
                 for client in tuple(topic.clients):
                     client.push(event)
                 if event.is_terminal:
+                    topic.ended.set()
                     topic.running = False
                     self.forget_if_idle(topic)
 
     def forget_if_idle(self, topic: Topic) -> None:
         """Drop a topic with no client and no live run of ours (FUNC-11)."""
-        if topic.clients or topic.running or self.topics.get(topic.channel) is not topic:
+        if topic.clients or topic.running or topic.waiters:
+            return
+        if self.topics.get(topic.channel) is not topic:
             return
         del self.topics[topic.channel]
         unsubscribe = asyncio.create_task(
@@ -408,6 +439,7 @@ class CeleryRuntime(Runtime):
     async def _drain(self, grace: float) -> None:
         """Refuse starts, give runs ``grace``, say farewell, interrupt the rest, close."""
         self.closed = True
+        await self.starts_done.wait()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.idle.wait()
@@ -433,8 +465,25 @@ class CeleryRuntime(Runtime):
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         await self.pubsub.aclose()
-        await self.pubsub.connection_pool.disconnect() if self.pubsub.connection_pool else None
+        await self.pubsub.connection_pool.disconnect()
         await self.redis.aclose()
+        # Reads and field writes still work after shutdown (the contract), each on a
+        # connection of its own, closed before it returns: none outlives this loop.
+        self.redis = _OneShot(self.url)  # type: ignore[assignment]
+
+
+class _OneShot:
+    """A Redis client whose every command opens a connection and closes it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        async def command(*args: Any, **kwargs: Any) -> Any:
+            async with aioredis.Redis.from_url(self.url) as client:
+                return await getattr(client, name)(*args, **kwargs)
+
+        return command
 
 
 def _runs(task: asyncio.Task[Any], name: str) -> bool:

@@ -68,6 +68,11 @@ def make_web_app(runtime: CeleryRuntime) -> Starlette:
         )
 
     async def command(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host')}":
+            # A page on another site may not command tasks (OPS-3): Starlette has no such
+            # check of its own unless CORS middleware is configured, and that never refuses.
+            return PlainTextResponse(f"Commands from {origin} are refused.", status_code=403)
         ref = ref_of(request)
         if ref is None:
             return unknown(request)

@@ -39,6 +39,8 @@ REDIS_URL = os.environ.get("CELERY_IMPL_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("CELERY_IMPL_PREFIX", "celery-impl")
 #: A task that swallows its cancellation is cancelled again, and recorded, after this.
 CANCEL_GRACE = float(os.environ.get("CELERY_IMPL_CANCEL_GRACE", "1.0"))
+#: How long a run's leftover asyncio tasks (shielded work) may finish after it ended.
+LEFTOVER_GRACE = 30.0
 #: How often a running task asks the backend whether it was aborted (AbortableTask's way).
 ABORT_POLL = 0.05
 
@@ -136,13 +138,13 @@ class Run:
                 raise
             self._stop(*self.stopping)
         except TimeoutError as exc:
-            if limit.expired():
+            if not limit.expired():
+                self._fail(exc)  # the behaviour's own timeout: a failure (ASYNC-3)
+            elif self._claim():
                 self._end(TIMED_OUT, "timeout", {
                     "timeout": self.limit,
                     "message": f"Task timed out after {self.limit} seconds",
                 })
-            else:
-                self._fail(exc)
         except BaseException as exc:  # every failure is Celery's to record (FUNC-9, EDGE-1)
             self._fail(exc)
         else:
@@ -150,6 +152,11 @@ class Run:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+            # Work the behaviour shielded from its cancel is left to finish (ASYNC-27):
+            # asyncio.run would cancel it on the way out.
+            leftovers = asyncio.all_tasks() - {main}
+            if leftovers:
+                await asyncio.wait(leftovers, timeout=LEFTOVER_GRACE)
 
     def _claim(self) -> bool:
         """Whether the run's own outcome stands; if a stop came first, record that instead."""
