@@ -443,13 +443,24 @@ class CeleryRuntime(Runtime):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.idle.wait()
+        # Runs still live are interrupted, unless their own end was decided first: those
+        # end as they would have, and their clients hear it before any farewell (RACE-20).
+        running = [t for t in self.topics.values() if t.running]
+        stopped = await asyncio.gather(
+            *(self.redis.eval(STOP, 1, self.keys.task(t.ref.id), "interrupt", "shutdown")
+              for t in running)
+        )
+        ending = [t.ended.wait() for t, how in zip(running, stopped, strict=True) if how != 1]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.cancel_grace * 2 + 2):
+                await asyncio.gather(*ending)
         for topic in tuple(self.topics.values()):
             for client in tuple(topic.clients):
                 last = client.last_pushed
                 client.push(topic.event(last, FAREWELL_EVENT, {"last_event_id": last}))
-        for topic in tuple(self.topics.values()):
-            if topic.running:
-                await self._stop(topic.ref, topic.ref.id, "interrupt", "shutdown")
+        for topic, how in zip(running, stopped, strict=True):
+            if how == 1:
+                await self.call(self._abort, topic.ref.id)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.cancel_grace * 2 + 2):
                 await self.idle.wait()
