@@ -1,4 +1,4 @@
-"""Celery (Redis broker and backend) under the conformance suite: see README.md beside this package."""
+"""Celery with Redis under the conformance suite: see README.md beside this package."""
 
 from __future__ import annotations
 

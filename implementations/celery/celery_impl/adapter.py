@@ -69,7 +69,11 @@ class CeleryImplementation(Implementation):
 
             await asyncio.get_running_loop().run_in_executor(self.executor, self._start_worker)
             warm = CeleryRuntime(
-                self.app, self.keys, self.redis_url, self.executor, self.client_queue_size,
+                self.app,
+                self.keys,
+                self.redis_url,
+                self.executor,
+                self.client_queue_size,
                 CANCEL_GRACE,
             )
             await warm.open()
@@ -99,11 +103,23 @@ class CeleryImplementation(Implementation):
     def _popen(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "celery_impl.worker", "worker",
-                "--pool", "threads", "--concurrency", str(CONCURRENCY),
-                "--queues", self.prefix,
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--loglevel", "WARNING",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_impl.worker",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(CONCURRENCY),
+                "--queues",
+                self.prefix,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
             ],
             env={
                 **os.environ,

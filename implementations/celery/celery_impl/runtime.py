@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from celery import Celery, states
-from celery.contrib.abortable import ABORTED, AbortableAsyncResult
+from celery.contrib.abortable import AbortableAsyncResult
 
 from conformance.contract import (
     FAREWELL_EVENT,
@@ -41,8 +41,18 @@ from conformance.contract import (
     behaviour_path,
 )
 
-from .stack import CANCELLED, INTERRUPTED, MODEL, PROGRESS, START, STOP, TASK_NAME, TIMED_OUT
-from .stack import Keys, now
+from .stack import (
+    CANCELLED,
+    INTERRUPTED,
+    MODEL,
+    PROGRESS,
+    START,
+    STOP,
+    TASK_NAME,
+    TIMED_OUT,
+    Keys,
+    now,
+)
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -142,7 +152,12 @@ class CeleryRuntime(Runtime):
     """Tasks as Celery tasks on the session's worker; clients of the backend's channels."""
 
     def __init__(
-        self, app: Celery, keys: Keys, url: str, executor: ThreadPoolExecutor, queue_size: int,
+        self,
+        app: Celery,
+        keys: Keys,
+        url: str,
+        executor: ThreadPoolExecutor,
+        queue_size: int,
         cancel_grace: float,
     ) -> None:
         self.app, self.keys, self.url, self.executor = app, keys, url, executor
@@ -277,8 +292,12 @@ class CeleryRuntime(Runtime):
     async def _stop(self, ref: TaskRef, task_id: str, kind: str, reason: str) -> bool:
         stopped = await self.redis.eval(STOP, 1, self.keys.task(task_id), kind, reason)
         if stopped == 2:  # never started: the cancel is stored as the run's final state
-            event = {"id": 1, "type": "cancelled", "timestamp": now(),
-                     "data": {"reason": reason, "message": f"Task was cancelled: {reason}"}}
+            event = {
+                "id": 1,
+                "type": "cancelled",
+                "timestamp": now(),
+                "data": {"reason": reason, "message": f"Task was cancelled: {reason}"},
+            }
             await self.call(self._store, task_id, CANCELLED, event)
             return True
         if stopped != 1:
@@ -354,12 +373,24 @@ class CeleryRuntime(Runtime):
             else:
                 data = {"error_type": "Exception", "message": str(result)}
             stamp = meta.get("date_done") or now()
-            return Event(int(record.get("terminal_id", 1)), "error", data, ref.id, ref.model,
-                         _iso(stamp) or now())
+            return Event(
+                int(record.get("terminal_id", 1)),
+                "error",
+                data,
+                ref.id,
+                ref.model,
+                _iso(stamp) or now(),
+            )
         if state in (PROGRESS, states.SUCCESS, CANCELLED, TIMED_OUT, INTERRUPTED):
             if isinstance(result, Mapping) and "id" in result:
-                return Event(int(result["id"]), str(result["type"]), dict(result["data"]),
-                             ref.id, ref.model, str(result["timestamp"]))
+                return Event(
+                    int(result["id"]),
+                    str(result["type"]),
+                    dict(result["data"]),
+                    ref.id,
+                    ref.model,
+                    str(result["timestamp"]),
+                )
         return None  # PENDING, ABORTED (an abort request, not an event), STARTED
 
     async def _topic(self, ref: TaskRef) -> Topic:
@@ -447,8 +478,10 @@ class CeleryRuntime(Runtime):
         # end as they would have, and their clients hear it before any farewell (RACE-20).
         running = [t for t in self.topics.values() if t.running]
         stopped = await asyncio.gather(
-            *(self.redis.eval(STOP, 1, self.keys.task(t.ref.id), "interrupt", "shutdown")
-              for t in running)
+            *(
+                self.redis.eval(STOP, 1, self.keys.task(t.ref.id), "interrupt", "shutdown")
+                for t in running
+            )
         )
         ending = [t.ended.wait() for t, how in zip(running, stopped, strict=True) if how != 1]
         with contextlib.suppress(TimeoutError):

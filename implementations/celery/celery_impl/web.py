@@ -103,7 +103,7 @@ def make_web_app(runtime: CeleryRuntime) -> Starlette:
     )
 
 
-async def _reason(request: Request) -> str | None | Response:
+async def _reason(request: Request) -> str | Response | None:
     """The cancel's optional ``{"reason": "..."}``; 400 for a body that is not that."""
     body = await request.body()
     if not body.strip():

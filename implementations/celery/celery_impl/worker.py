@@ -30,10 +30,25 @@ from celery.contrib.abortable import AbortableTask
 from celery.exceptions import Ignore
 from celery.signals import worker_ready
 
-from conformance.contract import EVENT_TYPE_PATTERN, FAREWELL_EVENT, TERMINAL_EVENTS, resolve_behaviour
+from conformance.contract import (
+    EVENT_TYPE_PATTERN,
+    FAREWELL_EVENT,
+    TERMINAL_EVENTS,
+    resolve_behaviour,
+)
 
-from .stack import CANCELLED, FINISH, INTERRUPTED, MODEL, PROGRESS, TASK_NAME, TIMED_OUT, Keys
-from .stack import make_app, now
+from .stack import (
+    CANCELLED,
+    FINISH,
+    INTERRUPTED,
+    MODEL,
+    PROGRESS,
+    TASK_NAME,
+    TIMED_OUT,
+    Keys,
+    make_app,
+    now,
+)
 
 REDIS_URL = os.environ.get("CELERY_IMPL_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("CELERY_IMPL_PREFIX", "celery-impl")
@@ -90,7 +105,9 @@ class Run:
 
     async def send_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         if not isinstance(type, str) or not EVENT_TYPE_PATTERN.fullmatch(type):
-            raise ValueError(f"Cannot send event type {type!r}: SPEC allows 1-64 of [A-Za-z0-9._-].")
+            raise ValueError(
+                f"Cannot send event type {type!r}: SPEC allows 1-64 of [A-Za-z0-9._-]."
+            )
         if type in TERMINAL_EVENTS or type == FAREWELL_EVENT:
             raise ValueError(f"Cannot send {type!r}: the implementation sends it itself.")
         if self.ended:
@@ -107,7 +124,9 @@ class Run:
 
     async def write_fields(self, **changes: Any) -> None:
         if changes:
-            store.hset(keys.fields(self.task_id), mapping={k: json.dumps(v) for k, v in changes.items()})
+            store.hset(
+                keys.fields(self.task_id), mapping={k: json.dumps(v) for k, v in changes.items()}
+            )
             self._fields.update(changes)
 
     # The run.
@@ -141,10 +160,14 @@ class Run:
             if not limit.expired():
                 self._fail(exc)  # the behaviour's own timeout: a failure (ASYNC-3)
             elif self._claim():
-                self._end(TIMED_OUT, "timeout", {
-                    "timeout": self.limit,
-                    "message": f"Task timed out after {self.limit} seconds",
-                })
+                self._end(
+                    TIMED_OUT,
+                    "timeout",
+                    {
+                        "timeout": self.limit,
+                        "message": f"Task timed out after {self.limit} seconds",
+                    },
+                )
         except BaseException as exc:  # every failure is Celery's to record (FUNC-9, EDGE-1)
             self._fail(exc)
         else:
@@ -160,8 +183,10 @@ class Run:
 
     def _claim(self) -> bool:
         """Whether the run's own outcome stands; if a stop came first, record that instead."""
-        stop, reason = (v.decode() if isinstance(v, bytes) else v
-                        for v in store.eval(FINISH, 1, keys.task(self.task_id), self.next_id))
+        stop, reason = (
+            v.decode() if isinstance(v, bytes) else v
+            for v in store.eval(FINISH, 1, keys.task(self.task_id), self.next_id)
+        )
         if stop:
             self._stop(stop, reason)
             return False
@@ -184,22 +209,31 @@ class Run:
 
     def _stop(self, stop: str, reason: str) -> None:
         if stop == "cancel":
-            self._end(CANCELLED, "cancelled", {"reason": reason, "message": f"Task was cancelled: {reason}"})
+            self._end(
+                CANCELLED,
+                "cancelled",
+                {"reason": reason, "message": f"Task was cancelled: {reason}"},
+            )
         else:
-            self._end(INTERRUPTED, "interrupted", {
-                "reason": reason, "message": f"Task was interrupted: {reason}"
-            })
+            self._end(
+                INTERRUPTED,
+                "interrupted",
+                {"reason": reason, "message": f"Task was interrupted: {reason}"},
+            )
 
     def _end(self, state: str, type: str, data: Mapping[str, Any]) -> None:
         """Store a stopped run's terminal event in the backend, under a state of the glue's."""
         if self.ended:
             return
         self.ended = True
-        self.celery_task.update_state(task_id=self.celery_id, state=state, meta=self._event(type, data))
+        self.celery_task.update_state(
+            task_id=self.celery_id, state=state, meta=self._event(type, data)
+        )
 
     async def _watch_abort(self, main: asyncio.Task[None]) -> None:
         """AbortableTask's documented loop: ask is_aborted(); on abort, cancel the coroutine."""
-        while not self.celery_task.is_aborted(task_id=self.celery_id):
+        # Polled: AbortableTask offers nothing to wait on, only is_aborted() (its docs' loop).
+        while not self.celery_task.is_aborted(task_id=self.celery_id):  # noqa: ASYNC110
             await asyncio.sleep(ABORT_POLL)
         record = store.hmget(keys.task(self.task_id), "stop", "reason")
         stop, reason = ((v or b"").decode() for v in record)
