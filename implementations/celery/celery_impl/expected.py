@@ -58,8 +58,12 @@ EXPECTED_FAILURES: dict[str, str] = {
         "steadily takes longer than the timeout, and the stream is cut mid-event"
     ),
     # Races.
-    "RACE-19": _LOST_ABORT,
-    "RACE-21": _LOST_ABORT,
+    "RACE-13:seed0": (
+        "suite: the seed has a client that reads a frame before its reset, and "
+        "wire.connect_and_reset counts frames by b'\\n\\n'; sse-starlette ends every line "
+        "with CRLF (its default separator), which SSE allows, so the count stays 0 and the "
+        "client times out after 5 s"
+    ),
     # Shutdown.
     "SHUT-21": (
         "suite: the case looks for `id: 1` only after the `event: shutdown` line, and "
@@ -73,5 +77,7 @@ RACY_FAILURES: dict[str, str] = {
     "RACE-3": _RACE_ABORT,
     "RACE-11": f"{_LOST_ABORT} (the shutdown's interrupt is an abort too)",
     "RACE-16": _RACE_ABORT,
+    "RACE-19": f"{_LOST_ABORT}: the cancel is lost unless it claims the task before the start",
     "RACE-20": f"{_LOST_ABORT} (the shutdown's interrupt is an abort too)",
+    "RACE-21": f"{_LOST_ABORT}: the cancel is lost unless it claims the task before the start",
 }

@@ -181,7 +181,7 @@ class CeleryRuntime(Runtime):
         await self.pubsub.subscribe(f"{self.keys.prefix}:glue:runtime")  # keeps listen() going
         self._listener = asyncio.create_task(self._listen(), name="celery-impl listener")
         # sse-starlette starts a shutdown watcher on the loop at its first stream, which
-        # polls until the server exits and outlives every stream (FINDINGS.md, 3): started
+        # polls until the server exits and outlives every stream (README.md): started
         # with the runtime, it belongs to the runtime, and ends with it.
         from sse_starlette.sse import _ensure_watcher_started_on_this_loop
 
