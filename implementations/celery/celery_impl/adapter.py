@@ -56,6 +56,8 @@ class CeleryImplementation(Implementation):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-impl")
         self.worker: subprocess.Popen[bytes] | None = None
         self._log: str | None = None
+        #: Whether Celery's pools in this process were opened (CeleryRuntime.warm_up).
+        self.warm = False
 
     async def start(self) -> Runtime:
         if self.unavailable:
@@ -67,7 +69,9 @@ class CeleryImplementation(Implementation):
         if self.worker is None or self.worker.poll() is not None:
             import asyncio
 
+            self.warm = False
             await asyncio.get_running_loop().run_in_executor(self.executor, self._start_worker)
+        if not self.warm:
             warm = CeleryRuntime(
                 self.app,
                 self.keys,
@@ -79,6 +83,7 @@ class CeleryImplementation(Implementation):
             await warm.open()
             await warm.warm_up()
             await warm.shutdown(0)
+            self.warm = True
         runtime = CeleryRuntime(
             self.app, self.keys, self.redis_url, self.executor, self.client_queue_size, CANCEL_GRACE
         )
@@ -94,7 +99,8 @@ class CeleryImplementation(Implementation):
             os.close(handle)
         with open(self._log, "ab") as log:
             self.worker = self._popen(log)
-        with redis.Redis.from_url(self.redis_url) as client:
+        # redis-py's socket timeout would end the wait before BLPOP's own does.
+        with redis.Redis.from_url(self.redis_url, socket_timeout=WORKER_START + 5) as client:
             if client.blpop([self.keys.ready], timeout=WORKER_START) is None:
                 self.worker.kill()
                 self.worker.wait()
