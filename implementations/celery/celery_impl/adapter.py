@@ -137,6 +137,7 @@ class CeleryImplementation(Implementation):
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
 
     def worker_log(self) -> str:
@@ -161,22 +162,32 @@ class CeleryImplementation(Implementation):
     def close(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
             # Celery's warm shutdown waits for running tasks, and a task that swallows its
-            # cancellation never ends: a second signal is its cold shutdown.
+            # cancellation never ends (nor does a thread pool's cold shutdown): killed after
+            # a short wait, before pytest-xdist's teardown gives up on this process.
             self.worker.send_signal(signal.SIGTERM)
             try:
-                self.worker.wait(5)
+                self.worker.wait(3)
             except subprocess.TimeoutExpired:
-                self.worker.send_signal(signal.SIGQUIT)
-                try:
-                    self.worker.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.worker.kill()
-                    self.worker.wait()
+                self.worker.kill()
+                self.worker.wait()
         if self._log is not None:
             Path(self._log).unlink(missing_ok=True)
         self.executor.shutdown(wait=False)
         if not self.unavailable:
             _forget_keys(self.redis_url, self.prefix)
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: on Linux, SIGKILL when the session's process dies.
+
+    A session that crashes (a pytest-xdist worker lost) never reaches close(), and its
+    Celery worker would run on, consuming a queue nobody feeds.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _unreachable(url: str) -> str:
