@@ -50,19 +50,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "library: sse-starlette's send_timeout (2 s here) did not close the stream of a client "
         "that stopped reading within the case's 7 s; its other clients received every event"
     ),
-    # Races.
-    "RACE-13:seed0": (
-        "suite: the seed has a client that reads a frame before its reset, and "
-        "wire.connect_and_reset counts frames by b'\\n\\n'; sse-starlette ends every line "
-        "with CRLF (its default separator), which SSE allows, so the count stays 0 and the "
-        "client times out after 5 s"
-    ),
-    # Shutdown.
-    "SHUT-21": (
-        "suite: the case looks for `id: 1` only after the `event: shutdown` line, and "
-        "sse-starlette writes `id:` first in every frame (`id: 1`, `event: shutdown`, `data:`, "
-        "`retry:`); SSE fixes no order of a frame's fields, and the farewell carries `id: 1`"
-    ),
 }
 
 #: Lost in some interleavings, won in others: graded xfail whether they fail or not.
