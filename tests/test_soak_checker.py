@@ -300,7 +300,9 @@ def test_saved_history_when_read_back_then_judged_the_same(tmp_path: Path) -> No
     path = tmp_path / "history.jsonl"
     with History(path) as history:
         for record in _sound():
-            history.write(**{k: v for k, v in record.items() if k != "line"})
+            history.write(
+                record["kind"], **{k: v for k, v in record.items() if k not in ("kind", "line")}
+            )
     assert checker.check(read_history(path)).ok
     first = json.loads(path.read_text().splitlines()[0])
     assert first["kind"] == "meta"

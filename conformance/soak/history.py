@@ -70,7 +70,7 @@ class History:
         """Seconds since the history began."""
         return round(time.monotonic() - self._began, 4)
 
-    def write(self, kind: str, **fields: Any) -> Record:
+    def write(self, kind: str, /, **fields: Any) -> Record:
         """Append one record of ``kind``; return it."""
         t = fields.pop("t") if "t" in fields else self.now()
         record: Record = {"kind": kind, "t": t, **fields}
