@@ -163,6 +163,32 @@ async def test_interrupted_task_when_retried_then_it_runs_again_as_a_new_attempt
 
 
 @pytest.mark.case("EDGE-4")
+@pytest.mark.requires(Capability.RETRY, Capability.RESUME)
+async def test_client_resuming_in_an_earlier_run_when_next_runs_then_stream_ends_at_its_end(
+    runtime: Runtime, client: Client
+) -> None:
+    # Found by the soak (issue 27): a client that resumed with an id of a run
+    # lost with its worker, while the retried run streamed, was sent that
+    # run's terminal event and then the next run's events on the same
+    # stream: two terminal events on one stream (FUNC-2).
+    ref = await runtime.create_task(behaviours.fail_when_released, {"release": 1})
+    first_run = await client.subscribe(ref)
+    assert await runtime.start_task(ref)
+    ended = await first_run.until()
+    assert [e.type for e in ended] == ["start", "error"], first_run.trace()
+    await status_is(runtime, ref, TaskStatus.FAILED)
+    assert await runtime.retry_task(ref)
+    second_run = await client.subscribe(ref)
+    await second_run.until("start")
+
+    resumed = await client.subscribe(ref, last_event_id=ended[0].id)
+    assert [e.type for e in await resumed.until()] == ["error"], resumed.trace()
+    await resumed.expect_end()
+    await runtime.write_fields(ref, release=2)
+    await second_run.until()
+
+
+@pytest.mark.case("EDGE-4")
 @pytest.mark.requires(Capability.RETRY)
 async def test_ready_running_or_successful_task_when_retried_then_false_and_unchanged(
     runtime: Runtime, client: Client
