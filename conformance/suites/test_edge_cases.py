@@ -25,7 +25,7 @@ from conformance.clients import Client, HttpClient, http_client, request
 from conformance.contract import Capability, Implementation, Runtime, TaskStatus
 from conformance.servers import Spawn, health_is, run_on_killed_server
 from conformance.tasks import finish_as, interrupted_task, terminal_id, watch_then_leave
-from conformance.waiting import MARGIN, WaitTimeout, eventually, readable, status_is
+from conformance.waiting import MARGIN, WaitTimeout, eventually, finished, readable, status_is
 
 pytestmark = pytest.mark.asyncio
 
@@ -311,6 +311,37 @@ async def test_client_when_task_is_interrupted_then_gets_interrupted_at_once_and
         value = event.data.get(key)
         assert isinstance(value, str) and value.strip(), f"no {key}:\n{stream.trace()}"
     await stream.expect_end()
+
+
+@pytest.mark.case("EDGE-9")
+@pytest.mark.requires(
+    Capability.PROCESS,
+    Capability.HTTP,
+    Capability.PERSISTENCE,
+    Capability.RECOVERY,
+    Capability.CANCEL,
+)
+async def test_run_cancelled_on_its_server_when_server_dies_before_it_stops_then_cancelled(
+    runtime: Runtime, spawn_server: Spawn, impl: Implementation
+) -> None:
+    # Found by the soak (issue 27): a cancel its own worker answered true,
+    # then the run lost before it stopped (here its process killed while the
+    # task ignores the cancel) was recorded INTERRUPTED and run again: true
+    # means the task ends CANCELLED, whoever finds the run lost.
+    ref = await runtime.create_task(behaviours.swallow_always, max_attempts=2)
+    server = await spawn_server()
+    await server.start_task(ref)
+    await status_is(runtime, ref, TaskStatus.RUNNING)
+    answer = await server.request(
+        "POST", f"/tasks/{ref.model}/{ref.id}/cancel", json={"reason": "then lost"}
+    )
+    assert answer.json()["cancelled"] is True, answer.text
+    server.send_signal(signal.SIGKILL)
+    await server.wait_exit(10)
+
+    deadline = impl.timings.orphan_timeout + MARGIN
+    state = await finished(runtime, ref, timeout=deadline)
+    assert (state.status, state.attempt) == (TaskStatus.CANCELLED, 1), state
 
 
 @pytest.mark.case("EDGE-9")

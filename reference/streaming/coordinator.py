@@ -466,6 +466,9 @@ class Coordinator:
         for _ in range(_CANCEL_READS):
             run = self._runs.get(key)
             if run is not None:
+                if run.cancel_reason is not None or run.finished:
+                    return False
+                await self._promise_cancel(model, run, reason)
                 return self._cancel_run(run, reason)
             row = await db.run(
                 lambda: (
@@ -526,6 +529,26 @@ class Coordinator:
             return False
         await self.bus.request_cancel(owner, key, reason)
         return True
+
+    async def _promise_cancel(self, model: type[StreamTask], run: Run, reason: str) -> None:
+        """Leave the cancel of a run of ours in its row first, as a cancel from elsewhere does.
+
+        Should the run be lost before it records its outcome (its lease lapsing
+        in a database outage, its process killed while the task ignores the
+        cancel), the keeper that finds it then records CANCELLED, not
+        INTERRUPTED, and runs it no more: true means CANCELLED. While the
+        database is away this raises DatabaseUnavailable (503) and nothing is
+        cancelled: a promise that cannot be kept is not made. Found by the
+        soak (issue 27).
+        """
+        await db.run(
+            lambda: model._default_manager.filter(
+                pk=run.task.pk,
+                attempt=run.attempt,
+                status=TaskStatus.RUNNING,
+                cancel_requested__isnull=True,
+            ).aupdate(cancel_requested=reason)
+        )
 
     def cancel_asked(self, key: str, reason: str) -> None:
         """Another worker asks us to cancel a run of ours (the bus and the keeper call this)."""
