@@ -50,6 +50,8 @@ DRAIN = 90.0
 MEMORY_PERIOD = 2.0
 #: Tasks running at once, at most: two cores shared with other work.
 MAX_ACTIVE = 16
+#: Seconds a read of a task's state may take before it counts as failed.
+STATE_TIMEOUT = 10.0
 #: Statuses a task may be retried from (EDGE-4).
 RETRYABLE = frozenset({"FAILED", "CANCELLED", "TIMED_OUT", "INTERRUPTED"})
 #: Events whose data the history keeps: the ids they name.
@@ -381,7 +383,8 @@ class Soak:
         assert self.runtime is not None
         t0 = self.history.now()
         try:
-            state = await self.runtime.get_state(ref)
+            async with asyncio.timeout(STATE_TIMEOUT):
+                state = await self.runtime.get_state(ref)
         except Exception as exc:
             self.history.write("error", op="state", task=_name(ref), error=repr(exc)[:300])
             return None
@@ -427,7 +430,14 @@ class Soak:
         done = False
         while not done and time.monotonic() < self._deadline:
             conn += 1
-            done = await self._connection(ref, plan, client, conn, chain)
+            where = {"client": client, "conn": conn, "task": _name(ref)}
+            try:
+                # A stream may never end (a run nobody finds lost): the run's deadline ends it.
+                async with asyncio.timeout(self._deadline - time.monotonic()):
+                    done = await self._connection(ref, plan, client, conn, chain)
+            except TimeoutError:
+                self.history.write("close", **where, how="deadline")
+                break
             if not done:
                 await asyncio.sleep(
                     self._rng.uniform(0.3, 1.0) if not chain.left_once else plan.pause
