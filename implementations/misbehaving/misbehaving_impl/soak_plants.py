@@ -11,12 +11,13 @@ None is a flag in the reference's own code.
 - ``off-by-one``: a resume with ``Last-Event-ID: N`` starts at ``N``, not after it.
 - ``boasts``: a cancel of a run it holds answers true and stops nothing.
 - ``premature``: a run's terminal event goes out before its outcome is
-  written, and stays, whatever storage then records.
+  written (behind, a while later), and stays, whatever storage then records.
 - ``clings``: a lease lasts a day: a run lost with its process is never found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -80,7 +81,11 @@ def _premature() -> None:
         model, pk = type(run.task), run.task.pk
         event = run.event(outcome.event_type, outcome.data)
         await self.publish(run.key, event, final=True)  # told first...
-        try:  # ...written after, and whatever storage then says, told nothing more
+        # ...written behind, a while later (a queue, a batch), and whatever
+        # storage then says, nobody is told: meanwhile the run's lease, no
+        # longer renewed for a finished run, lapses and a keeper records it.
+        await asyncio.sleep(2 * self.config.lease)
+        try:
             await db.run_until_available(
                 lambda: endings.write(model, pk, outcome, event, fence=run.attempt),
                 what=f"{run.key}: recording {outcome.status}",
