@@ -162,6 +162,21 @@ def test_subscriber_when_ids_jump_then_a_reset_says_which_were_skipped() -> None
     assert subscriber.last_id == 5  # the last real event, not the reset
 
 
+def test_subscriber_when_older_events_come_after_newer_then_they_are_dropped() -> None:
+    # Found by the soak (issue 27): a client resuming on another worker with
+    # Last-Event-ID 5 was sent 6 and 7, then that worker's reader of Redis
+    # seeded the topic from the stream's start, and the client was sent a
+    # stream-reset and events 1, 2, 3 again (MULTI-4). Ids only rise on a stream.
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open(KEY)
+    subscriber = hub.subscribe(KEY, after=5)
+    for number in (6, 7, 1, 2, 7, 8):
+        hub.publish(KEY, _event(number))
+    assert _ids(subscriber.take()) == [("tick", 6), ("tick", 7), ("tick", 8)]
+
+
 def test_subscriber_when_control_events_come_then_they_leave_the_numbering_alone() -> None:
     from streaming.hub import Hub
 
