@@ -423,7 +423,9 @@ class Hub:
         """
         subscriber = Subscriber(self, key, self.queue_size)
         closed = self._closed.get(key)
-        if closed is not None:
+        # A resume past the ending kept is of a later run (retried, running
+        # elsewhere): it waits for that run, not on the earlier one's end.
+        if closed is not None and (after is None or closed[-1].event.id > after):
             self._seed(subscriber, closed, after)
             subscriber._done = True  # nothing follows what was seeded
             return subscriber

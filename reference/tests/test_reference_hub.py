@@ -313,6 +313,23 @@ async def test_subscriber_when_final_read_then_iteration_ends_after_it() -> None
 # -- Hub: topics ----------------------------------------------------------------------------
 
 
+def test_hub_when_a_resume_is_past_the_ending_it_kept_then_it_waits_for_the_later_run() -> None:
+    # Found by the soak (issue 27): a worker that kept a task's first run's
+    # ending (id 2) answered a resume after id 68, of the retried run whose
+    # worker had just been killed, with a stream that ended at once, empty,
+    # again and again, instead of waiting for that run's end.
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open(KEY)
+    hub.publish(KEY, _event(1))
+    hub.publish(KEY, _event(2, type="complete"), final=True)
+    subscriber = hub.subscribe(KEY, after=68)
+    assert not subscriber.ended
+    hub.publish(KEY, _event(69, type="interrupted"), final=True)
+    assert _ids(subscriber.take()) == [("interrupted", 69)]
+
+
 def test_hub_when_a_run_publishes_then_topic_lives_until_final_and_ending_is_remembered() -> None:
     from streaming.hub import Hub
 
