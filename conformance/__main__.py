@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conformance import bench, cases, doctor, report
+from conformance import bench, cases, doctor, report, soak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     doctor_parser = commands.add_parser("doctor", help=doctor.DESCRIPTION)
     doctor.add_arguments(doctor_parser)
     doctor_parser.set_defaults(handler=doctor.run)
+    soak_parser = commands.add_parser("soak", help=soak.DESCRIPTION)
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(handler=soak.run)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -22,7 +22,14 @@ import pytest
 from conformance import behaviours, hygiene
 from conformance.checks import ended, listed_errors, names_limit, ran_for, terminals
 from conformance.clients import Client, InProcessClient, raw_subscription
-from conformance.contract import Capability, Runtime, TaskRef, TaskStatus, UnknownTask
+from conformance.contract import (
+    Capability,
+    Implementation,
+    Runtime,
+    TaskRef,
+    TaskStatus,
+    UnknownTask,
+)
 from conformance.eventloop import (
     SLOW_CALLBACK,
     SlowCallbacks,
@@ -31,7 +38,7 @@ from conformance.eventloop import (
     pending_since,
 )
 from conformance.tasks import run_watched
-from conformance.waiting import eventually, finished, status_is, stored, suspended
+from conformance.waiting import MARGIN, eventually, finished, status_is, stored, suspended
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,6 +69,23 @@ async def test_task_when_it_runs_past_its_timeout_then_one_timeout_event_and_tim
     )
     state = await status_is(runtime, ref, TaskStatus.TIMED_OUT)
     assert ran_for(state) >= SHORT, f"stopped before its timeout of {SHORT}s: {state}"
+
+
+@pytest.mark.case("ASYNC-1")
+@pytest.mark.requires(Capability.TIMEOUTS, Capability.CANCEL)
+async def test_task_swallowing_its_timeouts_cancellation_when_past_it_then_stopped_timed_out(
+    runtime: Runtime, client: Client, impl: Implementation
+) -> None:
+    # Found by the soak (issue 27): a task that swallowed the cancellation its
+    # timeout sent ran on for good, RUNNING long past its limit. A swallowed
+    # cancel is stopped after the grace (CANCEL-9); so must a swallowed timeout.
+    ref = await runtime.create_task(behaviours.swallow_once, timeout=SHORT)
+    stream = await client.subscribe(ref)
+    await runtime.start_task(ref)
+    deadline = SHORT + impl.timings.cancel_grace + MARGIN
+    events = await stream.until(timeout=deadline)
+    assert [e.type for e in events] == ["start", "timeout"], stream.trace()
+    await status_is(runtime, ref, TaskStatus.TIMED_OUT)
 
 
 @pytest.mark.case("ASYNC-2")

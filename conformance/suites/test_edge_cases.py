@@ -25,7 +25,7 @@ from conformance.clients import Client, HttpClient, http_client, request
 from conformance.contract import Capability, Implementation, Runtime, TaskStatus
 from conformance.servers import Spawn, health_is, run_on_killed_server
 from conformance.tasks import finish_as, interrupted_task, terminal_id, watch_then_leave
-from conformance.waiting import MARGIN, WaitTimeout, eventually, readable, status_is
+from conformance.waiting import MARGIN, WaitTimeout, eventually, finished, readable, status_is
 from conformance.wire import event_types
 
 pytestmark = pytest.mark.asyncio
@@ -164,6 +164,32 @@ async def test_interrupted_task_when_retried_then_it_runs_again_as_a_new_attempt
 
 
 @pytest.mark.case("EDGE-4")
+@pytest.mark.requires(Capability.RETRY, Capability.RESUME)
+async def test_client_resuming_in_an_earlier_run_when_next_runs_then_stream_ends_at_its_end(
+    runtime: Runtime, client: Client
+) -> None:
+    # Found by the soak (issue 27): a client that resumed with an id of a run
+    # lost with its worker, while the retried run streamed, was sent that
+    # run's terminal event and then the next run's events on the same
+    # stream: two terminal events on one stream (FUNC-2).
+    ref = await runtime.create_task(behaviours.fail_when_released, {"release": 1})
+    first_run = await client.subscribe(ref)
+    assert await runtime.start_task(ref)
+    ended = await first_run.until()
+    assert [e.type for e in ended] == ["start", "error"], first_run.trace()
+    await status_is(runtime, ref, TaskStatus.FAILED)
+    assert await runtime.retry_task(ref)
+    second_run = await client.subscribe(ref)
+    await second_run.until("start")
+
+    resumed = await client.subscribe(ref, last_event_id=ended[0].id)
+    assert [e.type for e in await resumed.until()] == ["error"], resumed.trace()
+    await resumed.expect_end()
+    await runtime.write_fields(ref, release=2)
+    await second_run.until()
+
+
+@pytest.mark.case("EDGE-4")
 @pytest.mark.requires(Capability.RETRY)
 async def test_ready_running_or_successful_task_when_retried_then_false_and_unchanged(
     runtime: Runtime, client: Client
@@ -286,6 +312,37 @@ async def test_client_when_task_is_interrupted_then_gets_interrupted_at_once_and
         value = event.data.get(key)
         assert isinstance(value, str) and value.strip(), f"no {key}:\n{stream.trace()}"
     await stream.expect_end()
+
+
+@pytest.mark.case("EDGE-9")
+@pytest.mark.requires(
+    Capability.PROCESS,
+    Capability.HTTP,
+    Capability.PERSISTENCE,
+    Capability.RECOVERY,
+    Capability.CANCEL,
+)
+async def test_run_cancelled_on_its_server_when_server_dies_before_it_stops_then_cancelled(
+    runtime: Runtime, spawn_server: Spawn, impl: Implementation
+) -> None:
+    # Found by the soak (issue 27): a cancel its own worker answered true,
+    # then the run lost before it stopped (here its process killed while the
+    # task ignores the cancel) was recorded INTERRUPTED and run again: true
+    # means the task ends CANCELLED, whoever finds the run lost.
+    ref = await runtime.create_task(behaviours.swallow_always, max_attempts=2)
+    server = await spawn_server()
+    await server.start_task(ref)
+    await status_is(runtime, ref, TaskStatus.RUNNING)
+    answer = await server.request(
+        "POST", f"/tasks/{ref.model}/{ref.id}/cancel", json={"reason": "then lost"}
+    )
+    assert answer.json()["cancelled"] is True, answer.text
+    server.send_signal(signal.SIGKILL)
+    await server.wait_exit(10)
+
+    deadline = impl.timings.orphan_timeout + MARGIN
+    state = await finished(runtime, ref, timeout=deadline)
+    assert (state.status, state.attempt) == (TaskStatus.CANCELLED, 1), state
 
 
 @pytest.mark.case("EDGE-9")

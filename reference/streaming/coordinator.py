@@ -306,8 +306,13 @@ class Coordinator:
         # Set here too: under an eager task factory this body runs inside
         # create_task(), before start_task() could assign it.
         run.supervisor = supervisor = asyncio.current_task()
+        overrun = None
         try:
             scope = asyncio.timeout(run.timeout)
+            if run.timeout is not None and supervisor is not None:
+                overrun = asyncio.get_running_loop().call_later(
+                    run.timeout + self.config.cancel_grace, self._overran, run, supervisor, scope
+                )
             try:
                 async with scope:
                     result = await run.task.process()
@@ -328,7 +333,28 @@ class Coordinator:
                     outcome = outcomes.completed(result)
             await self._finish(run, outcome)
         finally:
+            if overrun is not None:
+                overrun.cancel()
             self._release(run)
+
+    def _overran(self, run: Run, supervisor: asyncio.Task[None], scope: asyncio.Timeout) -> None:
+        """The task ignored its timeout's cancellation for the whole grace: record it timed out.
+
+        As :meth:`_give_up` does for a cancel (CANCEL-9): found by the soak
+        (issue 27), a task that swallowed it ran on, RUNNING, for good.
+        """
+        if supervisor.done() or run.finished or run.cancel_reason is not None:
+            return  # ended, or a cancel's own grace is running
+        if not scope.expired():
+            return
+        assert run.timeout is not None
+        grace = self.config.cancel_grace
+        logger.error("%s ignored its timeout for %ss; recording it as timed out", run.key, grace)
+        outcome = outcomes.timed_out(run.timeout).noting(
+            f" (did not stop within {grace:g}s)", forced=True
+        )
+        self.spawn(self._finish(run, outcome), f"streaming:overran:{run.key}")
+        supervisor.cancel()
 
     def _release(self, run: Run) -> None:
         """Forget a run whose supervisor has ended; record it if it never could.
@@ -466,6 +492,9 @@ class Coordinator:
         for _ in range(_CANCEL_READS):
             run = self._runs.get(key)
             if run is not None:
+                if run.cancel_reason is not None or run.finished:
+                    return False
+                await self._promise_cancel(model, run, reason)
                 return self._cancel_run(run, reason)
             row = await db.run(
                 lambda: (
@@ -526,6 +555,26 @@ class Coordinator:
             return False
         await self.bus.request_cancel(owner, key, reason)
         return True
+
+    async def _promise_cancel(self, model: type[StreamTask], run: Run, reason: str) -> None:
+        """Leave the cancel of a run of ours in its row first, as a cancel from elsewhere does.
+
+        Should the run be lost before it records its outcome (its lease lapsing
+        in a database outage, its process killed while the task ignores the
+        cancel), the keeper that finds it then records CANCELLED, not
+        INTERRUPTED, and runs it no more: true means CANCELLED. While the
+        database is away this raises DatabaseUnavailable (503) and nothing is
+        cancelled: a promise that cannot be kept is not made. Found by the
+        soak (issue 27).
+        """
+        await db.run(
+            lambda: model._default_manager.filter(
+                pk=run.task.pk,
+                attempt=run.attempt,
+                status=TaskStatus.RUNNING,
+                cancel_requested__isnull=True,
+            ).aupdate(cancel_requested=reason)
+        )
 
     def cancel_asked(self, key: str, reason: str) -> None:
         """Another worker asks us to cancel a run of ours (the bus and the keeper call this)."""

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .events import CONTROL_TYPES, OVERFLOW, STREAM_RESET, Event, now_iso
+from .events import CONTROL_TYPES, OVERFLOW, STREAM_RESET, TERMINAL_TYPES, Event, now_iso
 
 _META = ("_task_id", "_model", "_timestamp")
 
@@ -140,6 +140,7 @@ class Subscriber:
 
     __slots__ = (
         "_done",
+        "_ended_run",
         "_hub",
         "_queue",
         "_waiter",
@@ -158,6 +159,8 @@ class Subscriber:
         self._waiter: asyncio.Future[None] | None = None
         #: No more messages will be queued (final message queued, or closed).
         self._done = False
+        #: A run's terminal event is queued: the stream ends with it (FUNC-2).
+        self._ended_run = False
         self.overflowed = False
         #: Id of the last event handed out, for resuming after an overflow.
         self.last_id: int | None = None
@@ -174,13 +177,26 @@ class Subscriber:
             self._overflow()
             return
         self._enqueue(message)
-        if message.final:
+        if message.final or self._ended_run:
             self._done = True
             self._hub._detach(self)
         self._wake()
 
     def _enqueue(self, message: Message) -> None:
         event = message.event
+        if self._ended_run:
+            # A resume can span runs (the last one's end, then the retried
+            # run's events): the stream ends at the first end, as a live one
+            # does. Found by the soak (issue 27).
+            return
+        if event.type not in CONTROL_TYPES and self.queued_id is not None:
+            if event.id <= self.queued_id:
+                # Ids only rise on a stream: an older event (a reader of the
+                # bus seeding the topic from the start, after a resume had
+                # been served) was sent already or skipped. Found by the soak.
+                return
+        if event.type in TERMINAL_TYPES:
+            self._ended_run = self._done = True
         if event.type not in CONTROL_TYPES:
             if self.queued_id is not None and event.id != self.queued_id + 1:
                 self._queue.append(self._reset(self.queued_id, event.id))
@@ -220,8 +236,11 @@ class Subscriber:
         ]
         self._queue.clear()
         self.queued_id = after
+        self._ended_run = False
         for message in (*older, *queued):
             self._enqueue(message)
+        if self._ended_run:
+            self._hub._detach(self)
         self._wake()
 
     def _overflow(self) -> None:
@@ -404,13 +423,18 @@ class Hub:
         """
         subscriber = Subscriber(self, key, self.queue_size)
         closed = self._closed.get(key)
-        if closed is not None:
+        # A resume past the ending kept is of a later run (retried, running
+        # elsewhere): it waits for that run, not on the earlier one's end.
+        if closed is not None and (after is None or closed[-1].event.id > after):
             self._seed(subscriber, closed, after)
             subscriber._done = True  # nothing follows what was seeded
             return subscriber
         topic = self._topic(key)
         self._seed(subscriber, topic.history.messages, after)
-        topic.subscribers.add(subscriber)
+        if subscriber.ended:  # its seed held an earlier run's end
+            self._drop_if_idle(topic)
+        else:
+            topic.subscribers.add(subscriber)
         return subscriber
 
     def subscribe_finished(self, key: str, final: Event, *, after: int | None = None) -> Subscriber:

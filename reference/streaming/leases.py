@@ -243,8 +243,13 @@ class Keeper:
             outcome = outcomes.interrupted(f"lost with its process ({owner}): its lease expired")
         pk = row["pk"]
         event = endings.final_event(model.__name__, pk, outcome, row["event_id_ceiling"] + 1)
+        # Only as read: a cancel that landed since (answered true) must end it
+        # CANCELLED, at the next look. Found by the soak (issue 27).
+        where = EXPIRED & Q(cancel_requested=row["cancel_requested"])
+        if row["cancel_requested"] is None:
+            where = EXPIRED & Q(cancel_requested__isnull=True)
         recorded = await db.run(
-            lambda: endings.write(model, pk, outcome, event, fence=row["attempt"], where=EXPIRED)
+            lambda: endings.write(model, pk, outcome, event, fence=row["attempt"], where=where)
         )
         if recorded:
             key = TaskKey(model.__name__, pk)

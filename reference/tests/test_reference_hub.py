@@ -162,6 +162,21 @@ def test_subscriber_when_ids_jump_then_a_reset_says_which_were_skipped() -> None
     assert subscriber.last_id == 5  # the last real event, not the reset
 
 
+def test_subscriber_when_older_events_come_after_newer_then_they_are_dropped() -> None:
+    # Found by the soak (issue 27): a client resuming on another worker with
+    # Last-Event-ID 5 was sent 6 and 7, then that worker's reader of Redis
+    # seeded the topic from the stream's start, and the client was sent a
+    # stream-reset and events 1, 2, 3 again (MULTI-4). Ids only rise on a stream.
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open(KEY)
+    subscriber = hub.subscribe(KEY, after=5)
+    for number in (6, 7, 1, 2, 7, 8):
+        hub.publish(KEY, _event(number))
+    assert _ids(subscriber.take()) == [("tick", 6), ("tick", 7), ("tick", 8)]
+
+
 def test_subscriber_when_control_events_come_then_they_leave_the_numbering_alone() -> None:
     from streaming.hub import Hub
 
@@ -296,6 +311,23 @@ async def test_subscriber_when_final_read_then_iteration_ends_after_it() -> None
 
 
 # -- Hub: topics ----------------------------------------------------------------------------
+
+
+def test_hub_when_a_resume_is_past_the_ending_it_kept_then_it_waits_for_the_later_run() -> None:
+    # Found by the soak (issue 27): a worker that kept a task's first run's
+    # ending (id 2) answered a resume after id 68, of the retried run whose
+    # worker had just been killed, with a stream that ended at once, empty,
+    # again and again, instead of waiting for that run's end.
+    from streaming.hub import Hub
+
+    hub = Hub()
+    hub.open(KEY)
+    hub.publish(KEY, _event(1))
+    hub.publish(KEY, _event(2, type="complete"), final=True)
+    subscriber = hub.subscribe(KEY, after=68)
+    assert not subscriber.ended
+    hub.publish(KEY, _event(69, type="interrupted"), final=True)
+    assert _ids(subscriber.take()) == [("interrupted", 69)]
 
 
 def test_hub_when_a_run_publishes_then_topic_lives_until_final_and_ending_is_remembered() -> None:

@@ -184,6 +184,30 @@ async def test_expired_lease_when_keeper_recovers_it_then_client_stream_ends_on_
     assert row.completed_at is not None and before <= row.completed_at <= datetime.now(UTC)
 
 
+async def test_lost_run_when_a_cancel_lands_after_the_keeper_read_it_then_cancelled(
+    here,
+) -> None:
+    # Found by the soak (issue 27): a worker killed, a cancel to the other
+    # worker answered true (the request left in the row) just after a keeper
+    # had read the lost run's row, and that keeper recorded INTERRUPTED from
+    # what it had read, then ran it again. True means CANCELLED.
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    dead = await BehaviourTask.objects.acreate(
+        **_running_elsewhere(
+            owner="elsewhere:1:dead", lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)
+        )
+    )
+    read = {"pk": dead.pk, "attempt": 1, "owner": dead.owner, "event_id_ceiling": 1000}
+    await BehaviourTask.objects.filter(pk=dead.pk).aupdate(cancel_requested="raced the keeper")
+    await here.keeper._interrupt(BehaviourTask, {**read, "cancel_requested": None})
+    await here.keeper.recover_lost()
+    row = await BehaviourTask.objects.aget(pk=dead.pk)
+    assert row.status == TaskStatus.CANCELLED, row.error
+    assert "raced the keeper" in row.error
+
+
 # -- 3. interrupted runs with attempts left ------------------------------------------------
 
 

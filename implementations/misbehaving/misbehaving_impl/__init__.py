@@ -21,6 +21,10 @@ checks the grade the plugin gives and that the run goes on to the next case:
 The last two are the teeth of the memory cases: each is a bug the cheap
 bounds of EDGE-20 and PERF-4, derived from what the implementation declares,
 must still catch.
+
+The teeth of the soak (``python -m conformance soak``): ``misbehaving-doubles``,
+``-forgets``, ``-off-by-one``, ``-boasts``, ``-premature`` and ``-clings``, each
+the reference with one bug of :mod:`.soak_plants` planted in every process.
 """
 
 from __future__ import annotations
@@ -33,7 +37,20 @@ from typing import Any
 from conformance.contract import Event, Runtime, ServerSpec, Subscription, TaskRef
 from streaming.adapter import ReferenceImplementation, ReferenceRuntime
 
-__all__ = ["Bloats", "Crashes", "Garbles", "Hangs", "Hoards", "Leaks"]
+__all__ = [
+    "Bloats",
+    "Boasts",
+    "Clings",
+    "Crashes",
+    "Doubles",
+    "Forgets",
+    "Garbles",
+    "Hangs",
+    "Hoards",
+    "Leaks",
+    "OffByOne",
+    "Premature",
+]
 
 
 class Hangs(ReferenceImplementation):
@@ -159,3 +176,52 @@ class Bloats(ReferenceImplementation):
         django_argv = spec.argv[spec.argv.index("django") + 1 :]
         argv = [sys.executable, "-m", "misbehaving_impl.bloating_server", *django_argv]
         return replace(spec, argv=argv)
+
+
+class _Planted(ReferenceImplementation):
+    """The reference with the soak plant ``planted`` in its runtimes and its servers."""
+
+    planted = ""
+
+    async def start(self) -> Runtime:
+        from .soak_plants import plant
+
+        runtime = await super().start()  # Django is set up: the plant can import the reference
+        plant(self.planted)
+        return runtime
+
+    def server_command(self, host: str, port: int, *, grace: float = 5.0) -> ServerSpec:
+        spec = super().server_command(host, port, grace=grace)
+        django_argv = spec.argv[spec.argv.index("django") + 1 :]
+        argv = [sys.executable, "-m", "misbehaving_impl.soak_plants", self.planted, *django_argv]
+        return replace(spec, argv=argv)
+
+
+class Doubles(_Planted):
+    name = "misbehaving-doubles"
+    planted = "doubles"
+
+
+class Forgets(_Planted):
+    name = "misbehaving-forgets"
+    planted = "forgets"
+
+
+class OffByOne(_Planted):
+    name = "misbehaving-off-by-one"
+    planted = "off-by-one"
+
+
+class Boasts(_Planted):
+    name = "misbehaving-boasts"
+    planted = "boasts"
+
+
+class Premature(_Planted):
+    name = "misbehaving-premature"
+    planted = "premature"
+
+
+class Clings(_Planted):
+    name = "misbehaving-clings"
+    planted = "clings"
