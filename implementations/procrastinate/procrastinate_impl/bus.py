@@ -75,6 +75,14 @@ class Client(Subscription):
         self.received = event.id
         return event
 
+    def take_queued(self) -> list[Event]:
+        """The events already queued, taken at once (an HTTP stream writes them together)."""
+        events = list(self.queue)
+        self.queue.clear()
+        if events:
+            self.received = events[-1].id
+        return events
+
     async def aclose(self) -> None:
         self.queue.clear()
         self.close()
@@ -178,23 +186,55 @@ class Bus:
             for number, type, data, timestamp in await cursor.fetchall()
         ]
 
-    async def subscribe(self, pk: int, limit: int) -> Client:
-        """Register a client, then give it the latest event: nothing is missed between."""
+    async def subscribe(self, pk: int, limit: int, last_event_id: int | None = None) -> Client:
+        """Register a client, then give it where it starts: nothing is missed between.
+
+        Without ``last_event_id``, the latest event of the current run (of
+        the last run, once the task has ended); with it, every stored event
+        after it. A client resumed at or past a finished task's last event
+        ends at once, with none.
+        """
         client = Client(self, pk, limit)
         async with self._lock:
             new = pk not in self.topics
             topic = self.topics.setdefault(pk, Topic())
             topic.clients.add(client)
-            latest = await self._read(pk)
-            if latest:
-                client.push(latest[0])
-                if new:  # a topic's older clients may not have had up to the latest yet
-                    topic.read = latest[0].id
+            status, last, run_from = await self._task(pk)
+            if last_event_id is None:
+                latest = await self._read(pk)
+                if latest and (status != "RUNNING" or latest[0].id > run_from):
+                    client.push(latest[0])
+                else:  # an earlier run's end is not this run's news
+                    client.seen = max(client.seen, latest[0].id if latest else 0)
+            elif status not in ("READY", "RUNNING") and last_event_id >= last:
+                client.close()  # nothing after its terminal event will ever come
+                return client
+            else:
+                client.seen = last_event_id
+                # The stored backlog is the client's to read at its pace: not
+                # counted against its queue's bound, which is for live events.
+                backlog = await self._read(pk, after=last_event_id)
+                client.queue.extend(backlog)
+                client.seen = max([last_event_id, *(e.id for e in backlog)])
+                if any(e.type in TERMINAL_EVENTS for e in backlog[-1:]):
+                    client.close()
+            if new:  # a topic's older clients may not have had up to the latest yet
+                topic.read = last
         # Anything sent after the latest reaches it through a notification; if
         # one came while we read, its topic is dirty and the pump catches up.
         topic.dirty = True
         self._wake.set()
         return client
+
+    async def _task(self, pk: int) -> tuple[str, int, int]:
+        """The task's status, its last event id, and where its current run began."""
+        assert self._fetch is not None
+        cursor = await self._fetch.execute(
+            "SELECT status, last_event_id, run_from FROM procrastinate_impl_task WHERE id = %s",
+            (pk,),
+        )
+        row = await cursor.fetchone()
+        return row if row is not None else ("READY", 0, 0)
 
     def leave(self, client: Client) -> None:
         topic = self.topics.get(client.pk)
