@@ -76,6 +76,8 @@ class ProcrastinateImplementation(Implementation):
             Capability.HTTP,
             Capability.PROCESS,
             Capability.RESUME,
+            Capability.TIMEOUTS,
+            Capability.RETRY,
         }
     )
     timings = Timings(
