@@ -55,6 +55,8 @@ SETTLE_POLL = 0.1
 STALLED_AFTER = 5.0
 #: How often a runtime or server asks procrastinate for stalled jobs.
 RECOVERY_POLL = 0.5
+#: How long a server's start waits for its worker to take the job.
+TAKEN_WITHIN = 5.0
 #: Streams: a keep-alive comment this often, and a client that takes nothing
 #: of a write for this long is dropped.
 KEEPALIVE = 2.0
@@ -78,6 +80,7 @@ class ProcrastinateImplementation(Implementation):
             Capability.RESUME,
             Capability.TIMEOUTS,
             Capability.RETRY,
+            Capability.RECOVERY,
         }
     )
     timings = Timings(
@@ -127,10 +130,11 @@ class ProcrastinateImplementation(Implementation):
     def environment(self) -> Mapping[str, str]:
         import django
         import psycopg
+        import uvicorn
 
         return {
             "stack": f"procrastinate 3.10.0, Django {django.get_version()}, "
-            f"psycopg {psycopg.__version__}",
+            f"psycopg {psycopg.__version__}, uvicorn {uvicorn.__version__}",
             "database": "postgresql",
             "platform": f"{platform.system()}-{platform.machine()}",
         }
@@ -142,23 +146,28 @@ class ProcrastinateImplementation(Implementation):
 
 
 class ProcrastinateRuntime(Runtime):
-    def __init__(self, queue: str, queue_size: int) -> None:
+    def __init__(self, queue: str, queue_size: int, *, wait_taken: bool = False) -> None:
         self.bus: Bus
+        #: A start returns once this process's worker has taken the job (a server).
+        self.wait_taken = wait_taken
         #: The procrastinate queue the jobs of this runtime's starts go to.
         self.queue = queue
         self.queue_size = queue_size
         #: Tasks this runtime started whose run has not ended yet.
         self.running: set[int] = set()
         self._ended: dict[int, asyncio.Event] = {}
+        self._claimed: dict[int, asyncio.Event] = {}
         self._closed = False
         self._shutdown: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, conninfo: str, queue: str, queue_size: int) -> ProcrastinateRuntime:
+    async def open(
+        cls, conninfo: str, queue: str, queue_size: int, *, wait_taken: bool = False
+    ) -> ProcrastinateRuntime:
         """A runtime on this loop: its bus listening, its watch for stalled jobs going."""
-        runtime = cls(queue, queue_size)
-        runtime.bus = Bus(conninfo, runtime.run_ended)
+        runtime = cls(queue, queue_size, wait_taken=wait_taken)
+        runtime.bus = Bus(conninfo, runtime.run_ended, runtime.run_claimed)
         await runtime.bus.open()
         runtime._recovery = asyncio.create_task(
             runtime._recover(), name="procrastinate_impl stalled jobs"
@@ -188,6 +197,11 @@ class ProcrastinateRuntime(Runtime):
                     await db(store.recover, job.id, job.worker_id, self.queue)
             except Exception:  # the database away for a moment: the next poll tries again
                 logger.warning("Looking for stalled jobs failed", exc_info=True)
+
+    def run_claimed(self, pk: int) -> None:
+        """A worker began a run of a task: its job is ``doing``."""
+        if pk in self._claimed:
+            self._claimed[pk].set()
 
     def run_ended(self, pk: int) -> None:
         """A terminal event was sent for a task: its run is over."""
@@ -235,12 +249,34 @@ class ProcrastinateRuntime(Runtime):
             raise RuntimeClosed("The runtime has shut down: it starts nothing.")
         pk = _pk(ref)
         self.running.add(pk)  # before the job can end, so its end is not missed
-        started = await db(store.start, pk, self.queue)
+        started = await self._begin(pk, again=False)
         if not started:
             self.running.discard(pk)
         if started is None:
             raise UnknownTask(f"{ref} does not exist.")
         return started
+
+    async def _begin(self, pk: int, *, again: bool) -> bool | None:
+        """A start (or a retry), which in a server returns once its worker has begun the run.
+
+        A job still ``todo`` on the queue of a server killed since is no
+        stalled job for procrastinate (it looks only at jobs ``doing``): once
+        a server's start has answered, the run is its worker's, and found
+        stalled if the server dies. The wait (bounded) is registered before
+        the start, so the worker's notification is not missed.
+        """
+        if not self.wait_taken:
+            return await db(store.start, pk, self.queue, again=again)
+        claimed = self._claimed[pk] = asyncio.Event()
+        try:
+            started = await db(store.start, pk, self.queue, again=again)
+            if started:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TAKEN_WITHIN):
+                        await claimed.wait()
+            return started
+        finally:
+            self._claimed.pop(pk, None)
 
     async def retry_task(self, ref: TaskRef) -> bool:
         """A new run of a task that did not succeed: a new job, deferred as a start does."""
@@ -248,7 +284,7 @@ class ProcrastinateRuntime(Runtime):
             raise RuntimeClosed("The runtime has shut down: it starts nothing.")
         pk = _pk(ref)
         self.running.add(pk)
-        retried = await db(store.start, pk, self.queue, again=True)
+        retried = await self._begin(pk, again=True)
         if not retried:
             self.running.discard(pk)
         if retried is None:

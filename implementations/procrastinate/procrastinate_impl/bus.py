@@ -24,7 +24,7 @@ from conformance.contract import (
     Subscription,
 )
 
-from .store import CHANNEL
+from .store import CHANNEL, CLAIMED
 
 #: The one task kind's name in URLs: every task runs the one procrastinate task.
 MODEL = "task"
@@ -98,9 +98,16 @@ class Topic:
 class Bus:
     """LISTEN for events of any task; fetch and fan out those of tasks with clients here."""
 
-    def __init__(self, conninfo: str, on_terminal: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        on_terminal: Callable[[int], None],
+        on_claimed: Callable[[int], None] | None = None,
+    ) -> None:
         self.conninfo = conninfo
         self.on_terminal = on_terminal
+        #: Told when a worker began a run of a task (``store.CLAIMED``).
+        self.on_claimed = on_claimed
         self.topics: dict[int, Topic] = {}
         #: While a shutdown decides how runs end, nothing is delivered but by flush().
         self.paused = False
@@ -135,6 +142,10 @@ class Bus:
             pk = int(pk_text)
             if type in TERMINAL_EVENTS:
                 self.on_terminal(pk)
+            elif type == CLAIMED:
+                if self.on_claimed is not None:
+                    self.on_claimed(pk)
+                continue
             topic = self.topics.get(pk)
             if topic is not None:
                 topic.dirty = True

@@ -74,7 +74,7 @@ class ServerApp:
         from .session import server_dsn
 
         conninfo = server_dsn(settings.DATABASES["default"]["NAME"])
-        self.runtime = await ProcrastinateRuntime.open(conninfo, self.queue, 1000)
+        self.runtime = await ProcrastinateRuntime.open(conninfo, self.queue, 1000, wait_taken=True)
         self.http = HttpApp(
             self.runtime,
             keepalive=adapter.KEEPALIVE,

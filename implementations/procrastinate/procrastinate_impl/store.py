@@ -19,6 +19,8 @@ from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
 CHANNEL = "procrastinate_impl_events"
+#: The notification's type when a worker begins a run (no event: not an event type).
+CLAIMED = "+claimed"
 TERMINAL = {
     "SUCCESSFUL": "complete",
     "FAILED": "error",
@@ -187,6 +189,8 @@ def claim(pk: int, job_id: int) -> Claim | None:
     task = Task.objects.filter(pk=pk, job_id=job_id, status="RUNNING").first()
     if task is None:
         return None
+    with connection.cursor() as cursor:  # the job is the worker's: a server's start returns
+        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{pk} 0 {CLAIMED}"])
     return Claim(task.behaviour, dict(task.fields), task.stop, task.timeout, task.attempt)
 
 
