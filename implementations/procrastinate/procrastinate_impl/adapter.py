@@ -81,6 +81,7 @@ class ProcrastinateImplementation(Implementation):
             Capability.TIMEOUTS,
             Capability.RETRY,
             Capability.RECOVERY,
+            Capability.SIGNALS,
         }
     )
     timings = Timings(
@@ -124,7 +125,7 @@ class ProcrastinateImplementation(Implementation):
         SIGKILL of the server kills the runs it holds (EDGE-6, 7, 9).
         """
         assert self.session is not None, "server_command before a runtime started"
-        argv = [sys.executable, "-m", "procrastinate_impl.server", host, str(port), str(grace)]
+        argv = [sys.executable, "-m", "procrastinate_impl", host, str(port), str(grace)]
         return ServerSpec(argv=argv, env=self.session.environ())
 
     def environment(self) -> Mapping[str, str]:
@@ -376,9 +377,11 @@ class ProcrastinateRuntime(Runtime):
         for pk in set(self.running):
             if await db(store.request_stop, pk, "shutdown", "shutdown"):
                 stopped.add(pk)
-        await self.bus.flush(skip=stopped)
-        self.bus.farewell(now())
+        # The stopped runs' cleanup sends its events before the farewell
+        # (SHUT-22); their `interrupted` is for later clients only.
         await self._wait_ended(stopped, CANCEL_GRACE)
+        await self.bus.flush(hold_terminal=stopped)
+        self.bus.farewell(now())
         if self._recovery is not None:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)

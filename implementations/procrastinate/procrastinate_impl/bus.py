@@ -162,16 +162,21 @@ class Bus:
                     topic.dirty = False
                     await self._deliver(pk, topic)
 
-    async def flush(self, skip: set[int]) -> None:
-        """Deliver every stored event to the clients here, but those of the tasks in ``skip``."""
-        for pk, topic in list(self.topics.items()):
-            if pk not in skip:
-                topic.dirty = False
-                await self._deliver(pk, topic)
+    async def flush(self, hold_terminal: set[int]) -> None:
+        """Deliver every stored event to the clients here, but terminal ones of ``hold_terminal``.
 
-    async def _deliver(self, pk: int, topic: Topic) -> None:
+        The tasks of ``hold_terminal`` were stopped by a shutdown: their live
+        clients get the farewell instead of their ``interrupted``.
+        """
+        for pk, topic in list(self.topics.items()):
+            topic.dirty = False
+            await self._deliver(pk, topic, hold_terminal=pk in hold_terminal)
+
+    async def _deliver(self, pk: int, topic: Topic, *, hold_terminal: bool = False) -> None:
         async with self._lock:
             for event in await self._read(pk, after=topic.read):
+                if hold_terminal and event.type in TERMINAL_EVENTS:
+                    return
                 topic.read = event.id
                 for client in tuple(topic.clients):
                     client.push(event)

@@ -1,6 +1,6 @@
 """The server process: uvicorn serving the glue's HTTP interface, a procrastinate worker inside.
 
-``python -m procrastinate_impl.server HOST PORT GRACE``, with the session's
+``python -m procrastinate_impl HOST PORT GRACE``, with the session's
 ``PROCRASTINATE_IMPL_DB`` and ``DJANGO_SETTINGS_MODULE``.
 
 procrastinate documents its worker both as a process of its own and inside
@@ -18,7 +18,9 @@ Django's connection, inside the transaction that marks the task RUNNING.
 On SIGTERM or SIGINT the server drains (the runtime's shutdown: 503 for new
 work, the grace period for its runs, the rest stopped and recorded
 INTERRUPTED, the farewell on every stream), then stops the worker and
-exits 0; a second signal exits at once.
+exits 0. A second signal exits at once, with 0: the process ends where it
+is (``os._exit``), as a SIGKILL would end it, and the runs it still held
+are found stalled and ended by the live runtimes and servers.
 """
 
 from __future__ import annotations
@@ -126,9 +128,11 @@ class Server(uvicorn.Server):
         # Not recorded in uvicorn's captured signals: it would raise them
         # again once it stops, and the process must exit 0.
         if self.draining is not None or self.loop is None:
-            self.force_exit = True  # a second signal: exit at once
-            self.should_exit = True
-            return
+            # A second signal: at once, whatever a run that ignores its
+            # cancellation holds (asyncio.run would wait for it).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         self.loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
@@ -163,7 +167,3 @@ def main(argv: list[str]) -> int:
     )
     Server(config, app).run()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
