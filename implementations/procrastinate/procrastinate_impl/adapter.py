@@ -20,6 +20,7 @@ from typing import Any
 from conformance.contract import (
     ASGIApp,
     Behaviour,
+    Budgets,
     Capability,
     Implementation,
     Runtime,
@@ -82,6 +83,7 @@ class ProcrastinateImplementation(Implementation):
             Capability.RETRY,
             Capability.RECOVERY,
             Capability.SIGNALS,
+            Capability.MULTI_WORKER,
         }
     )
     timings = Timings(
@@ -93,6 +95,9 @@ class ProcrastinateImplementation(Implementation):
     )
     #: uvicorn's h11 limit on an unfinished request head (--h11-max-incomplete-event-size).
     max_header_bytes = 64 * 1024
+    #: A server keeps nothing of a finished task: its events are in PostgreSQL,
+    #: and a topic goes with its last client. 8 MiB is room for what is in flight.
+    budgets = Budgets(finished_events=8 * 1024 * 1024)
 
     def __init__(self) -> None:
         from .expected import EXPECTED_FAILURES, RACY_FAILURES
@@ -207,6 +212,8 @@ class ProcrastinateRuntime(Runtime):
     def run_ended(self, pk: int) -> None:
         """A terminal event was sent for a task: its run is over."""
         self.running.discard(pk)
+        if pk in self._claimed:  # ended before a worker began it (a cancel won): nothing to wait
+            self._claimed[pk].set()
         if pk in self._ended:
             self._ended[pk].set()
 
