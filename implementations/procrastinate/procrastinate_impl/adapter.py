@@ -82,8 +82,6 @@ class ProcrastinateImplementation(Implementation):
             Capability.TIMEOUTS,
             Capability.RETRY,
             Capability.RECOVERY,
-            Capability.SIGNALS,
-            Capability.MULTI_WORKER,
         }
     )
     timings = Timings(
