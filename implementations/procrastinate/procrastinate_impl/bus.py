@@ -24,7 +24,7 @@ from conformance.contract import (
     Subscription,
 )
 
-from .store import CHANNEL
+from .store import CHANNEL, CLAIMED
 
 #: The one task kind's name in URLs: every task runs the one procrastinate task.
 MODEL = "task"
@@ -75,6 +75,14 @@ class Client(Subscription):
         self.received = event.id
         return event
 
+    def take_queued(self) -> list[Event]:
+        """The events already queued, taken at once (an HTTP stream writes them together)."""
+        events = list(self.queue)
+        self.queue.clear()
+        if events:
+            self.received = events[-1].id
+        return events
+
     async def aclose(self) -> None:
         self.queue.clear()
         self.close()
@@ -90,9 +98,16 @@ class Topic:
 class Bus:
     """LISTEN for events of any task; fetch and fan out those of tasks with clients here."""
 
-    def __init__(self, conninfo: str, on_terminal: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        on_terminal: Callable[[int], None],
+        on_claimed: Callable[[int], None] | None = None,
+    ) -> None:
         self.conninfo = conninfo
         self.on_terminal = on_terminal
+        #: Told when a worker began a run of a task (``store.CLAIMED``).
+        self.on_claimed = on_claimed
         self.topics: dict[int, Topic] = {}
         #: While a shutdown decides how runs end, nothing is delivered but by flush().
         self.paused = False
@@ -127,6 +142,10 @@ class Bus:
             pk = int(pk_text)
             if type in TERMINAL_EVENTS:
                 self.on_terminal(pk)
+            elif type == CLAIMED:
+                if self.on_claimed is not None:
+                    self.on_claimed(pk)
+                continue
             topic = self.topics.get(pk)
             if topic is not None:
                 topic.dirty = True
@@ -143,16 +162,21 @@ class Bus:
                     topic.dirty = False
                     await self._deliver(pk, topic)
 
-    async def flush(self, skip: set[int]) -> None:
-        """Deliver every stored event to the clients here, but those of the tasks in ``skip``."""
-        for pk, topic in list(self.topics.items()):
-            if pk not in skip:
-                topic.dirty = False
-                await self._deliver(pk, topic)
+    async def flush(self, hold_terminal: set[int]) -> None:
+        """Deliver every stored event to the clients here, but terminal ones of ``hold_terminal``.
 
-    async def _deliver(self, pk: int, topic: Topic) -> None:
+        The tasks of ``hold_terminal`` were stopped by a shutdown: their live
+        clients get the farewell instead of their ``interrupted``.
+        """
+        for pk, topic in list(self.topics.items()):
+            topic.dirty = False
+            await self._deliver(pk, topic, hold_terminal=pk in hold_terminal)
+
+    async def _deliver(self, pk: int, topic: Topic, *, hold_terminal: bool = False) -> None:
         async with self._lock:
             for event in await self._read(pk, after=topic.read):
+                if hold_terminal and event.type in TERMINAL_EVENTS:
+                    return
                 topic.read = event.id
                 for client in tuple(topic.clients):
                     client.push(event)
@@ -178,23 +202,55 @@ class Bus:
             for number, type, data, timestamp in await cursor.fetchall()
         ]
 
-    async def subscribe(self, pk: int, limit: int) -> Client:
-        """Register a client, then give it the latest event: nothing is missed between."""
+    async def subscribe(self, pk: int, limit: int, last_event_id: int | None = None) -> Client:
+        """Register a client, then give it where it starts: nothing is missed between.
+
+        Without ``last_event_id``, the latest event of the current run (of
+        the last run, once the task has ended); with it, every stored event
+        after it. A client resumed at or past a finished task's last event
+        ends at once, with none.
+        """
         client = Client(self, pk, limit)
         async with self._lock:
             new = pk not in self.topics
             topic = self.topics.setdefault(pk, Topic())
             topic.clients.add(client)
-            latest = await self._read(pk)
-            if latest:
-                client.push(latest[0])
-                if new:  # a topic's older clients may not have had up to the latest yet
-                    topic.read = latest[0].id
+            status, last, run_from = await self._task(pk)
+            if last_event_id is None:
+                latest = await self._read(pk)
+                if latest and (status != "RUNNING" or latest[0].id > run_from):
+                    client.push(latest[0])
+                else:  # an earlier run's end is not this run's news
+                    client.seen = max(client.seen, latest[0].id if latest else 0)
+            elif status not in ("READY", "RUNNING") and last_event_id >= last:
+                client.close()  # nothing after its terminal event will ever come
+                return client
+            else:
+                client.seen = last_event_id
+                # The stored backlog is the client's to read at its pace: not
+                # counted against its queue's bound, which is for live events.
+                backlog = await self._read(pk, after=last_event_id)
+                client.queue.extend(backlog)
+                client.seen = max([last_event_id, *(e.id for e in backlog)])
+                if any(e.type in TERMINAL_EVENTS for e in backlog[-1:]):
+                    client.close()
+            if new:  # a topic's older clients may not have had up to the latest yet
+                topic.read = last
         # Anything sent after the latest reaches it through a notification; if
         # one came while we read, its topic is dirty and the pump catches up.
         topic.dirty = True
         self._wake.set()
         return client
+
+    async def _task(self, pk: int) -> tuple[str, int, int]:
+        """The task's status, its last event id, and where its current run began."""
+        assert self._fetch is not None
+        cursor = await self._fetch.execute(
+            "SELECT status, last_event_id, run_from FROM procrastinate_impl_task WHERE id = %s",
+            (pk,),
+        )
+        row = await cursor.fetchone()
+        return row if row is not None else ("READY", 0, 0)
 
     def leave(self, client: Client) -> None:
         topic = self.topics.get(client.pk)

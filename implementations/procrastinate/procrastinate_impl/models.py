@@ -27,6 +27,12 @@ class Task(models.Model):
     cancel_reason = models.TextField(default="")
     #: The id of the last event sent: ids increase per task, across runs.
     last_event_id = models.BigIntegerField(default=0)
+    #: ``last_event_id`` when the current run began: later events are this run's.
+    run_from = models.BigIntegerField(default=0)
+    #: Each run's time limit in seconds (the glue's asyncio.timeout), or none.
+    timeout = models.FloatField(null=True)
+    #: Runs the implementation may start on its own, a lost run's again included.
+    max_attempts = models.IntegerField(default=1)
 
 
 class Event(models.Model):

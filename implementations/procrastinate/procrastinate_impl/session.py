@@ -95,13 +95,17 @@ class Session:
         call_command("migrate", verbosity=0, interactive=False)
         self.start_worker()
 
+    def environ(self) -> dict[str, str]:
+        """What a process of the session needs: its database and the glue's settings."""
+        return {"PROCRASTINATE_IMPL_DB": self.database, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE}
+
     def start_worker(self) -> None:
-        env = {**os.environ, "PROCRASTINATE_IMPL_DB": self.database}
-        env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
-        env["PROCRASTINATE_IMPL_LOG_LEVEL"] = "INFO"
+        env = {**os.environ, **self.environ(), "PROCRASTINATE_IMPL_LOG_LEVEL": "INFO"}
+        # The runtimes' queue only: a server process's worker runs its own.
+        argv = [sys.executable, "-m", "django", "procrastinate", "worker", "--queues", "default"]
         with self.worker_log.open("ab") as log:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "django", "procrastinate", "worker"],
+                argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

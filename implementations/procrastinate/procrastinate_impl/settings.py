@@ -42,8 +42,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # (FUNC-16). Abort requests reach a worker by LISTEN/NOTIFY at once; the poll is
 # procrastinate's fallback, kept short under the suite. Heartbeats: the docs'
 # stalled-job recovery reads them.
+# The job poll is short too: a worker can miss the notification of a job
+# deferred while it fetches (FINDINGS.md, 3), and only its poll finds it then.
 PROCRASTINATE_WORKER_DEFAULTS = {
     "concurrency": 250,
+    "fetch_job_polling_interval": 0.1,
     "abort_job_polling_interval": 0.5,
     "update_heartbeat_interval": 1.0,
     "stalled_worker_timeout": 5.0,

@@ -31,8 +31,8 @@ from .store import db
 class Context:
     """What a behaviour is given (contract.TaskContext), inside the worker."""
 
-    def __init__(self, pk: int, job_id: int, fields: dict[str, Any]) -> None:
-        self._pk, self._job_id, self._fields = pk, job_id, fields
+    def __init__(self, pk: int, job_id: int, attempt: int, fields: dict[str, Any]) -> None:
+        self._pk, self._job_id, self._attempt, self._fields = pk, job_id, attempt, fields
         self.task_id = str(pk)
 
     @property
@@ -47,7 +47,7 @@ class Context:
         if type in TERMINAL_EVENTS or type == FAREWELL_EVENT:
             raise ValueError(f"Cannot send {type!r}: the implementation sends it itself.")
         text = json.dumps(dict(data or {}), allow_nan=False, default=str)
-        await db(store.publish, self._pk, self._job_id, type, text)
+        await db(store.publish, self._pk, self._job_id, self._attempt, type, text)
         await asyncio.sleep(0)
 
     async def read_fields(self) -> Mapping[str, Any]:
@@ -76,31 +76,47 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 async def run_behaviour(context: JobContext, task_id: int) -> None:
     job_id = context.job.id
     assert job_id is not None
+    attempt: int | None = None
+
+    async def end(status: str, data: dict[str, Any]) -> None:
+        await db(store.finish, task_id, job_id, status, data, attempt)
+
+    limit = None
     try:  # an abort may come at any await, the first included
         claim = await db(store.claim, task_id, job_id)
         if claim is None:
             return  # not the task's current run any more: nothing to do
+        attempt = claim.attempt
         if claim.stop:  # stopped before it began: the work never runs
-            await db(store.finish, task_id, job_id, "CANCELLED", {})
+            await end("CANCELLED", {})
             return
         behaviour = resolve_behaviour(claim.behaviour)
-        result = await behaviour(Context(task_id, job_id, claim.fields))
+        context_ = Context(task_id, job_id, claim.attempt, claim.fields)
+        # procrastinate has no time limit for a job: the limit is the glue's.
+        async with asyncio.timeout(claim.timeout) as limit:
+            result = await behaviour(context_)
     except asyncio.CancelledError as exc:
         reason = context.abort_reason()
         if reason is AbortReason.USER_REQUEST:  # a cancel, or a runtime's shutdown
-            await db(store.finish, task_id, job_id, "CANCELLED", {})
+            await end("CANCELLED", {})
         elif reason is AbortReason.SHUTDOWN:  # the worker's own shutdown
-            await db(store.finish, task_id, job_id, "INTERRUPTED", {})
+            await end("INTERRUPTED", {})
         else:  # the behaviour's own CancelledError: a failure (EDGE-1)
-            await db(store.finish, task_id, job_id, "FAILED", failure(exc))
+            await end("FAILED", failure(exc))
+        raise
+    except TimeoutError as exc:
+        if limit is not None and limit.expired():  # the run's limit, not the task's own
+            await end("TIMED_OUT", {})
+        else:
+            await end("FAILED", failure(exc))
         raise
     except BaseException as exc:
-        await db(store.finish, task_id, job_id, "FAILED", failure(exc))
+        await end("FAILED", failure(exc))
         raise
     data = {"message": "Task completed successfully", **(result or {})}
     try:
         json.dumps(data, allow_nan=False, default=str)
     except ValueError as exc:  # a result that is not strict JSON fails the run (FUNC-20)
-        await db(store.finish, task_id, job_id, "FAILED", failure(exc))
+        await end("FAILED", failure(exc))
         raise
-    await db(store.finish, task_id, job_id, "SUCCESSFUL", data)
+    await end("SUCCESSFUL", data)
