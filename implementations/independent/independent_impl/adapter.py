@@ -70,6 +70,11 @@ class IndependentImplementation(Implementation):
             "httptools one has one), and independent adds none: a connection that never "
             "finishes its head stays open."
         ),
+        "EDGE-9:cancelled_on_its_server_when_server_dies": (
+            "independent: a cancel its server answered true, then the server killed while the "
+            "task ignores the cancel, is recorded INTERRUPTED by the run's finder, not "
+            "CANCELLED (the cancel is kept only in the dead process); found by the soak"
+        ),
     }
     #: The longest request head the server reads (SPEC HTTP-10).
     max_header_bytes = MAX_HEADER_BYTES
