@@ -116,10 +116,13 @@ async def test_async_task_with_context_when_run_then_successful_with_return_valu
 async def test_sync_task_when_run_then_in_a_thread_while_the_loop_goes_on(pickup: Any) -> None:
     result = await sync_thread.aenqueue()
     await pickup.once()
+    # Ticks of this loop while the task sleeps in its thread: the pauses pace
+    # the count, and the wait for the result has a deadline of its own.
     ticks = 0
-    while not (await sync_thread.aget_result(result.id)).is_finished:
-        await asyncio.sleep(0.01)
-        ticks += 1
+    async with asyncio.timeout(10):
+        while not (await sync_thread.aget_result(result.id)).is_finished:
+            await asyncio.sleep(0.01)
+            ticks += 1
     done = await sync_thread.aget_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL, done.errors
     assert done.return_value == [False, result.id]
