@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 
 from .cancellation import (
+    block_then_end,
     children,
     cleanup_on_stop,
     cleanup_probe,
@@ -99,6 +100,7 @@ __all__ = [
     "RAISABLE",
     "RUN_MARKER",
     "big_events",
+    "block_then_end",
     "burst",
     "children",
     "cleanup_on_stop",

@@ -4,14 +4,17 @@ Each parks on a future nothing completes (:func:`park_forever`), so only a
 cancellation (a cancel, a timeout, a shutdown) moves it on: what a case
 observes is the stop, never a race with the task's own progress. Each sends
 its first event inside the region it protects: once a client has seen it, a
-cancel cannot land before the handler or the ``finally`` is in place.
+cancel cannot land before the handler or the ``finally`` is in place. The exception, :func:`block_then_end`, ends on its own while its
+worker cannot hear a cancel: the race a cancel answered true must still win.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..contract import TaskContext
@@ -105,6 +108,27 @@ async def report_cancelling(ctx: TaskContext) -> None:
         cancelling = task.cancelling() if task is not None else -1
         await ctx.send_event("cancel-seen", {"cancelling": cancelling})
         raise
+
+
+async def block_then_end(ctx: TaskContext) -> Any:
+    """Store ``blocking``, then hold the event loop until ``fields['release']`` names a file.
+
+    It blocks the loop synchronously, as CPU-bound work does, so its worker
+    hears nothing (no cancel, no heartbeat) until the case creates the file.
+    Then it ends on its own, as ``fields['then']`` says: ``"fail"`` raises
+    ValueError, ``"return"`` returns ``{"ended": "on its own"}``. It stops
+    blocking after ``fields['limit']`` seconds (10) whatever happens, so a
+    failing case cannot leave a worker stuck.
+    """
+    release = Path(ctx.fields["release"])
+    await ctx.send_event("blocking", {})
+    await ctx.write_fields(blocking=True)
+    deadline = time.monotonic() + float(ctx.fields.get("limit", 10.0))
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)  # the point: the loop is not running
+    if ctx.fields.get("then") == "fail":
+        raise ValueError("failed on its own")
+    return {"ended": "on its own"}
 
 
 async def swallow_once(ctx: TaskContext) -> None:

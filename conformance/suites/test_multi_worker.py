@@ -13,6 +13,7 @@ to differ.
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ from conformance.checks import seen_as
 from conformance.clients import ClientStream, HttpClient, request
 from conformance.contract import FAREWELL_EVENT, Capability, Implementation, Runtime, TaskStatus
 from conformance.servers import Spawn, two_workers
-from conformance.waiting import MARGIN, status_is
+from conformance.waiting import MARGIN, status_is, stored
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -129,6 +130,43 @@ async def test_cancel_sent_to_another_worker_when_task_runs_then_stopped_and_all
     state = await status_is(runtime, ref, TaskStatus.CANCELLED)
     assert state.fields.get("finally_ran") is True, state
     assert state.fields.get("released") is True, state
+
+
+@pytest.mark.case("MULTI-3")
+@pytest.mark.requires(Capability.CANCEL)
+@pytest.mark.parametrize("then", ["fail", "return"])
+async def test_cancel_answered_true_when_running_worker_then_ends_on_its_own_then_cancelled(
+    runtime: Runtime, spawn_server: Spawn, impl: Implementation, tmp_path: Path, then: str
+) -> None:
+    # The running worker's loop is held (CPU-bound work) while another worker
+    # answers the cancel; then the task fails or returns before that worker
+    # hears of it. SPEC: a cancel returns true exactly when the task will end
+    # CANCELLED, so its own ending must not win. Found by the soak (issue 27).
+    runs_it, other = await two_workers(spawn_server)
+    release = tmp_path / "release"
+    ref = await runtime.create_task(
+        behaviours.block_then_end, {"release": str(release), "then": then}
+    )
+    async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
+        streams = [await here.subscribe(ref), await there.subscribe(ref)]
+        await runs_it.start_task(ref)
+        await stored(runtime, ref, "blocking", until=lambda value: value is True)
+        answer = await request(
+            other.url,
+            "POST",
+            f"/tasks/{ref.model}/{ref.id}/cancel",
+            json={"reason": "while it was busy"},
+        )
+        release.touch()
+        assert (answer.status_code, answer.json()) == (200, {"cancelled": True}), answer.text
+        for stream in streams:
+            events = await stream.until(timeout=impl.timings.cancel_grace + MARGIN)
+            assert events[-1].type == "cancelled", (
+                f"the cancel answered true, so the task must end cancelled\n{stream.trace()}"
+            )
+            assert events[-1].data.get("reason") == "while it was busy", stream.trace()
+            await stream.expect_end()
+    await status_is(runtime, ref, TaskStatus.CANCELLED)
 
 
 @pytest.mark.case("MULTI-4")

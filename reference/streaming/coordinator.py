@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from . import db, endings, listing, outcomes
@@ -422,8 +423,8 @@ class Coordinator:
         model, pk = type(run.task), run.task.pk
         event = run.event(outcome.event_type, outcome.data)
         try:
-            recorded = await db.run_until_available(
-                lambda: endings.write(model, pk, outcome, event, fence=run.attempt),
+            outcome, event, recorded = await db.run_until_available(
+                lambda: self._write_ending(run, outcome, event),
                 what=f"{run.key}: recording {outcome.status}",
                 keep_trying=lambda: self._state is not State.CLOSED,
             )
@@ -454,6 +455,37 @@ class Coordinator:
             return
         await self.publish(run.key, event, final=True)
         logger.info("finished %s: %s", run.key, outcome.status)
+
+    async def _write_ending(
+        self, run: Run, outcome: Outcome, event: Event
+    ) -> tuple[Outcome, Event, bool]:
+        """Write the run's ending; a cancel already promised in its row wins over any other.
+
+        A cancel answered true leaves its reason in the row first (here, or
+        from another worker while this one was too busy to hear it): SPEC says
+        true means the task ends CANCELLED, so the run's own ending (success,
+        failure, timeout, shutdown) is written only where no cancel waits, and
+        otherwise becomes that cancel, keeping the event's id. The database
+        orders the two writes, so the cancel's answer and the ending agree.
+        Found by the soak (issue 27).
+        """
+        model, pk = type(run.task), run.task.pk
+        if outcome.status is TaskStatus.CANCELLED:
+            return outcome, event, await endings.write(model, pk, outcome, event, fence=run.attempt)
+        unasked = Q(cancel_requested__isnull=True)
+        if await endings.write(model, pk, outcome, event, fence=run.attempt, where=unasked):
+            return outcome, event, True
+        reason = await (
+            model._default_manager.filter(pk=pk, attempt=run.attempt, status=TaskStatus.RUNNING)
+            .values_list("cancel_requested", flat=True)
+            .afirst()
+        )
+        if reason is None:
+            return outcome, event, False  # settled by someone else
+        own = outcome.error or outcome.event_type
+        cancel = outcomes.cancelled(reason).noting(f"; meanwhile it ended on its own: {own}")
+        event = endings.final_event(model.__name__, pk, cancel, event.id)
+        return cancel, event, await endings.write(model, pk, cancel, event, fence=run.attempt)
 
     def lose(self, run: Run, why: str) -> None:
         """The run's task was taken from it (its lease expired): stop it, record nothing."""
@@ -494,8 +526,12 @@ class Coordinator:
             if run is not None:
                 if run.cancel_reason is not None or run.finished:
                     return False
-                await self._promise_cancel(model, run, reason)
-                return self._cancel_run(run, reason)
+                if not await self._promise_cancel(model, run, reason):
+                    return False  # its ending is written, or another cancel came first
+                # Promised in the row, the run ends CANCELLED (_write_ending),
+                # even if it finished on its own meanwhile.
+                self._cancel_run(run, reason)
+                return True
             row = await db.run(
                 lambda: (
                     model._default_manager.filter(pk=pk)
@@ -556,7 +592,7 @@ class Coordinator:
         await self.bus.request_cancel(owner, key, reason)
         return True
 
-    async def _promise_cancel(self, model: type[StreamTask], run: Run, reason: str) -> None:
+    async def _promise_cancel(self, model: type[StreamTask], run: Run, reason: str) -> bool:
         """Leave the cancel of a run of ours in its row first, as a cancel from elsewhere does.
 
         Should the run be lost before it records its outcome (its lease lapsing
@@ -564,10 +600,11 @@ class Coordinator:
         cancel), the keeper that finds it then records CANCELLED, not
         INTERRUPTED, and runs it no more: true means CANCELLED. While the
         database is away this raises DatabaseUnavailable (503) and nothing is
-        cancelled: a promise that cannot be kept is not made. Found by the
-        soak (issue 27).
+        cancelled: a promise that cannot be kept is not made. False when the
+        row no longer takes it: the run's ending is written already, or
+        another cancel was first. Found by the soak (issue 27).
         """
-        await db.run(
+        return await db.run(
             lambda: model._default_manager.filter(
                 pk=run.task.pk,
                 attempt=run.attempt,
