@@ -4,8 +4,9 @@ Each parks on a future nothing completes (:func:`park_forever`), so only a
 cancellation (a cancel, a timeout, a shutdown) moves it on: what a case
 observes is the stop, never a race with the task's own progress. Each sends
 its first event inside the region it protects: once a client has seen it, a
-cancel cannot land before the handler or the ``finally`` is in place. The exception, :func:`block_then_end`, ends on its own while its
-worker cannot hear a cancel: the race a cancel answered true must still win.
+cancel cannot land before the handler or the ``finally`` is in place. The
+exception, :func:`block_then_end`, ends on its own while its worker cannot
+hear a cancel: the race a cancel answered true must still win.
 """
 
 from __future__ import annotations
@@ -110,6 +111,13 @@ async def report_cancelling(ctx: TaskContext) -> None:
         raise
 
 
+def _hold_the_loop(release: Path, limit: float) -> None:
+    """Wait, without yielding to the loop, until ``release`` exists or ``limit`` passes."""
+    deadline = time.monotonic() + limit
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 async def block_then_end(ctx: TaskContext) -> Any:
     """Store ``blocking``, then hold the event loop until ``fields['release']`` names a file.
 
@@ -123,9 +131,7 @@ async def block_then_end(ctx: TaskContext) -> Any:
     release = Path(ctx.fields["release"])
     await ctx.send_event("blocking", {})
     await ctx.write_fields(blocking=True)
-    deadline = time.monotonic() + float(ctx.fields.get("limit", 10.0))
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)  # the point: the loop is not running
+    _hold_the_loop(release, float(ctx.fields.get("limit", 10.0)))
     if ctx.fields.get("then") == "fail":
         raise ValueError("failed on its own")
     return {"ended": "on its own"}

@@ -604,7 +604,7 @@ class Coordinator:
         row no longer takes it: the run's ending is written already, or
         another cancel was first. Found by the soak (issue 27).
         """
-        return await db.run(
+        promised = await db.run(
             lambda: model._default_manager.filter(
                 pk=run.task.pk,
                 attempt=run.attempt,
@@ -612,6 +612,7 @@ class Coordinator:
                 cancel_requested__isnull=True,
             ).aupdate(cancel_requested=reason)
         )
+        return promised == 1
 
     def cancel_asked(self, key: str, reason: str) -> None:
         """Another worker asks us to cancel a run of ours (the bus and the keeper call this)."""
