@@ -384,6 +384,8 @@ def report() -> int:
     kept.mkdir(exist_ok=True)
     for path in sorted((ROOT / "reports").glob("results-*.jsonl")):
         shutil.copyfile(path, kept / path.name.removeprefix("results-"))
+    for path in sorted((ROOT / "reports").glob("soak-*.json")):
+        shutil.copyfile(path, kept / path.name)
     mutation = ROOT / "reports" / "mutation.json"
     if mutation.exists():
         shutil.copyfile(mutation, kept / "mutation.json")

@@ -43,6 +43,8 @@ REASON_LIMIT = 200
 NOT_APPLICABLE = "n/a"
 DEFAULT_GLOB = "results/*.jsonl"
 DEFAULT_MUTATION = "results/mutation.json"
+DEFAULT_SOAKS = "results/soak-*.json"
+SOAK_COMMAND = "python -m conformance soak"
 DEFAULT_OUTPUT = "TEST_RESULTS.md"
 COMMAND = "python -m conformance report"
 DESCRIPTION = "Render conformance results as TEST_RESULTS.md and an HTML matrix."
@@ -391,8 +393,8 @@ _SECTIONS = (
 )
 
 
-def _read_mutation(path: Path) -> dict[str, Any] | None:
-    """The mutation run's summary, or None if there is none (or it cannot be read)."""
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """A run's JSON summary (mutation, soak), or None if there is none (or it cannot be read)."""
     if not path.is_file():
         return None
     try:
@@ -515,16 +517,81 @@ def _mutation_section(mutation: dict[str, Any] | None, source: str = DEFAULT_MUT
     return lines
 
 
+def read_soaks(pattern: str) -> list[dict[str, Any]]:
+    """The soak summaries matching ``pattern`` (``soak --summary``), unreadable ones skipped."""
+    soaks = []
+    for path in sorted(glob.glob(pattern)):
+        summary = _read_summary(Path(path))
+        if summary is not None and "impl" in summary and "counts" in summary:
+            soaks.append(summary)
+        else:
+            _warn(f"{path}: skipped: not a soak summary")
+    return soaks
+
+
+def _soak_verdict(soak: dict[str, Any]) -> str:
+    if soak.get("ok"):
+        return "clean"
+    found = soak.get("violations", {})
+    return f"**{sum(found.values())} violations**: " + ", ".join(
+        f"{check} {n}" for check, n in found.items()
+    )
+
+
+def _soak_section(soaks: Sequence[dict[str, Any]]) -> list[str]:
+    """The soaks: each run's workload, faults and the checker's verdict."""
+    lines = ["## Soak under faults", ""]
+    if not soaks:
+        return [
+            *lines,
+            f"Not run: no soak summary in `{DEFAULT_SOAKS}`. `{SOAK_COMMAND}` writes one to "
+            "`reports/`; `python3 dev.py report` keeps it.",
+        ]
+    lines += [
+        f'Runs of `{SOAK_COMMAND}` (README, "The soak"): the checker judged each whole '
+        "history against SPEC's MUSTs.",
+        "",
+    ]
+    headers = ["Implementation", "Workers", "Storage", "Seed", "Ran", "Work", "Faults", "Verdict"]
+    rows = []
+    for soak in sorted(soaks, key=lambda s: (s["impl"], s.get("workers", 1), s["database"])):
+        counts = soak["counts"]
+        storage = soak["database"] + (" + Redis" if soak.get("redis") else "")
+        work = (
+            f"{counts.get('tasks', 0)} tasks, {counts.get('events', 0)} events, "
+            f"{counts.get('clients', 0)} clients"
+        )
+        faults = ", ".join(f"{kind} {n}" for kind, n in soak.get("faults", {}).items())
+        rows.append(
+            [
+                soak["impl"],
+                str(soak.get("workers", 1)),
+                storage,
+                str(soak.get("seed")),
+                f"{soak.get('ran', 0):.0f} s ({soak.get('date', NOT_APPLICABLE)})",
+                work,
+                faults or "none",
+                _soak_verdict(soak),
+            ]
+        )
+    lines += _md_table(headers, rows)
+    for soak in soaks:
+        for message in soak.get("first", []):
+            lines += ["", f"- {_md_cell(soak['impl'])}: {_md_cell(message)}"]
+    return lines
+
+
 def render_markdown(
     results: Sequence[CaseResult],
     sources: Sequence[str],
     mutation: dict[str, Any] | None = None,
     mutation_source: str = DEFAULT_MUTATION,
+    soaks: Sequence[dict[str, Any]] = (),
 ) -> str:
     """Render the TEST_RESULTS.md report for results read from sources.
 
     ``mutation`` is the summary read from ``mutation_source``; None renders
-    the mutation section as not run.
+    the mutation section as not run. ``soaks`` are the soak summaries.
     """
     ordered = sort_results(results)
     inputs = ", ".join(f"`{source}`" for source in sorted(map(str, sources)))
@@ -538,6 +605,7 @@ def render_markdown(
     ]
     for section in _SECTIONS:
         lines += ["", *section(ordered)]
+    lines += ["", *_soak_section(soaks)]
     lines += ["", *_mutation_section(mutation, mutation_source)]
     return "\n".join(lines) + "\n"
 
@@ -810,6 +878,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--html", help="also write an HTML matrix to this path")
     parser.add_argument(
+        "--soaks", default=DEFAULT_SOAKS, help="soak summaries to show (default: %(default)s)"
+    )
+    parser.add_argument(
         "--mutation",
         default=DEFAULT_MUTATION,
         help="mutation results to show, if the file exists (default: %(default)s)",
@@ -830,10 +901,16 @@ def run(args: argparse.Namespace) -> int:
         _warn(f"conformance report: no input files match {args.input_glob!r}")
         return 2
     results = load_results(paths)
-    mutation = _read_mutation(Path(args.mutation)) if args.mutation else None
+    mutation = _read_summary(Path(args.mutation)) if args.mutation else None
     _write(
         Path(args.output),
-        render_markdown(results, paths, mutation, args.mutation or DEFAULT_MUTATION),
+        render_markdown(
+            results,
+            paths,
+            mutation,
+            args.mutation or DEFAULT_MUTATION,
+            read_soaks(args.soaks) if args.soaks else (),
+        ),
     )
     written = [args.output]
     if args.html:

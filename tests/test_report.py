@@ -475,3 +475,61 @@ def test_cli_when_no_subcommand_then_usage_error(
         cli_main([])
     assert exit_info.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def soak_summary(**overrides: Any) -> dict[str, Any]:
+    """A summary as ``python -m conformance soak`` writes it."""
+    return {
+        "impl": "reference",
+        "seed": 27,
+        "duration": 600.0,
+        "workers": 2,
+        "database": "postgresql",
+        "redis": True,
+        "date": "2026-12-07",
+        "ran": 649.2,
+        "counts": {"tasks": 911, "events": 38783, "clients": 2434},
+        "faults": {"redis-stop": 8, "sigkill": 15},
+        "ok": True,
+        "violations": {},
+        "first": [],
+        **overrides,
+    }
+
+
+def test_main_when_soak_summaries_kept_then_each_run_and_its_verdict_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed_results(tmp_path)
+    kept = tmp_path / "results"
+    kept.mkdir()
+    (kept / "soak-reference-postgresql-2w.json").write_text(json.dumps(soak_summary()))
+    broken = soak_summary(
+        impl="independent",
+        workers=1,
+        database="own",
+        redis=False,
+        ok=False,
+        violations={"cancel": 2, "recovery": 1},
+        first=["a cancel of soak/3 answered true, but the task ended FAILED"],
+    )
+    (kept / "soak-independent-own-1w.json").write_text(json.dumps(broken))
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--input-glob", "reports/results-*.jsonl"]) == 0
+    soak = section((tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8"), "Soak under faults")
+    rows = {row[0]: row for row in table_rows(soak)}
+    assert rows["reference"][1:4] == ["2", "postgresql + Redis", "27"]
+    assert rows["reference"][5] == "911 tasks, 38783 events, 2434 clients"
+    assert rows["reference"][6:] == ["redis-stop 8, sigkill 15", "clean"]
+    assert rows["independent"][7] == "**3 violations**: cancel 2, recovery 1"
+    assert "- independent: a cancel of soak/3 answered true, but the task ended FAILED" in soak
+
+
+def test_main_when_no_soak_summary_then_section_says_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--input-glob", "reports/results-*.jsonl"]) == 0
+    soak = section((tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8"), "Soak under faults")
+    assert soak.strip().startswith("Not run: no soak summary in `results/soak-*.json`.")

@@ -195,7 +195,7 @@ def test_written_summary_when_rendered_by_report_then_scores_and_modules_shown(
     tmp_path: Path,
 ) -> None:
     reports.write_reports(tmp_path / "reports", summary(tmp_path, EQUIVALENT))
-    written = report._read_mutation(tmp_path / "reports" / "mutation.json")
+    written = report._read_summary(tmp_path / "reports" / "mutation.json")
     lines = report._mutation_section(written, "results/mutation.json")
     text = "\n".join(lines)
     assert (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conformance.soak import checker
+from conformance.soak import checker, summarize
 from conformance.soak.history import History, Record, read_history
 
 pytestmark = pytest.mark.timeout(30)
@@ -314,3 +314,16 @@ def test_violation_when_rendered_then_quotes_the_history_lines() -> None:
     text = checker.render(checker.check(records))
     assert "[order] client c1: id 2 then 4 with no stream-reset between" in text
     assert '"id":4' in text and "1 violation(s): order 1" in text
+
+
+def test_history_when_summarized_then_counts_faults_and_verdict_for_the_report() -> None:
+    records = _killed(_sound(), later="RUNNING")
+    records[0].update(impl="reference", seed=3, duration=60.0, workers=2, database="postgresql")
+    summary = summarize(records, checker.check(records))
+    assert json.loads(json.dumps(summary)) == summary
+    assert (summary["impl"], summary["seed"], summary["workers"]) == ("reference", 3, 2)
+    assert summary["faults"] == {"sigkill": 1}
+    assert summary["counts"]["tasks"] == 1 and summary["counts"]["clients"] == 2
+    assert (summary["ok"], summary["violations"]) == (False, {"recovery": 1})
+    assert "still RUNNING" in summary["first"][0]
+    assert summary["ran"] == 30.1

@@ -10,7 +10,8 @@ history (:mod:`.history`), then lets the checker (:mod:`.checker`) judge the
 whole history against SPEC's MUSTs. Exit status 1 on any violation.
 
 ``--check HISTORY`` judges a saved history alone. The same ``--seed``
-replays the same schedule and the same tasks.
+replays the same schedule and the same tasks. A run also writes its verdict,
+machine-readable (:func:`summarize`), for ``python -m conformance report``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import random
 import re
 import sys
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..contract import Capability, Implementation
 from ..waiting import MARGIN
-from .checker import check, render
+from .checker import Report, check, render
 from .faults import PrivateRedis, available_faults, schedule
-from .history import History, read_history
+from .history import History, Record, read_history
 
-__all__ = ["DESCRIPTION", "add_arguments", "parse_duration", "run"]
+__all__ = ["DESCRIPTION", "add_arguments", "parse_duration", "run", "summarize"]
 
 DESCRIPTION = "Run an implementation's workers under a workload and faults; judge the history."
 #: Where the history goes unless told.
@@ -53,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--history", type=Path, default=DEFAULT_HISTORY, help="where to write the history"
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        help="where a run writes its verdict as JSON (default: reports/soak-IMPL-DATABASE-Nw.json)",
     )
     parser.add_argument(
         "--check", type=Path, metavar="HISTORY", help="only judge a saved history, and run nothing"
@@ -97,10 +109,48 @@ def run(args: argparse.Namespace) -> int:
         impl.close()
         if redis is not None:
             redis.stop_blocking()
-    report = check(read_history(args.history))
+    records = read_history(args.history)
+    report = check(records)
     print(render(report, limit=args.show))
     print(f"history: {args.history} (judge it alone: python -m conformance soak --check PATH)")
+    summary = summarize(records, report)
+    path = args.summary or DEFAULT_HISTORY.with_name(
+        f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"summary: {path}")
     return 0 if report.ok else 1
+
+
+def summarize(records: Sequence[Record], report: Report) -> dict[str, Any]:
+    """A run's verdict, machine-readable: what ran, what it met, what the checker found.
+
+    What ``python -m conformance report`` shows beside the suites' grades;
+    the history stays the evidence.
+    """
+    meta = next((r for r in records if r["kind"] == "meta"), {})
+    faults = Counter(
+        r["fault"] for r in records if r["kind"] == "fault" and r.get("phase") == "start"
+    )
+    ran = max((r["t"] for r in records), default=0.0)
+    return {
+        "impl": meta.get("impl", "?"),
+        "seed": meta.get("seed"),
+        "duration": meta.get("duration"),
+        "workers": meta.get("workers", 1),
+        "database": meta.get("database", "own"),
+        "redis": bool(meta.get("redis")),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "ran": round(ran, 1),
+        "recovery_bound": meta.get("recovery_bound"),
+        "memory_bound": meta.get("memory_bound"),
+        "counts": report.counts,
+        "faults": dict(sorted(faults.items())),
+        "ok": report.ok,
+        "violations": report.by_check(),
+        "first": [v.message for v in report.violations[:3]],
+    }
 
 
 def _refusal(impl: Implementation, workers: int) -> str:
