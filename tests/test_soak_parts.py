@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from conformance.contract import Capability
 from conformance.soak import parse_duration
-from conformance.soak.faults import Relay, available_faults, schedule
+from conformance.soak.faults import Fault, Relay, available_faults, schedule
+from conformance.soak.history import History, read_history
+from conformance.soak.runner import Soak, SoakOptions, Worker
 from conformance.soak.workload import plan_task
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,3 +90,46 @@ async def test_relay_when_cut_then_its_connections_end_and_new_ones_pass() -> No
         await relay.close()
         upstream.close()
         await upstream.wait_closed()
+
+
+class _Draining:
+    """A stand-in for a worker's server process: once signalled, it drains until let go."""
+
+    pid = 4242
+
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+        self.signalled = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def stop(self, sig: int, *, timeout: float) -> int:
+        self.signalled.set()
+        await self.let_go.wait()
+        self.returncode = 0
+        return 0
+
+
+@pytest.mark.asyncio
+async def test_worker_draining_when_the_other_is_due_a_kill_then_the_kill_is_skipped(
+    tmp_path: Path,
+) -> None:
+    # One worker down at a time: a kill during the other's drain would leave
+    # no live worker to recover its runs (the soak's recovery bound, issue 27).
+    path = tmp_path / "history.jsonl"
+    draining, other = _Draining(), _Draining()
+    with History(path) as history:
+        soak = Soak(cast(Any, None), SoakOptions(duration=1, seed=1, workers=2), history)
+        soak.workers = [
+            Worker(0, cast(Any, None), server=cast(Any, draining)),
+            Worker(1, cast(Any, None), server=cast(Any, other)),
+        ]
+        term = asyncio.create_task(soak._fault(Fault(0, "sigterm", 0, 1.0)))
+        await asyncio.wait_for(draining.signalled.wait(), 5)
+        assert soak.workers[0].alive and not soak.workers[0].up
+        await soak._fault(Fault(0, "sigkill", 1, 1.0))
+        assert not other.signalled.is_set()
+        term.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await term
+    faults = [(r["fault"], r["phase"]) for r in read_history(path) if r["kind"] == "fault"]
+    assert faults == [("sigterm", "start"), ("sigkill", "skipped")]

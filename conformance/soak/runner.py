@@ -76,10 +76,18 @@ class Worker:
     relay: Relay
     server: ServerProcess | None = None
     restarts: int = 0
+    #: Sent a signal, and not yet back: draining is going down, not up.
+    stopping: bool = False
+
+    @property
+    def alive(self) -> bool:
+        """Its process runs (draining, perhaps): clients and commands may still reach it."""
+        return self.server is not None and self.server.returncode is None
 
     @property
     def up(self) -> bool:
-        return self.server is not None and self.server.returncode is None
+        """Alive and not going down: what the fault schedule keeps at least one of."""
+        return self.alive and not self.stopping
 
 
 class _ServerCommand:
@@ -237,12 +245,9 @@ class Soak:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _up(self) -> list[Worker]:
-        return [w for w in self.workers if w.up]
-
     def _pick(self) -> Worker:
-        """A worker to talk to: one that is up, if any is."""
-        return self._rng.choice(self._up() or self.workers)
+        """A worker to talk to: one that is alive, if any is."""
+        return self._rng.choice([w for w in self.workers if w.alive] or self.workers)
 
     # -- the workload -------------------------------------------------------------------
 
@@ -521,14 +526,21 @@ class Soak:
                 return
             assert worker.server is not None
             sig = signal.SIGKILL if fault.kind == "sigkill" else signal.SIGTERM
+            # One worker down at a time: a worker draining after SIGTERM
+            # counts as down, or a kill of the other during its drain would
+            # leave no live worker to recover the killed one's runs.
+            worker.stopping = True
             self.history.write("fault", **record, phase="start", pid=worker.server.pid)
-            code = await worker.server.stop(sig, timeout=self.options.grace + 15)
-            self.history.write("worker", worker=worker.index, phase="exit", code=code)
-            self._keep_output(worker)
-            worker.server = None
-            await asyncio.sleep(fault.hold)
-            await self._start_worker(worker)
-            worker.restarts += 1
+            try:
+                code = await worker.server.stop(sig, timeout=self.options.grace + 15)
+                self.history.write("worker", worker=worker.index, phase="exit", code=code)
+                self._keep_output(worker)
+                worker.server = None
+                await asyncio.sleep(fault.hold)
+                await self._start_worker(worker)
+                worker.restarts += 1
+            finally:
+                worker.stopping = False
         elif fault.kind == "client-cut":
             assert fault.target is not None
             relay = self.workers[fault.target % len(self.workers)].relay
