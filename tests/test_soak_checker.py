@@ -327,3 +327,45 @@ def test_history_when_summarized_then_counts_faults_and_verdict_for_the_report()
     assert (summary["ok"], summary["violations"]) == (False, {"recovery": 1})
     assert "still RUNNING" in summary["first"][0]
     assert summary["ran"] == 30.1
+
+
+def _cancelled_but_running_at(t0: float) -> list[Record]:
+    """The task is cancelled (answered true) at 1.7, ends CANCELLED, yet reads RUNNING at ``t0``."""
+    records = _sound()
+    records[0]["cancel_bound"] = 3
+    at = records.index(_find(records, kind="state", status="RUNNING"))
+    cancel = {
+        "kind": "request",
+        "t0": 1.6,
+        "t": 1.7,
+        "task": TASK,
+        "op": "cancel",
+        "worker": 1,
+        "status": 200,
+        "answer": {"cancelled": True},
+    }
+    running = {"kind": "state", "t0": t0, "t": t0 + 0.1, "task": TASK, "status": "RUNNING"}
+    records[at + 1 : at + 1] = [cancel, {**running, "attempt": 1}]
+    for record in records:
+        if record.get("type") == "complete":
+            record["type"] = "cancelled"
+        if record.get("status") == "SUCCESSFUL":
+            record["status"] = "CANCELLED"
+    return records
+
+
+def test_cancel_answered_true_when_task_stopped_within_bound_then_cancel_passes() -> None:
+    assert "cancel" not in _checks_failed(_cancelled_but_running_at(4.0))
+
+
+def test_cancel_answered_true_when_task_runs_on_past_bound_then_cancel_fails() -> None:
+    report = checker.check(_cancelled_but_running_at(6.0))
+    assert [v.check for v in report.violations] == ["cancel"], checker.render(report)
+    assert "still RUNNING 4.3s later" in report.violations[0].message
+
+
+def test_cancel_answered_true_when_a_worker_was_killed_then_recovery_bound_applies() -> None:
+    records = _cancelled_but_running_at(6.0)
+    kill = {"kind": "fault", "t": 2, "fault": "sigkill", "target": 1, "phase": "start"}
+    records.insert(records.index(_find(records, kind="state", t0=6.0)), kill)
+    assert "cancel" not in _checks_failed(records)

@@ -184,6 +184,8 @@ def _soak(
         # A lost run is found within the declared orphan timeout; twice that,
         # and a margin, on a machine shared with other work.
         "recovery_bound": 2 * timings.orphan_timeout + MARGIN,
+        # A cancelled run is stopped within the declared grace: plus a margin.
+        "cancel_bound": timings.cancel_grace + MARGIN,
         "memory_bound": impl.budgets.finished_events + MEMORY_ALLOWANCE,
     }
     print(

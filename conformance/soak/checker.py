@@ -3,9 +3,9 @@
 Jepsen's way: the run only records (:mod:`.history`); this module decides.
 Each check reads the records in the order they were written and states its
 rule by what came before what, and by task states, never by tight clocks.
-The two that need time, ``recovery`` and ``memory``, use bounds the history
-states up front in its ``meta`` line, derived from what the implementation
-declares, with margins.
+The three that need time, ``recovery``, ``cancel`` and ``memory``, use
+bounds the history states up front in its ``meta`` line, derived from what
+the implementation declares, with margins.
 
 The checks, each named in a violation:
 
@@ -29,7 +29,11 @@ The checks, each named in a violation:
     orphan timeout plus a margin, the bound starting afresh after any outage of
     the database or the bus within it) after its worker was killed. (EDGE-6)
 ``cancel``
-    A cancel that answered true ends its task CANCELLED. (CANCEL-1, RACE-21)
+    A cancel that answered true ends its task CANCELLED, and stops it: no
+    read of its state sent ``cancel_bound`` seconds after the answer (the
+    declared cancel grace plus a margin, starting afresh after an outage,
+    and stretched to ``recovery_bound`` after a worker's kill or stop within
+    it) finds it still RUNNING. (CANCEL-1, CANCEL-9, MULTI-3, RACE-21)
 ``memory``
     No worker process's resident memory grows past ``memory_bound`` bytes
     over its first sample. (EDGE-20, PERF-4)
@@ -453,20 +457,53 @@ class _Indexed:
                     and r["t0"] >= cancel["t"]
                 ]
                 until = retried[0]["t0"] if retried else float("inf")
-                for state in records:
-                    if state["kind"] != "state" or not _finished(state):
-                        continue
-                    if cancel["t"] <= state["t0"] < until and state["status"] != "CANCELLED":
-                        found.append(
-                            Violation(
-                                "cancel",
-                                f"a cancel of {task} answered true, but the task ended "
-                                f"{state['status']}",
-                                [cancel, state],
-                            )
-                        )
-                        break
+                ended = self._ended_otherwise(task, records, cancel, until)
+                if ended is None:
+                    ended = self._ran_on(task, records, cancel, until)
+                if ended is not None:
+                    found.append(ended)
         return found
+
+    def _ended_otherwise(
+        self, task: str, records: list[Record], cancel: Record, until: float
+    ) -> Violation | None:
+        for state in records:
+            if state["kind"] != "state" or not _finished(state):
+                continue
+            if cancel["t"] <= state["t0"] < until and state["status"] != "CANCELLED":
+                return Violation(
+                    "cancel",
+                    f"a cancel of {task} answered true, but the task ended {state['status']}",
+                    [cancel, state],
+                )
+        return None
+
+    def _ran_on(
+        self, task: str, records: list[Record], cancel: Record, until: float
+    ) -> Violation | None:
+        bound = float(self.meta.get("cancel_bound", 0) or 0)
+        if not bound:
+            return None
+        deadline = self._deadline(cancel["t"], bound)
+        recovery = float(self.meta.get("recovery_bound", 0) or 0)
+        for fault in self.faults:
+            stops = fault.get("fault") in ("sigkill", "sigterm") and fault.get("phase") == "start"
+            if stops and cancel["t"] - recovery <= fault["t"] <= deadline:
+                # The run's worker may be the one stopped: then a keeper ends it.
+                deadline = max(deadline, self._deadline(fault["t"], recovery))
+        for state in records:
+            if state["kind"] != "state" or not deadline < state["t0"] < until:
+                continue
+            if state["status"] != "RUNNING":
+                return None
+            return Violation(
+                "cancel",
+                f"a cancel of {task} answered true, but the task was still RUNNING "
+                f"{state['t0'] - cancel['t']:.1f}s later; the bound is {bound:g}s plus "
+                "outages and stopped workers",
+                [cancel, state],
+            )
+        return None
 
     def check_memory(self) -> list[Violation]:
         bound = int(self.meta.get("memory_bound", 0) or 0)
