@@ -252,41 +252,31 @@ def test_database_away_when_worker_died_then_recovery_bound_stretches() -> None:
     assert "recovery" not in _checks_failed(records)
 
 
+def _cancel(*, answered: bool) -> Record:
+    """A cancel of the task sent at 1.6 to worker 1, answered at 1.7."""
+    return {
+        "kind": "request",
+        "t0": 1.6,
+        "t": 1.7,
+        "task": TASK,
+        "op": "cancel",
+        "worker": 1,
+        "status": 200,
+        "answer": {"cancelled": answered},
+    }
+
+
 def test_cancel_answered_true_when_task_completes_then_cancel_fails() -> None:
     records = _sound()
     at = records.index(_find(records, kind="state", status="RUNNING"))
-    records.insert(
-        at + 1,
-        {
-            "kind": "request",
-            "t0": 1.6,
-            "t": 1.7,
-            "task": TASK,
-            "op": "cancel",
-            "worker": 1,
-            "status": 200,
-            "answer": {"cancelled": True},
-        },
-    )
+    records.insert(at + 1, _cancel(answered=True))
     assert "cancel" in _checks_failed(records)
 
 
 def test_cancel_answered_false_when_task_completes_then_cancel_passes() -> None:
     records = _sound()
     at = records.index(_find(records, kind="state", status="RUNNING"))
-    records.insert(
-        at + 1,
-        {
-            "kind": "request",
-            "t0": 1.6,
-            "t": 1.7,
-            "task": TASK,
-            "op": "cancel",
-            "worker": 1,
-            "status": 200,
-            "answer": {"cancelled": False},
-        },
-    )
+    records.insert(at + 1, _cancel(answered=False))
     assert "cancel" not in _checks_failed(records)
 
 
@@ -334,18 +324,8 @@ def _cancelled_but_running_at(t0: float) -> list[Record]:
     records = _sound()
     records[0]["cancel_bound"] = 3
     at = records.index(_find(records, kind="state", status="RUNNING"))
-    cancel = {
-        "kind": "request",
-        "t0": 1.6,
-        "t": 1.7,
-        "task": TASK,
-        "op": "cancel",
-        "worker": 1,
-        "status": 200,
-        "answer": {"cancelled": True},
-    }
     running = {"kind": "state", "t0": t0, "t": t0 + 0.1, "task": TASK, "status": "RUNNING"}
-    records[at + 1 : at + 1] = [cancel, {**running, "attempt": 1}]
+    records[at + 1 : at + 1] = [_cancel(answered=True), {**running, "attempt": 1}]
     for record in records:
         if record.get("type") == "complete":
             record["type"] = "cancelled"
