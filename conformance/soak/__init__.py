@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"history: {args.history} (judge it alone: python -m conformance soak --check PATH)")
     summary = summarize(records, report)
     path = args.summary or DEFAULT_HISTORY.with_name(
-        f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w.json"
+        f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w"
+        f"-{summary['duration']:g}s.json"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
