@@ -568,7 +568,8 @@ def _soak_section(soaks: Sequence[dict[str, Any]]) -> list[str]:
                 str(soak.get("workers", 1)),
                 storage,
                 str(soak.get("seed")),
-                f"{soak.get('ran', 0):.0f} s ({soak.get('date', NOT_APPLICABLE)})",
+                f"{soak.get('ran', 0):.0f} s ({soak.get('date', NOT_APPLICABLE)}"
+                + (", judged again from its history)" if soak.get("judged_again") else ")"),
                 work,
                 faults or "none",
                 _soak_verdict(soak),

@@ -503,7 +503,8 @@ def test_main_when_soak_summaries_kept_then_each_run_and_its_verdict_shown(
     mixed_results(tmp_path)
     kept = tmp_path / "results"
     kept.mkdir()
-    (kept / "soak-reference-postgresql-2w.json").write_text(json.dumps(soak_summary()))
+    again = soak_summary(judged_again=True)
+    (kept / "soak-reference-postgresql-2w-600s.json").write_text(json.dumps(again))
     broken = soak_summary(
         impl="independent",
         workers=1,
@@ -513,12 +514,14 @@ def test_main_when_soak_summaries_kept_then_each_run_and_its_verdict_shown(
         violations={"cancel": 2, "recovery": 1},
         first=["a cancel of soak/3 answered true, but the task ended FAILED"],
     )
-    (kept / "soak-independent-own-1w.json").write_text(json.dumps(broken))
+    (kept / "soak-independent-own-1w-90s.json").write_text(json.dumps(broken))
     monkeypatch.chdir(tmp_path)
     assert report.main(["--input-glob", "reports/results-*.jsonl"]) == 0
     soak = section((tmp_path / "TEST_RESULTS.md").read_text(encoding="utf-8"), "Soak under faults")
     rows = {row[0]: row for row in table_rows(soak)}
     assert rows["reference"][1:4] == ["2", "postgresql + Redis", "27"]
+    assert rows["reference"][4] == "649 s (2026-12-07, judged again from its history)"
+    assert rows["independent"][4] == "649 s (2026-12-07)"
     assert rows["reference"][5] == "911 tasks, 38783 events, 2434 clients"
     assert rows["reference"][6:] == ["redis-stop 8, sigkill 15", "clean"]
     assert rows["independent"][7] == "**3 violations**: cancel 2, recovery 1"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conformance.__main__ import main
 from conformance.soak import checker, summarize
 from conformance.soak.history import History, Record, read_history
 
@@ -349,3 +350,26 @@ def test_cancel_answered_true_when_a_worker_was_killed_then_recovery_bound_appli
     kill = {"kind": "fault", "t": 2, "fault": "sigkill", "target": 1, "phase": "start"}
     records.insert(records.index(_find(records, kind="state", t0=6.0)), kill)
     assert "cancel" not in _checks_failed(records)
+
+
+def test_run_taken_over_before_the_kill_when_checked_then_not_the_kills_to_judge() -> None:
+    # A keeper found the run's lease lapsed (a database outage) and ran it
+    # again, anywhere: the history does not say the killed worker had it.
+    records = _killed(_sound(), later="RUNNING")
+    kill = _find(records, kind="fault")
+    moved = {"kind": "state", "t0": 1.8, "t": 1.9, "task": TASK, "status": "RUNNING"}
+    records.insert(records.index(kill), {**moved, "attempt": 2})
+    _find(records, t0=30)["attempt"] = 2
+    assert "recovery" not in _checks_failed(records)
+
+
+def test_saved_history_when_judged_again_with_summary_then_verdict_written(
+    tmp_path: Path,
+) -> None:
+    history, out = tmp_path / "history.jsonl", tmp_path / "summary.json"
+    records = _killed(_sound(), later="RUNNING")
+    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["soak", "--check", str(history), "--summary", str(out)]) == 1
+    summary = json.loads(out.read_text())
+    assert summary["judged_again"] is True
+    assert (summary["ok"], summary["violations"]) == (False, {"recovery": 1})

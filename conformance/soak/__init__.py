@@ -83,8 +83,11 @@ def parse_duration(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run a soak (or only judge a saved history); 1 if the checker finds a violation."""
     if args.check is not None:
-        report = check(read_history(args.check))
+        records = read_history(args.check)
+        report = check(records)
         print(render(report, limit=args.show))
+        if args.summary is not None:
+            _write_summary(args.summary, summarize(records, report, again=True))
         return 0 if report.ok else 1
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     redis = None
@@ -114,21 +117,29 @@ def run(args: argparse.Namespace) -> int:
     print(render(report, limit=args.show))
     print(f"history: {args.history} (judge it alone: python -m conformance soak --check PATH)")
     summary = summarize(records, report)
-    path = args.summary or DEFAULT_HISTORY.with_name(
-        f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w"
-        f"-{summary['duration']:g}s.json"
+    _write_summary(
+        args.summary
+        or DEFAULT_HISTORY.with_name(
+            f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w"
+            f"-{summary['duration']:g}s.json"
+        ),
+        summary,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"summary: {path}")
     return 0 if report.ok else 1
 
 
-def summarize(records: Sequence[Record], report: Report) -> dict[str, Any]:
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"summary: {path}")
+
+
+def summarize(records: Sequence[Record], report: Report, *, again: bool = False) -> dict[str, Any]:
     """A run's verdict, machine-readable: what ran, what it met, what the checker found.
 
     What ``python -m conformance report`` shows beside the suites' grades;
-    the history stays the evidence.
+    the history stays the evidence. ``again``: judged later, from the saved
+    history, by the checker of the day.
     """
     meta = next((r for r in records if r["kind"] == "meta"), {})
     faults = Counter(
@@ -148,6 +159,7 @@ def summarize(records: Sequence[Record], report: Report) -> dict[str, Any]:
         "memory_bound": meta.get("memory_bound"),
         "counts": report.counts,
         "faults": dict(sorted(faults.items())),
+        "judged_again": again,
         "ok": report.ok,
         "violations": report.by_check(),
         "first": [v.message for v in report.violations[:3]],

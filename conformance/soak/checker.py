@@ -426,6 +426,10 @@ class _Indexed:
         if not states or states[-1].get("status") != "RUNNING":
             return None  # not seen running there, or seen finished: not this kill's to judge
         attempt = states[-1].get("attempt")
+        if states[0].get("attempt") != attempt:
+            # Run again since that start (a keeper's rerun after a lost lease):
+            # the history does not say where the new attempt runs.
+            return None
         deadline = self._deadline(kill["t"], bound)
         for record in records:
             if record["kind"] != "state" or record["t0"] <= deadline:
