@@ -523,15 +523,17 @@ class Coordinator:
         # progress, so a few reads suffice.
         for _ in range(_CANCEL_READS):
             run = self._runs.get(key)
-            if run is not None:
+            if run is not None and not run.lost:
                 if run.cancel_reason is not None or run.finished:
                     return False
-                if not await self._promise_cancel(model, run, reason):
-                    return False  # its ending is written, or another cancel came first
-                # Promised in the row, the run ends CANCELLED (_write_ending),
-                # even if it finished on its own meanwhile.
-                self._cancel_run(run, reason)
-                return True
+                if await self._promise_cancel(model, run, reason):
+                    # Promised in the row, the run ends CANCELLED
+                    # (_write_ending), even if it finished on its own meanwhile.
+                    self._cancel_run(run, reason)
+                    return True
+                # Refused: its ending is written, another cancel came first,
+                # or its run was taken over (its lease lapsed) and may run
+                # again elsewhere. The row says which.
             row = await db.run(
                 lambda: (
                     model._default_manager.filter(pk=pk)

@@ -415,6 +415,30 @@ async def test_cancel_when_a_takeover_lands_before_its_update_then_the_new_owner
     )
 
 
+async def test_cancel_of_our_run_when_it_was_taken_over_unnoticed_then_the_new_owner_is_asked(
+    here,
+) -> None:
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    # Our run's lease lapsed (its loop held, its database away) and another
+    # worker's keeper ran it again, before our keeper noticed: the task is
+    # RUNNING, so a cancel must still win (RACE-21), by asking the new owner.
+    # Found in review of the soak's fix: the promise in our run's row matched
+    # no row, and the cancel answered false.
+    task, _ = await _watched_run(BehaviourTask, here)
+    await BehaviourTask.objects.filter(pk=task.pk).aupdate(
+        owner="elsewhere:2:alive", attempt=2, cancel_requested=None
+    )
+    assert await here.cancel_task(BehaviourTask, task.pk, "after a takeover")
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    assert (row.status, row.owner, row.cancel_requested) == (
+        TaskStatus.RUNNING,
+        "elsewhere:2:alive",
+        "after a takeover",
+    )
+
+
 # -- the hub's side of it -------------------------------------------------------------------
 
 
