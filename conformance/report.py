@@ -554,9 +554,9 @@ def _soak_section(soaks: Sequence[dict[str, Any]]) -> list[str]:
     ]
     headers = ["Implementation", "Workers", "Storage", "Seed", "Ran", "Work", "Faults", "Verdict"]
     rows = []
-    for soak in sorted(soaks, key=lambda s: (s["impl"], s.get("workers", 1), s["database"])):
+    for soak in sorted(soaks, key=lambda s: (s["impl"], s.get("workers", 1), s.get("database"))):
         counts = soak["counts"]
-        storage = soak["database"] + (" + Redis" if soak.get("redis") else "")
+        storage = str(soak.get("database", "?")) + (" + Redis" if soak.get("redis") else "")
         work = (
             f"{counts.get('tasks', 0)} tasks, {counts.get('events', 0)} events, "
             f"{counts.get('clients', 0)} clients"
@@ -568,7 +568,7 @@ def _soak_section(soaks: Sequence[dict[str, Any]]) -> list[str]:
                 str(soak.get("workers", 1)),
                 storage,
                 str(soak.get("seed")),
-                f"{soak.get('ran', 0):.0f} s ({soak.get('date', NOT_APPLICABLE)}"
+                f"{soak.get('ran') or 0:.0f} s ({soak.get('date', NOT_APPLICABLE)}"
                 + (", judged again from its history)" if soak.get("judged_again") else ")"),
                 work,
                 faults or "none",

@@ -373,3 +373,13 @@ def test_saved_history_when_judged_again_with_summary_then_verdict_written(
     summary = json.loads(out.read_text())
     assert summary["judged_again"] is True
     assert (summary["ok"], summary["violations"]) == (False, {"recovery": 1})
+
+
+def test_cancel_answered_true_when_a_retry_after_it_was_cut_then_later_runs_not_judged() -> None:
+    # A retry whose answer was lost on the way back (a cut, a kill) may still
+    # have started a new run: what follows is that run's, not the cancel's.
+    records = _sound()
+    at = records.index(_find(records, kind="state", status="RUNNING"))
+    retry = {"kind": "request", "t0": 2.0, "t": 2.1, "task": TASK, "op": "retry", "worker": 0}
+    records[at + 1 : at + 1] = [_cancel(answered=True), {**retry, "error": "ReadError"}]
+    assert "cancel" not in _checks_failed(records)

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(records, report)
     _write_summary(
         args.summary
-        or DEFAULT_HISTORY.with_name(
+        or args.history.with_name(
             f"soak-{summary['impl']}-{summary['database']}-{summary['workers']}w"
             f"-{summary['duration']:g}s.json"
         ),

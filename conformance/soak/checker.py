@@ -452,13 +452,12 @@ class _Indexed:
             for cancel in records:
                 if not _cancelled_true(cancel):
                     continue
+                # Any retry sent after it, answered or not: one cut on its way
+                # back may still have started a new run.
                 retried = [
                     r
                     for r in records
-                    if r["kind"] == "request"
-                    and r.get("op") == "retry"
-                    and r.get("status") == 202
-                    and r["t0"] >= cancel["t"]
+                    if r["kind"] == "request" and r.get("op") == "retry" and r["t0"] >= cancel["t"]
                 ]
                 until = retried[0]["t0"] if retried else float("inf")
                 ended = self._ended_otherwise(task, records, cancel, until)

@@ -150,14 +150,16 @@ async def test_cancel_answered_true_when_running_worker_then_ends_on_its_own_the
     async with HttpClient(runs_it.url) as here, HttpClient(other.url) as there:
         streams = [await here.subscribe(ref), await there.subscribe(ref)]
         await runs_it.start_task(ref)
-        await stored(runtime, ref, "blocking", until=lambda value: value is True)
-        answer = await request(
-            other.url,
-            "POST",
-            f"/tasks/{ref.model}/{ref.id}/cancel",
-            json={"reason": "while it was busy"},
-        )
-        release.touch()
+        try:
+            await stored(runtime, ref, "blocking", until=lambda value: value is True)
+            answer = await request(
+                other.url,
+                "POST",
+                f"/tasks/{ref.model}/{ref.id}/cancel",
+                json={"reason": "while it was busy"},
+            )
+        finally:
+            release.touch()  # the workers run on this machine, so they see this file
         assert (answer.status_code, answer.json()) == (200, {"cancelled": True}), answer.text
         for stream in streams:
             events = await stream.until(timeout=impl.timings.cancel_grace + MARGIN)
