@@ -15,11 +15,13 @@ import asyncio
 import contextvars
 import logging
 import math
+import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvicorn
 
@@ -182,6 +184,23 @@ def serve(
         loop_factory(config),
         leftovers=lambda: leftover_seconds(forced=server.force_exit, cancel_grace=grace_left),
     )
+
+
+def exit_at_once(status: int = 0) -> NoReturn:
+    """End the process now that :func:`serve` has returned, without the interpreter's teardown.
+
+    By then the coordinator has drained, its database and Redis connections
+    are closed and the loop is closed: nothing is left to finalize but
+    Django's module graph. Measured from SIGTERM to exit for an idle server
+    on 2 cores busy with six other processes: 0.63-0.83 s with that teardown,
+    0.18-0.22 s without; under tox's parallel matrix it went past the one
+    second SHUT-3 allows. A process manager waits for every one of them.
+    Logging and stdio are flushed first; no atexit hook of ours needs running.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def leftover_seconds(*, forced: bool, cancel_grace: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from streaming.config import Config
 from streaming.ops.guard import Guard
 from streaming.ops.policy import InsecureSecret, check_secret, configured_secret_key, load_policy
-from streaming.server import serve
+from streaming.server import exit_at_once, serve
 from streaming.workers import Supervisor, bind
 
 
@@ -74,14 +73,16 @@ class Command(BaseCommand):
                 "--workers above 1 needs STREAMING_REDIS_URL: the workers share their tasks' "
                 "events through Redis, or a client would see only its own worker's runs."
             )
+        # Once serve() returns everything is closed: exit_at_once skips the
+        # interpreter's teardown, which cost up to a second on a loaded machine.
         if fd is not None:
             serve(host, port, grace=grace, log_level=log_level, sock=socket.socket(fileno=fd))
-            return
+            exit_at_once()
         if workers == 1:
             self.stdout.write(f"Starting streaming server on {host}:{port}")
             self.stdout.flush()
             serve(host, port, grace=grace, log_level=log_level)
-            return
+            exit_at_once()
         try:
             sock = bind(host, port)
         except OSError as exc:
@@ -90,4 +91,4 @@ class Command(BaseCommand):
         self.stdout.write(f"Starting {workers} streaming workers on {host}:{port}")
         self.stdout.flush()
         passed_on = ["--grace", str(grace), "--log-level", log_level]
-        sys.exit(Supervisor(workers, sock, passed_on).run())
+        exit_at_once(Supervisor(workers, sock, passed_on).run())
