@@ -2,7 +2,7 @@
 
 A run's claim makes its coordinator the task's *owner* and gives it a lease
 (``lease_expires_at``, in database time). Every coordinator has one
-:class:`Keeper`, which every ``lease / 3`` seconds:
+:class:`Keeper`, which every ``lease / 3`` seconds (the *heartbeat*):
 
 1. renews the leases of its own runs; a run whose row no longer names it
    (another coordinator found the lease expired) is stopped: its outcome
@@ -16,6 +16,11 @@ A run's claim makes its coordinator the task's *owner* and gives it a lease
    event once the database has it, and, while that run looks lost (its
    process has exited, or it missed a renewal), a ``waiting`` notice that
    says what the wait is for and how long it may last.
+
+The renewals (1) keep their own beat, started every heartbeat whatever the
+rest costs: the sweep (2-4) reads every task model, and on a loaded machine
+it took two seconds of a 3 s lease, so a renewal that waited for it let a
+live run's lease lapse.
 
 So a run lost with its process is recorded within ``lease + lease / 3``
 seconds of its last renewal (15 + 5 s by default), by whichever live
@@ -143,7 +148,9 @@ class Keeper:
         self.coordinator = coordinator
         #: The run (attempt) of each watched task its clients were told looks lost.
         self._told: dict[TaskKey, int] = {}
+        #: The sweep's loop (2-4), and the renewals' (1).
         self._task: asyncio.Task[None] | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._failing = False
         #: Loop time before which no lease is taken as lost (see the module docstring).
         self._trust_from = 0.0
@@ -151,13 +158,30 @@ class Keeper:
     def start(self) -> None:
         if self._task is None:
             self._trust_from = asyncio.get_running_loop().time()
+            self._renewing = asyncio.create_task(self._renew(), name="streaming:keeper:renew")
             self._task = asyncio.create_task(self._keep(), name="streaming:keeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        loops = [task for task in (self._task, self._renewing) if task is not None]
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        self._task = self._renewing = None
+
+    async def _renew(self) -> None:
+        loop = asyncio.get_running_loop()
+        heartbeat = self.coordinator.config.heartbeat
+        while True:
+            began = loop.time()
+            try:
+                await self.renew()
+            except db.DatabaseUnavailable:
+                pass  # the sweep's write probe fails too, and says so once
+            except Exception:
+                logger.exception("keeper: renewal failed")
+            # From the start of this renewal, not its end: a slow database
+            # delays one renewal, not every one after it.
+            await asyncio.sleep(max(0.0, began + heartbeat - loop.time()))
 
     async def _keep(self) -> None:
         config = self.coordinator.config
@@ -178,6 +202,7 @@ class Keeper:
         logger.info("keeper: %s; no lease is taken as lost for %gs", why, lease)
 
     async def tick(self) -> None:
+        """One sweep: lost runs (2), reruns (3), clients waiting on runs elsewhere (4)."""
         # A write probe first: reads keep working on a SQLite file another
         # process holds locked, and a keeper that only read would not notice.
         loop = asyncio.get_running_loop()
@@ -190,7 +215,6 @@ class Keeper:
             # As good as an outage: if this keeper could not write in time,
             # the owners could not renew in time either.
             self._distrust("the database was slow to take a write")
-        await self.renew()
         if asyncio.get_running_loop().time() >= self._trust_from:
             await self.recover_lost()
         await self.rerun()

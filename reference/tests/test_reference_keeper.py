@@ -720,6 +720,46 @@ async def test_keeper_when_a_write_took_longer_than_a_heartbeat_then_no_lease_ta
     await BehaviourTask.objects.filter(pk=lost.pk).aupdate(status=TaskStatus.INTERRUPTED)
 
 
+async def test_keeper_when_its_sweep_is_slow_then_its_own_leases_are_still_renewed_in_time() -> (
+    None
+):
+    from streaming.coordinator import Coordinator
+    from streaming.leases import LEASE_LEFT, Keeper
+    from streaming.models import BehaviourTask
+
+    class SlowSweep(Keeper):
+        """Its look for lost runs takes most of a lease: many models on a loaded machine.
+
+        Seen in CI: ten clients of a task sending 10,000 events and a busy
+        second core made each sweep take two seconds against a 3 s lease, and
+        another worker took the run for lost while it ran.
+        """
+
+        async def recover_lost(self) -> None:
+            await asyncio.sleep(0.5)  # the sweep's cost, not a wait for anything
+            await super().recover_lost()
+
+    coordinator = Coordinator(lease=0.6, cancel_grace=1.0)  # a heartbeat every 0.2 s
+    coordinator.keeper = SlowSweep(coordinator)
+    coordinator.open()
+    try:
+        task, client = await _watched_run(BehaviourTask, coordinator)
+        leases_left = []
+        loop = asyncio.get_running_loop()
+        watched_until = loop.time() + 10 * coordinator.config.heartbeat
+        while loop.time() < watched_until:
+            row = await BehaviourTask.objects.annotate(left=LEASE_LEFT).aget(pk=task.pk)
+            leases_left.append(row.left.total_seconds())
+            await asyncio.sleep(0.02)  # the next sample
+        assert min(leases_left) > 0, (
+            f"the run's lease lapsed while it ran here (least left: {min(leases_left):.2f} s "
+            f"of {coordinator.config.lease} s): its renewal waited for the sweep"
+        )
+        client.close()
+    finally:
+        await coordinator.shutdown(1.0)
+
+
 async def test_keeper_rerun_when_its_coordinator_has_closed_then_it_stops_asking(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

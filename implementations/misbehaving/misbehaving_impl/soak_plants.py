@@ -43,10 +43,11 @@ def _doubles() -> None:
 def _forgets() -> None:
     from streaming.leases import Keeper
 
-    async def tick(self: Keeper) -> None:
+    async def nothing(self: Keeper) -> None:
         return None
 
-    Keeper.tick = tick  # type: ignore[method-assign]
+    Keeper.tick = nothing  # type: ignore[method-assign]
+    Keeper.renew = nothing  # type: ignore[method-assign]
 
 
 def _off_by_one() -> None:
