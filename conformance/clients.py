@@ -35,6 +35,14 @@ def format_trace(events: Sequence[Event]) -> str:
     return "\n".join(f"  #{e.id} {e.type} {json.dumps(dict(e.data), default=str)}" for e in events)
 
 
+#: Seconds a harness client keeps an idle connection for reuse. A server may
+#: close an idle keep-alive connection just as a request is sent on it, and a
+#: POST so lost cannot be sent again: this stays well below the keep-alive
+#: time of common servers (uvicorn's and hypercorn's 5 s, gunicorn's 2 s), so
+#: the harness never sends on a connection a server could be closing.
+IDLE_REUSE = 1.0
+
+
 def http_client(
     base_url: str = "", *, timeout: float = 10.0, streaming: bool = False
 ) -> httpx.AsyncClient:
@@ -43,12 +51,15 @@ def http_client(
     ``timeout`` bounds each step of a request (connect, write, read); with
     ``streaming``, a read may wait as long as the case does, for a stream
     that is quiet until a task sends. There is no pool cap: a case may hold
-    hundreds of streams open at once.
+    hundreds of streams open at once. An idle connection is reused for
+    :data:`IDLE_REUSE` seconds at most.
     """
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout, read=None if streaming else timeout),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=None, keepalive_expiry=IDLE_REUSE
+        ),
     )
 
 
