@@ -729,10 +729,14 @@ class Coordinator:
             await self._serial.settled()
             running = set(self._tasks)
             if running:
-                _, pending = await asyncio.wait(running, timeout=grace)
+                await asyncio.wait(running, timeout=grace)
                 self._stopped.update(self._runs)  # what outlived the grace is interrupted
-                for task in pending:
-                    task.cancel(msg="coordinator shutdown")
+                # The runs, and only they: an ending under way is left to be
+                # written and told (cancelled, its UPDATE could still commit
+                # on the ORM's thread, unannounced, or never run at all).
+                for run in self._runs.values():
+                    if run.supervisor is not None:
+                        run.supervisor.cancel(msg="coordinator shutdown")
             # Cancelled runs record their outcome in new tasks: wait for those too.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.config.cancel_grace

@@ -258,6 +258,54 @@ async def test_shutdown_without_a_grace_then_the_configured_one_bounds_the_drain
     assert (await BehaviourTask.objects.aget(pk=task.pk)).status == "INTERRUPTED"
 
 
+#: Opened by the test that runs :func:`waits_for_the_gate`.
+GATE = asyncio.Event()
+
+
+async def waits_for_the_gate(ctx: Any) -> dict[str, bool]:
+    """Send ``start``, then return once the test opens :data:`GATE`."""
+    await ctx.send_event("start", {})
+    await GATE.wait()
+    return {"done": True}
+
+
+async def test_shutdown_when_its_grace_ends_while_an_ending_is_written_then_clients_get_it(
+    hold_orm_thread: Any,
+) -> None:
+    from streaming.coordinator import Coordinator
+    from streaming.models import BehaviourTask
+    from streaming.states import TaskStatus
+
+    # Found by CI (RACE-11 on PostgreSQL): the run returned, its ending's write
+    # was slow, and the grace ran out meanwhile. Cancelling the write's task
+    # with the runs let the UPDATE commit SUCCESSFUL on the ORM's thread while
+    # its clients got the farewell for a run "interrupted": SPEC's RACE-20 has
+    # a task SUCCESSFUL exactly when its clients received ``complete``.
+    GATE.clear()
+    coordinator = Coordinator(cancel_grace=5.0)
+    coordinator.open()
+    task = await BehaviourTask.objects.acreate(behaviour=f"{__name__}:waits_for_the_gate")
+    subscriber = await coordinator.subscribe(BehaviourTask, task.pk)
+    assert await coordinator.start_task(BehaviourTask, task.pk)
+    assert (await asyncio.wait_for(subscriber.get(), 5)).event.type == "start"
+    key = f"BehaviourTask:{task.pk}"
+    async with hold_orm_thread():
+        GATE.set()  # the run returns; its ending waits for the ORM's thread
+        await eventually(
+            lambda: any(t.get_name() == f"streaming:record:{key}" for t in coordinator._tasks),
+            what="the ending's write to be under way",
+        )
+        closing = asyncio.create_task(coordinator.shutdown(0.01))
+        await eventually(lambda: key in coordinator._stopped, what="the grace to run out")
+    await asyncio.wait_for(closing, 10)
+    row = await BehaviourTask.objects.aget(pk=task.pk)
+    told = [m.event.type async for m in subscriber]
+    assert (row.status, told[-1]) in {
+        (TaskStatus.SUCCESSFUL, "complete"),
+        (TaskStatus.INTERRUPTED, "shutdown"),
+    }, f"the task is {row.status}; its client was told {told}"
+
+
 async def test_run_when_it_ends_then_its_row_names_no_owner_and_holds_no_lease(coordinator) -> None:
     _, row = await _ending(coordinator, "conformance.behaviours:steps")
     assert (row.status, row.owner, row.lease_expires_at) == ("SUCCESSFUL", "", None)
