@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -724,8 +725,12 @@ async def test_keeper_when_its_sweep_is_slow_then_its_own_leases_are_still_renew
     None
 ):
     from streaming.coordinator import Coordinator
-    from streaming.leases import LEASE_LEFT, Keeper
+    from streaming.leases import Keeper
     from streaming.models import BehaviourTask
+
+    loop = asyncio.get_running_loop()
+    renewed: list[float] = []  # loop time at the end of each renewal
+    sweeps = 0
 
     class SlowSweep(Keeper):
         """Its look for lost runs takes most of a lease: many models on a loaded machine.
@@ -736,25 +741,30 @@ async def test_keeper_when_its_sweep_is_slow_then_its_own_leases_are_still_renew
         """
 
         async def recover_lost(self) -> None:
-            await asyncio.sleep(0.5)  # the sweep's cost, not a wait for anything
+            nonlocal sweeps
+            await asyncio.sleep(0.5)  # the sweep's cost, as a slow database's would be
             await super().recover_lost()
+            sweeps += 1
+
+        async def renew(self) -> None:
+            await super().renew()
+            renewed.append(loop.time())
 
     coordinator = Coordinator(lease=0.6, cancel_grace=1.0)  # a heartbeat every 0.2 s
     coordinator.keeper = SlowSweep(coordinator)
     coordinator.open()
     try:
         task, client = await _watched_run(BehaviourTask, coordinator)
-        leases_left = []
-        loop = asyncio.get_running_loop()
-        watched_until = loop.time() + 10 * coordinator.config.heartbeat
-        while loop.time() < watched_until:
-            row = await BehaviourTask.objects.annotate(left=LEASE_LEFT).aget(pk=task.pk)
-            leases_left.append(row.left.total_seconds())
-            await asyncio.sleep(0.02)  # the next sample
-        assert min(leases_left) > 0, (
-            f"the run's lease lapsed while it ran here (least left: {min(leases_left):.2f} s "
-            f"of {coordinator.config.lease} s): its renewal waited for the sweep"
+        ran_from = len(renewed)
+        await eventually(lambda: sweeps >= 3, what="three slow sweeps")
+        # Each renewal sets the lease to a whole lease from then: a gap longer
+        # than a lease between two of them is a lease that lapsed meanwhile.
+        gaps = [b - a for a, b in itertools.pairwise(renewed[ran_from:])]
+        assert gaps and max(gaps) < coordinator.config.lease, (
+            f"renewals {max(gaps, default=0):.2f} s apart at most, against a lease of "
+            f"{coordinator.config.lease} s: the run's renewal waited for the sweep"
         )
+        assert (await BehaviourTask.objects.aget(pk=task.pk)).status == "RUNNING"
         client.close()
     finally:
         await coordinator.shutdown(1.0)
